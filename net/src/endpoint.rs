@@ -1,0 +1,122 @@
+//! UDP sockets through socket2 (T10) and quinn endpoints on them.
+//!
+//! Receive and send buffers are raised so one socket can carry many connections (a server
+//! holding thousands of gateway uplinks); the kernel may cap them at `net.core.rmem_max`, and
+//! the sizes actually granted are logged. quinn-udp uses GSO/GRO where the platform has them.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+use socket2::{Domain, Protocol, Socket, Type};
+
+/// Socket settings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SocketOptions {
+    /// SO_RCVBUF requested, bytes.
+    pub recv_buffer: usize,
+    /// SO_SNDBUF requested, bytes.
+    pub send_buffer: usize,
+    /// For an IPv6 address: also accept IPv4 (dual-stack).
+    pub dual_stack: bool,
+}
+
+impl Default for SocketOptions {
+    fn default() -> Self {
+        SocketOptions {
+            recv_buffer: 4 << 20,
+            send_buffer: 4 << 20,
+            dual_stack: true,
+        }
+    }
+}
+
+impl SocketOptions {
+    /// Small buffers for a client with one connection (an agent).
+    pub fn client() -> Self {
+        SocketOptions {
+            recv_buffer: 256 << 10,
+            send_buffer: 256 << 10,
+            dual_stack: true,
+        }
+    }
+}
+
+/// Creates and binds a non-blocking UDP socket.
+pub fn udp_socket(addr: SocketAddr, opts: &SocketOptions) -> std::io::Result<std::net::UdpSocket> {
+    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    if addr.is_ipv6() {
+        socket.set_only_v6(!opts.dual_stack)?;
+    }
+    // Buffer sizes are best effort: the kernel caps them, which is not an error.
+    if let Err(e) = socket.set_recv_buffer_size(opts.recv_buffer) {
+        tracing::debug!(error = %e, "could not set SO_RCVBUF");
+    }
+    if let Err(e) = socket.set_send_buffer_size(opts.send_buffer) {
+        tracing::debug!(error = %e, "could not set SO_SNDBUF");
+    }
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    tracing::debug!(
+        %addr,
+        recv_buffer = socket.recv_buffer_size().unwrap_or(0),
+        send_buffer = socket.send_buffer_size().unwrap_or(0),
+        "udp socket bound"
+    );
+    Ok(socket.into())
+}
+
+/// A quinn endpoint on a socket2 socket; a server endpoint when `server` is given.
+pub fn endpoint(
+    addr: SocketAddr,
+    opts: &SocketOptions,
+    server: Option<quinn::ServerConfig>,
+) -> std::io::Result<quinn::Endpoint> {
+    let socket = udp_socket(addr, opts)?;
+    quinn::Endpoint::new(
+        quinn::EndpointConfig::default(),
+        server,
+        socket,
+        Arc::new(quinn::TokioRuntime),
+    )
+}
+
+/// A client endpoint bound to an ephemeral port of the right address family for `remote`.
+pub fn client_endpoint(remote: SocketAddr) -> std::io::Result<quinn::Endpoint> {
+    let bind: SocketAddr = if remote.is_ipv6() {
+        "[::]:0".parse().expect("literal")
+    } else {
+        "0.0.0.0:0".parse().expect("literal")
+    };
+    endpoint(bind, &SocketOptions::client(), None)
+}
+
+/// The ALPN the connection negotiated.
+pub fn alpn(conn: &quinn::Connection) -> Option<Vec<u8>> {
+    conn.handshake_data()
+        .and_then(|d| d.downcast::<quinn::crypto::rustls::HandshakeData>().ok())
+        .and_then(|d| d.protocol)
+}
+
+/// The peer's leaf certificate, if it presented one.
+pub fn peer_leaf(conn: &quinn::Connection) -> Option<rustls_pki_types::CertificateDer<'static>> {
+    conn.peer_identity()
+        .and_then(|i| {
+            i.downcast::<Vec<rustls_pki_types::CertificateDer<'static>>>()
+                .ok()
+        })
+        .and_then(|v| v.into_iter().next())
+}
+
+/// Resolves `host:port` (a literal address or a name) to the first address.
+pub async fn resolve(target: &str) -> anyhow::Result<SocketAddr> {
+    if let Ok(a) = target.parse() {
+        return Ok(a);
+    }
+    tokio::net::lookup_host(target)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot resolve {target:?}: {e} (expected host:port)"))?
+        .next()
+        .ok_or_else(|| anyhow::anyhow!("{target:?} resolves to no address"))
+}

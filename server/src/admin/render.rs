@@ -1,0 +1,174 @@
+//! Human output of admin results (the JSON output is the result itself, serialized).
+
+use std::fmt::Write;
+
+use outpost_proto::licence::key::format_time;
+use outpost_proto::pb::admin::admin_response::Result as R;
+
+fn when(unix: i64) -> String {
+    if unix <= 0 {
+        "never".into()
+    } else {
+        format_time(unix)
+    }
+}
+
+fn table(headers: &[&str], rows: Vec<Vec<String>>) -> String {
+    let mut widths: Vec<usize> = headers.iter().map(|h| h.len()).collect();
+    for r in &rows {
+        for (i, c) in r.iter().enumerate() {
+            widths[i] = widths[i].max(c.chars().count());
+        }
+    }
+    let mut out = String::new();
+    let line = |out: &mut String, cells: Vec<String>| {
+        let mut l = String::new();
+        for (i, c) in cells.iter().enumerate() {
+            if i + 1 == cells.len() {
+                l.push_str(c);
+            } else {
+                let _ = write!(l, "{:<w$}  ", c, w = widths[i]);
+            }
+        }
+        out.push_str(l.trim_end());
+        out.push('\n');
+    };
+    line(&mut out, headers.iter().map(|h| h.to_string()).collect());
+    for r in rows {
+        line(&mut out, r);
+    }
+    out
+}
+
+/// Renders a result for a terminal.
+pub fn human(r: &R) -> String {
+    match r {
+        R::Done(d) => format!("{}\n", d.message),
+        R::Error(e) => format!("error: {}\n", e.message),
+        R::TokenCreated(t) => format!(
+            "{}\n\ntoken {} for {} devices in group {}, {} use(s), expires {}\n\
+             Give the token above to the device (it is shown only once).\n",
+            t.token,
+            t.token_id,
+            t.role,
+            t.group,
+            t.uses,
+            when(t.expires_at)
+        ),
+        R::Tokens(l) => table(
+            &["TOKEN", "ROLE", "GROUP", "USES LEFT", "EXPIRES", "COMMENT"],
+            l.tokens
+                .iter()
+                .map(|t| {
+                    vec![
+                        t.token_id.clone(),
+                        t.role.clone(),
+                        t.group.clone(),
+                        format!("{}/{}", t.uses_left, t.uses_total),
+                        when(t.expires_at),
+                        t.comment.clone(),
+                    ]
+                })
+                .collect(),
+        ),
+        R::KeyImport(k) => {
+            let mut s = format!("imported {} key(s):\n", k.keys.len());
+            s.push_str(&keys_table(&k.keys));
+            s
+        }
+        R::Keys(k) if k.keys.is_empty() => "no licence keys (import one with `admin key import <file>`)\n".into(),
+        R::Keys(k) => keys_table(&k.keys),
+        R::Devices(d) if d.devices.is_empty() => "no devices\n".into(),
+        R::Devices(d) => table(
+            &["DEVICE", "ROLE", "HOST", "GROUP", "ONLINE", "PATH", "LICENCE", "LAST SEEN"],
+            d.devices
+                .iter()
+                .map(|d| {
+                    let lic = match d.licence_state.as_str() {
+                        "licensed" => format!("licensed ({})", d.licence_key),
+                        "unlicensed" => format!("unlicensed: {}", d.licence_reason),
+                        _ if d.role != "agent" => "-".into(),
+                        other => other.into(),
+                    };
+                    vec![
+                        d.device_id.clone(),
+                        if d.revoked { format!("{} (revoked)", d.role) } else { d.role.clone() },
+                        d.hostname.clone(),
+                        d.group.clone(),
+                        if d.online { "yes" } else { "no" }.into(),
+                        d.path.clone(),
+                        lic,
+                        when(d.last_seen),
+                    ]
+                })
+                .collect(),
+        ),
+        R::Push(p) => {
+            let mut s = format!("push {}:\n", p.push_id);
+            s.push_str(&table(
+                &["DEVICE", "STATE", "LATENCY"],
+                p.outcomes
+                    .iter()
+                    .map(|o| {
+                        vec![
+                            o.device_id.clone(),
+                            o.state.clone(),
+                            if o.state == "acked" { format!("{} ms", o.latency_ms) } else { "-".into() },
+                        ]
+                    })
+                    .collect(),
+            ));
+            s
+        }
+        R::Groups(g) => table(
+            &["GROUP", "DEVICES"],
+            g.groups.iter().map(|g| vec![g.path.clone(), g.devices.to_string()]).collect(),
+        ),
+        R::KeyFile(k) => format!("key {} ({} bytes)\n", k.key_id, k.content.len()),
+        R::ServerStatus(s) => format!(
+            "{}\nlistening on {}\nagent sessions online: {}\ngateways connected: {}\ndevices: {}\nuptime: {}\nsessions refused (overload): {}\n",
+            s.software,
+            s.listen,
+            s.sessions,
+            s.gateways_connected,
+            s.devices,
+            humantime::format_duration(std::time::Duration::from_secs(s.uptime_secs)),
+            s.sessions_refused
+        ),
+    }
+}
+
+fn keys_table(keys: &[outpost_proto::pb::admin::KeyInfo]) -> String {
+    table(
+        &["KEY", "LICENSEE", "KIND", "SEATS", "USED", "LEASED", "FREE", "VALID FROM", "EXPIRES", "COMPONENTS", "OBJECTS"],
+        keys.iter()
+            .map(|k| {
+                vec![
+                    k.key_id.clone(),
+                    k.licensee.clone(),
+                    format!("{}{}{}", k.kind, if k.auto_distribute { ", auto" } else { "" }, if k.expired { ", EXPIRED" } else { "" }),
+                    k.seats_total.to_string(),
+                    k.seats_used.to_string(),
+                    k.seats_leased_out.to_string(),
+                    k.seats_free.to_string(),
+                    when(k.valid_from),
+                    when(k.expires_at),
+                    k.components.join(","),
+                    if k.objects.is_empty() { "(unassigned)".into() } else { k.objects.join(",") },
+                ]
+            })
+            .collect(),
+    )
+}
+
+/// The JSON form of a result: the result message itself (without the variant wrapper).
+pub fn json(r: &R) -> serde_json::Value {
+    match serde_json::to_value(r) {
+        Ok(serde_json::Value::Object(mut m)) if m.len() == 1 => {
+            let k = m.keys().next().cloned().unwrap_or_default();
+            m.remove(&k).unwrap_or_default()
+        }
+        Ok(v) => v,
+        Err(e) => serde_json::json!({ "error": e.to_string() }),
+    }
+}

@@ -1,0 +1,243 @@
+//! `server.toml`: the server's configuration, written with documented defaults at first start
+//! (O1, O5). Unknown keys are refused; durations are humantime (`"15s"`, `"7d"`).
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::Context;
+use outpost_net::endpoint::SocketOptions;
+use serde::{Deserialize, Serialize};
+
+use crate::store::Durability;
+
+/// Default UDP port of `outpost-server`.
+pub const DEFAULT_PORT: u16 = 4700;
+
+/// The whole configuration file.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// UDP address the server listens on (all roles share it; ALPN tells them apart).
+    pub listen: SocketAddr,
+    /// Name of the deployment, in the CA's name.
+    pub deployment: String,
+    /// Extra DNS names or IP addresses put in the server certificate at init, besides
+    /// `outpost-server` (which is what clients verify).
+    pub server_names: Vec<String>,
+    /// The licence authority's public key (`outpost-authority-ed25519:…`), set at init.
+    pub authority_public_key: String,
+    /// Address agents and gateways are told to reach the server at (status and admin bundle).
+    /// Empty: derived from `listen`.
+    pub public_address: String,
+    /// Gateways agents should use, in order (T8), handed out at sync.
+    pub gateways: Vec<String>,
+    /// Limits (T9).
+    pub limits: Limits,
+    /// Timing.
+    pub timing: Timing,
+    /// Store.
+    pub store: StoreConfig,
+    /// UDP socket (T10).
+    pub socket: SocketOptions,
+}
+
+/// Limits (T9).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// Concurrent agent sessions (direct and relayed) before new ones are refused with a
+    /// retry-after.
+    pub max_sessions: u32,
+    /// Concurrent relayed sessions on one gateway uplink.
+    pub max_sessions_per_gateway: u32,
+    /// Largest frame accepted, bytes.
+    pub max_frame: usize,
+    /// Events accepted in one sync; the agent sends the rest next time.
+    pub max_events_per_sync: u32,
+    /// Pushes queued per live session before further ones are counted as dropped (they stay
+    /// queued in the database and are delivered at the next connect).
+    pub push_queue: usize,
+}
+
+/// Timing.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Timing {
+    /// How often agents sync while connected.
+    #[serde(with = "humantime_serde")]
+    pub sync_interval: Duration,
+    /// Lifetime of a licence grant (L7); never beyond the key's expiry.
+    #[serde(with = "humantime_serde")]
+    pub grant_ttl: Duration,
+    /// A connection silent this long is closed.
+    #[serde(with = "humantime_serde")]
+    pub idle_timeout: Duration,
+    /// Base of the retry-after sent when overloaded or shutting down; clients are told
+    /// base + a random part of the same size, so they do not return as one spike (T6).
+    #[serde(with = "humantime_serde")]
+    pub retry_after: Duration,
+    /// How long a push for an offline device stays deliverable.
+    #[serde(with = "humantime_serde")]
+    pub push_ttl: Duration,
+    /// How long an admin push waits for acknowledgements before answering.
+    #[serde(with = "humantime_serde")]
+    pub push_wait: Duration,
+    /// Time a session may take for its handshake and licence check.
+    #[serde(with = "humantime_serde")]
+    pub session_setup_timeout: Duration,
+    /// Grace period for sessions to end at shutdown.
+    #[serde(with = "humantime_serde")]
+    pub shutdown_grace: Duration,
+}
+
+/// Store settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreConfig {
+    /// `full`: every commit survives power loss; `normal`: survives a process crash, faster.
+    pub durability: Durability,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            listen: SocketAddr::from(([0, 0, 0, 0], DEFAULT_PORT)),
+            deployment: "outpost".into(),
+            server_names: vec![],
+            authority_public_key: String::new(),
+            public_address: String::new(),
+            gateways: vec![],
+            limits: Limits::default(),
+            timing: Timing::default(),
+            store: StoreConfig::default(),
+            socket: SocketOptions::default(),
+        }
+    }
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_sessions: 20_000,
+            max_sessions_per_gateway: outpost_net::transport::DEFAULT_UPLINK_STREAMS,
+            max_frame: outpost_proto::frame::DEFAULT_MAX_FRAME,
+            max_events_per_sync: 500,
+            push_queue: 64,
+        }
+    }
+}
+
+impl Default for Timing {
+    fn default() -> Self {
+        Timing {
+            sync_interval: Duration::from_secs(300),
+            grant_ttl: Duration::from_secs(7 * 86_400),
+            idle_timeout: Duration::from_secs(60),
+            retry_after: Duration::from_secs(5),
+            push_ttl: Duration::from_secs(86_400),
+            push_wait: Duration::from_secs(5),
+            session_setup_timeout: Duration::from_secs(30),
+            shutdown_grace: Duration::from_secs(5),
+        }
+    }
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig {
+            durability: Durability::Full,
+        }
+    }
+}
+
+impl ServerConfig {
+    /// Reads and validates a config file.
+    pub fn load(path: &Path) -> anyhow::Result<ServerConfig> {
+        let text = outpost_net::fsutil::read_string(path)?;
+        let cfg: ServerConfig = toml::from_str(&text)
+            .with_context(|| format!("{}: invalid configuration", path.display()))?;
+        cfg.validate()
+            .with_context(|| format!("{}: invalid configuration", path.display()))?;
+        Ok(cfg)
+    }
+
+    /// Checks values that parse but make no sense.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        anyhow::ensure!(self.limits.max_sessions > 0, "limits.max_sessions must be at least 1");
+        anyhow::ensure!(
+            self.limits.max_frame >= 4096,
+            "limits.max_frame must be at least 4096 bytes"
+        );
+        anyhow::ensure!(
+            self.timing.sync_interval >= Duration::from_secs(1),
+            "timing.sync_interval must be at least 1s"
+        );
+        anyhow::ensure!(
+            self.timing.grant_ttl >= Duration::from_secs(1),
+            "timing.grant_ttl must be at least 1s"
+        );
+        anyhow::ensure!(
+            self.timing.idle_timeout >= Duration::from_secs(2),
+            "timing.idle_timeout must be at least 2s"
+        );
+        if !self.authority_public_key.is_empty() {
+            outpost_proto::licence::key::decode_public_key(&self.authority_public_key)
+                .context("authority_public_key")?;
+        }
+        for g in &self.gateways {
+            anyhow::ensure!(
+                g.rsplit_once(':').is_some_and(|(_, p)| p.parse::<u16>().is_ok()),
+                "gateways: {g:?} is not host:port"
+            );
+        }
+        Ok(())
+    }
+
+    /// The file as written at first start: every key with its default and a comment.
+    pub fn to_commented_toml(&self) -> String {
+        let body = toml::to_string_pretty(self).expect("config serializes");
+        format!(
+            "# outpost-server configuration. Every key is optional; shown values are the defaults\n\
+             # unless set at init. Durations: \"30s\", \"5m\", \"7d\". See README \"Configuration\".\n\
+             {body}"
+        )
+    }
+
+    /// The address clients should dial.
+    pub fn client_address(&self) -> String {
+        if !self.public_address.is_empty() {
+            return self.public_address.clone();
+        }
+        let ip = if self.listen.ip().is_unspecified() {
+            if self.listen.is_ipv6() {
+                std::net::IpAddr::from(std::net::Ipv6Addr::LOCALHOST)
+            } else {
+                std::net::IpAddr::from(std::net::Ipv4Addr::LOCALHOST)
+            }
+        } else {
+            self.listen.ip()
+        };
+        SocketAddr::new(ip, self.listen.port()).to_string()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn o5_defaults_round_trip_and_unknown_keys_are_refused() {
+        let cfg = ServerConfig::default();
+        let text = cfg.to_commented_toml();
+        let back: ServerConfig = toml::from_str(&text).unwrap();
+        assert_eq!(back, cfg);
+        let err = toml::from_str::<ServerConfig>("listen = \"0.0.0.0:1\"\nlisten_port = 3\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("listen_port"), "{err}");
+        let bad: ServerConfig = toml::from_str("[timing]\nsync_interval = \"0s\"\n").unwrap();
+        assert!(bad.validate().unwrap_err().to_string().contains("sync_interval"));
+        assert!(toml::from_str::<ServerConfig>("[timing]\nsync_interval = \"soon\"\n").is_err());
+    }
+}

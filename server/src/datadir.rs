@@ -1,0 +1,200 @@
+//! The server's data directory and its first-start initialisation (O1, P1).
+//!
+//! ```text
+//! <data>/server.toml        configuration (written last at init: its presence means "initialised")
+//! <data>/ca.crt, ca.key     the deployment CA (T2); ca.key is 0600
+//! <data>/server.crt, .key   the server's certificate chain and key
+//! <data>/grant.key          Ed25519 key that signs licence grants (L7), PKCS#8, 0600
+//! <data>/outpost.db         the SQLite store (+ -wal, -shm)
+//! <data>/keys/              imported licence key files, kept even after removal (L2)
+//! <data>/admin/             admin bundle: admin.toml, cert.pem, key.pem, ca.pem (O3)
+//! ```
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use outpost_net::fsutil::{read_string, write_atomic};
+use outpost_proto::pki::{Ca, CertRole, Identity, IdentityPem};
+use serde::{Deserialize, Serialize};
+
+use crate::config::ServerConfig;
+use crate::store::{Store, fp_hex};
+
+/// Paths inside a data directory.
+#[derive(Debug, Clone)]
+pub struct DataDir {
+    root: PathBuf,
+}
+
+/// What an admin passes at first start.
+#[derive(Debug, Clone, Default)]
+pub struct InitOptions {
+    /// Listen address (default `0.0.0.0:4700`).
+    pub listen: Option<std::net::SocketAddr>,
+    /// Licence authority public key text.
+    pub authority_public_key: String,
+    /// Extra certificate names.
+    pub server_names: Vec<String>,
+    /// Deployment name.
+    pub deployment: Option<String>,
+    /// A complete config to start from (tests, sandbox); listen/authority above override it.
+    pub base: Option<ServerConfig>,
+}
+
+/// The admin bundle file (`admin/admin.toml`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminBundle {
+    /// Server address to dial.
+    pub server: String,
+}
+
+impl DataDir {
+    /// A data directory at `root` (not created yet).
+    pub fn new(root: impl Into<PathBuf>) -> DataDir {
+        DataDir { root: root.into() }
+    }
+
+    /// The root.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+    /// `server.toml`.
+    pub fn config(&self) -> PathBuf {
+        self.root.join("server.toml")
+    }
+    /// CA certificate.
+    pub fn ca_cert(&self) -> PathBuf {
+        self.root.join("ca.crt")
+    }
+    /// CA key.
+    pub fn ca_key(&self) -> PathBuf {
+        self.root.join("ca.key")
+    }
+    /// Server chain.
+    pub fn server_cert(&self) -> PathBuf {
+        self.root.join("server.crt")
+    }
+    /// Server key.
+    pub fn server_key(&self) -> PathBuf {
+        self.root.join("server.key")
+    }
+    /// Grant signing key.
+    pub fn grant_key(&self) -> PathBuf {
+        self.root.join("grant.key")
+    }
+    /// Database.
+    pub fn db(&self) -> PathBuf {
+        self.root.join("outpost.db")
+    }
+    /// Key files.
+    pub fn keys(&self) -> PathBuf {
+        self.root.join("keys")
+    }
+    /// Admin bundle directory.
+    pub fn admin(&self) -> PathBuf {
+        self.root.join("admin")
+    }
+
+    /// Whether first-start initialisation completed.
+    pub fn is_initialized(&self) -> bool {
+        self.config().exists()
+    }
+
+    /// Initialises a new data directory: CA, server certificate, grant key, database, admin
+    /// identity, config. A crash part-way leaves no `server.toml`, and the next start redoes
+    /// the whole initialisation.
+    pub async fn init(&self, opts: &InitOptions) -> anyhow::Result<ServerConfig> {
+        anyhow::ensure!(
+            !self.is_initialized(),
+            "{} is already initialised",
+            self.root.display()
+        );
+        anyhow::ensure!(
+            !opts.authority_public_key.is_empty(),
+            "first start needs the licence authority's public key: pass --authority-key <file> \
+             (create one with `outpost-server authority init --dir <dir>`)"
+        );
+        outpost_proto::licence::key::decode_public_key(&opts.authority_public_key)
+            .context("--authority-key")?;
+        std::fs::create_dir_all(&self.root)
+            .with_context(|| format!("cannot create {}", self.root.display()))?;
+        // Leftovers of an interrupted init.
+        for f in ["outpost.db", "outpost.db-wal", "outpost.db-shm"] {
+            let _ = std::fs::remove_file(self.root.join(f));
+        }
+        let mut cfg = opts.base.clone().unwrap_or_default();
+        if let Some(l) = opts.listen {
+            cfg.listen = l;
+        }
+        if let Some(d) = &opts.deployment {
+            cfg.deployment = d.clone();
+        }
+        cfg.server_names.extend(opts.server_names.iter().cloned());
+        cfg.authority_public_key = opts.authority_public_key.trim().to_owned();
+        cfg.validate()?;
+
+        let now = outpost_net::unix_now();
+        let ca = Ca::generate(&cfg.deployment, now)?;
+        write_atomic(&self.ca_cert(), ca.cert_pem().as_bytes(), false)?;
+        write_atomic(&self.ca_key(), ca.key_pem().as_bytes(), true)?;
+        let server = ca.issue(CertRole::Server, "outpost-server", &cfg.server_names, now)?;
+        write_atomic(&self.server_cert(), server.chain_pem.as_bytes(), false)?;
+        write_atomic(&self.server_key(), server.key_pem.as_bytes(), true)?;
+        let (_, grant_pk8) = outpost_proto::licence::GrantSigner::generate();
+        write_atomic(&self.grant_key(), &grant_pk8, true)?;
+        std::fs::create_dir_all(self.keys())?;
+
+        let store = Store::open(&self.db(), cfg.store.durability).await?;
+        let admin_id = format!("admin-{:08x}", rand::random::<u32>());
+        let admin = ca.issue(CertRole::Admin, &admin_id, &[], now)?;
+        let admin_leaf = Identity::from_pem(&admin, "admin certificate")?;
+        store
+            .insert_local_device(&admin_id, "admin", &fp_hex(&outpost_proto::pki::fingerprint(admin_leaf.leaf())), now)
+            .await?;
+        store.close().await;
+        self.write_admin_bundle(&admin, &ca.cert_pem(), &cfg.client_address())?;
+
+        write_atomic(&self.config(), cfg.to_commented_toml().as_bytes(), false)?;
+        Ok(cfg)
+    }
+
+    fn write_admin_bundle(&self, id: &IdentityPem, ca_pem: &str, server: &str) -> anyhow::Result<()> {
+        let dir = self.admin();
+        write_atomic(&dir.join("cert.pem"), id.chain_pem.as_bytes(), false)?;
+        write_atomic(&dir.join("key.pem"), id.key_pem.as_bytes(), true)?;
+        write_atomic(&dir.join("ca.pem"), ca_pem.as_bytes(), false)?;
+        self.set_admin_server(server)
+    }
+
+    /// Points the admin bundle at the address the server actually listens on.
+    pub fn set_admin_server(&self, server: &str) -> anyhow::Result<()> {
+        let bundle = AdminBundle {
+            server: server.to_owned(),
+        };
+        let text = format!(
+            "# Where `outpost-server admin` connects. Copy this directory to an admin workstation\n\
+             # and change `server` to an address that reaches the server.\n{}",
+            toml::to_string(&bundle)?
+        );
+        write_atomic(&self.admin().join("admin.toml"), text.as_bytes(), false)?;
+        Ok(())
+    }
+
+    /// Loads the CA.
+    pub fn load_ca(&self) -> anyhow::Result<Ca> {
+        Ok(Ca::load(
+            &read_string(&self.ca_cert())?,
+            &read_string(&self.ca_key())?,
+        )?)
+    }
+
+    /// Loads the server identity.
+    pub fn load_server_identity(&self) -> anyhow::Result<Identity> {
+        let pem = IdentityPem {
+            chain_pem: read_string(&self.server_cert())?,
+            key_pem: read_string(&self.server_key())?,
+        };
+        Ok(Identity::from_pem(&pem, &self.server_cert().display().to_string())?)
+    }
+}

@@ -1,0 +1,116 @@
+//! Enrollment (S6): a device without a certificate presents a token and a CSR; the server
+//! issues its certificate. Served on `outpost-enroll/1` connections (no client certificate)
+//! and on enrollment streams relayed by a gateway. The token is never logged beyond its id.
+
+use std::sync::Arc;
+
+use futures_util::{SinkExt, StreamExt};
+use outpost_net::stream;
+use outpost_proto::error::{RefusalCode, Refused, refusal};
+use outpost_proto::pb::v1::{EnrollRequest, EnrollResponse, Role, envelope::Msg};
+use outpost_proto::pki::{self, CertRole};
+use outpost_proto::token::Token;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tracing::{Instrument, debug, info, warn};
+
+use crate::node::Shared;
+use crate::store::{NewDevice, fp_hex};
+
+/// Serves an enrollment connection: each bidi stream carries one request.
+pub async fn serve_connection(shared: Arc<Shared>, conn: quinn::Connection) {
+    loop {
+        let (send, recv) = tokio::select! {
+            s = conn.accept_bi() => match s { Ok(s) => s, Err(_) => return },
+            _ = shared.shutdown.cancelled() => return,
+        };
+        let shared2 = shared.clone();
+        shared
+            .tasks
+            .spawn(serve_stream(shared2, stream::bi(send, recv)).in_current_span());
+    }
+}
+
+/// Serves one enrollment request on a byte stream.
+pub async fn serve_stream<S: AsyncRead + AsyncWrite + Unpin>(shared: Arc<Shared>, io: S) {
+    let mut f = stream::framed(io, shared.config.limits.max_frame);
+    let msg = match tokio::time::timeout(crate::node::setup_timeout(&shared), f.next()).await {
+        Ok(Some(Ok(m))) => m,
+        Ok(Some(Err(e))) => {
+            let _ = f.send(Msg::Refusal(refusal(RefusalCode::Malformed, e.to_string()))).await;
+            return;
+        }
+        _ => return,
+    };
+    let reply = match msg {
+        Msg::EnrollRequest(req) => match enroll(&shared, req).await {
+            Ok(r) => Msg::EnrollResponse(r),
+            Err(r) => {
+                warn!(refusal = %r, "enrollment refused");
+                Msg::Refusal(r.0)
+            }
+        },
+        other => Msg::Refusal(refusal(
+            RefusalCode::UnexpectedMessage,
+            format!(
+                "expected EnrollRequest on an enrollment stream, got {}",
+                outpost_proto::session::msg_name(&other)
+            ),
+        )),
+    };
+    let _ = f.send(reply).await;
+    let _ = f.close().await;
+    debug!("enrollment stream done");
+}
+
+async fn enroll(shared: &Shared, req: EnrollRequest) -> Result<EnrollResponse, Refused> {
+    let token = Token::parse(&req.token).map_err(|e| Refused::new(RefusalCode::TokenInvalid, e.to_string()))?;
+    let (role, cert_role) = match Role::try_from(req.role) {
+        Ok(Role::Agent) => ("agent", CertRole::Agent),
+        Ok(Role::Gateway) => ("gateway", CertRole::Gateway),
+        _ => {
+            return Err(Refused::new(
+                RefusalCode::InvalidArgument,
+                "only agents and gateways enroll with tokens",
+            ));
+        }
+    };
+    let inv = req.inventory.unwrap_or_default();
+    let new = NewDevice {
+        role: role.into(),
+        machine_id: inv.machine_id.clone(),
+        hostname: inv.hostname.clone(),
+        os: inv.os.clone(),
+        agent_version: inv.agent_version.clone(),
+        addresses: inv.addresses.join(","),
+    };
+    let now = outpost_net::unix_now();
+    let csr = req.csr_der;
+    let out = shared
+        .store
+        .enroll(&token, &new, now, |id| {
+            let der = shared
+                .ca
+                .issue_for_csr(&csr, cert_role, id, now)
+                .map_err(|e| e.to_string())?;
+            let fp = fp_hex(&pki::fingerprint(&der));
+            Ok((der.to_vec(), fp))
+        })
+        .await
+        .map_err(|e| Refused::new(e.code(), e.to_string()))?;
+    info!(
+        device = %out.device_id,
+        role,
+        token = %token,
+        machine = %inv.machine_id,
+        host = %inv.hostname,
+        took_over = out.took_over,
+        "device enrolled"
+    );
+    Ok(EnrollResponse {
+        device_id: out.device_id,
+        certificate_der: out.cert_der,
+        ca_der: shared.ca.cert_der().to_vec(),
+        grant_public_key: shared.grants.public_key(),
+        group: out.group,
+    })
+}

@@ -1,0 +1,157 @@
+//! Live sessions and pushes (T7).
+//!
+//! Every established agent session registers a bounded sender here. A push is first stored
+//! (so it survives a restart and reaches an offline device at its next connect), then handed
+//! to the live session if there is one; the agent's acknowledgement deletes it. Delivery is
+//! therefore at least once; push ids let the agent recognise a repeat.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use outpost_proto::pb::v1::Push;
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
+
+/// One live session, owned by its session task.
+struct Entry {
+    session: u64,
+    tx: mpsc::Sender<Push>,
+}
+
+/// Registry of live sessions. Shared by all tasks; each map has its own lock, held only for
+/// map operations.
+#[derive(Default)]
+pub struct Registry {
+    /// device id → live session.
+    live: Mutex<HashMap<String, Entry>>,
+    /// (device id, push id) → who waits for the acknowledgement.
+    waiters: Mutex<HashMap<(String, String), oneshot::Sender<Instant>>>,
+    next_session: AtomicU64,
+    /// Pushes not handed to a live session because its queue was full (they stay stored).
+    pub dropped_queue_full: AtomicU64,
+}
+
+impl std::fmt::Debug for Registry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Registry")
+            .field("online", &self.online_count())
+            .finish()
+    }
+}
+
+/// What became of a push handed to the registry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Delivery {
+    /// Written to a live session.
+    Sent,
+    /// No live session: stays queued for the next connect.
+    Offline,
+    /// The session's queue was full: stays queued (counted in `dropped_queue_full`).
+    QueueFull,
+}
+
+impl Registry {
+    /// Registers a live session for a device, replacing an older one. Returns its id.
+    pub fn register(&self, device: &str, tx: mpsc::Sender<Push>) -> u64 {
+        let session = self.next_session.fetch_add(1, Ordering::Relaxed);
+        self.live
+            .lock()
+            .expect("registry lock")
+            .insert(device.to_owned(), Entry { session, tx });
+        session
+    }
+
+    /// Removes a session, unless a newer one for the same device replaced it.
+    pub fn unregister(&self, device: &str, session: u64) {
+        let mut live = self.live.lock().expect("registry lock");
+        if live.get(device).is_some_and(|e| e.session == session) {
+            live.remove(device);
+        }
+    }
+
+    /// Ends a device's live session (revoked, removed): dropping its sender ends the session.
+    pub fn kick(&self, device: &str) {
+        self.live.lock().expect("registry lock").remove(device);
+    }
+
+    /// Whether the device has a live session.
+    pub fn is_online(&self, device: &str) -> bool {
+        self.live.lock().expect("registry lock").contains_key(device)
+    }
+
+    /// Number of live sessions.
+    pub fn online_count(&self) -> usize {
+        self.live.lock().expect("registry lock").len()
+    }
+
+    /// Ids of devices with a live session.
+    pub fn online(&self) -> Vec<String> {
+        self.live.lock().expect("registry lock").keys().cloned().collect()
+    }
+
+    /// Hands a push to the device's live session.
+    pub fn send(&self, device: &str, push: Push) -> Delivery {
+        let tx = match self.live.lock().expect("registry lock").get(device) {
+            Some(e) => e.tx.clone(),
+            None => return Delivery::Offline,
+        };
+        match tx.try_send(push) {
+            Ok(()) => Delivery::Sent,
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                self.dropped_queue_full.fetch_add(1, Ordering::Relaxed);
+                Delivery::QueueFull
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => Delivery::Offline,
+        }
+    }
+
+    /// Starts waiting for the acknowledgement of a push.
+    pub fn wait_ack(&self, device: &str, push_id: &str) -> oneshot::Receiver<Instant> {
+        let (tx, rx) = oneshot::channel();
+        self.waiters
+            .lock()
+            .expect("registry lock")
+            .insert((device.to_owned(), push_id.to_owned()), tx);
+        rx
+    }
+
+    /// Stops waiting (timeout).
+    pub fn forget_ack(&self, device: &str, push_id: &str) {
+        self.waiters
+            .lock()
+            .expect("registry lock")
+            .remove(&(device.to_owned(), push_id.to_owned()));
+    }
+
+    /// The agent acknowledged a push.
+    pub fn acked(&self, device: &str, push_id: &str) {
+        if let Some(tx) = self
+            .waiters
+            .lock()
+            .expect("registry lock")
+            .remove(&(device.to_owned(), push_id.to_owned()))
+        {
+            let _ = tx.send(Instant::now());
+        }
+    }
+}
+
+/// Waits for an acknowledgement up to `wait`; returns the latency if it came.
+pub async fn await_ack(
+    registry: &Registry,
+    device: &str,
+    push_id: &str,
+    rx: oneshot::Receiver<Instant>,
+    started: Instant,
+    wait: Duration,
+) -> Option<Duration> {
+    match tokio::time::timeout(wait, rx).await {
+        Ok(Ok(at)) => Some(at.saturating_duration_since(started)),
+        _ => {
+            registry.forget_ack(device, push_id);
+            None
+        }
+    }
+}

@@ -1,0 +1,472 @@
+//! Devices: enrollment (S6), one record per machine (S7), revocation and removal (S8), the
+//! registry that maps a certificate to its device.
+
+use outpost_proto::error::RefusalCode;
+use outpost_proto::token::{Token, secret_matches};
+
+use super::{Store, StoreError};
+
+/// A device as stored.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct DeviceRow {
+    /// Device id (`a-…` agent, `g-…` gateway, `admin-…`).
+    pub id: String,
+    /// agent | gateway | admin.
+    pub role: String,
+    /// Hex SHA-256 of its current certificate.
+    pub cert_sha256: String,
+    /// Administration group.
+    pub group_path: String,
+    /// Machine identity reported by the device.
+    pub machine_id: String,
+    /// Host name.
+    pub hostname: String,
+    /// Operating system.
+    pub os: String,
+    /// Agent version.
+    pub agent_version: String,
+    /// Comma-separated addresses.
+    pub addresses: String,
+    /// Unix seconds.
+    pub enrolled_at: i64,
+    /// Unix seconds of the last session activity.
+    pub last_seen: i64,
+    /// Set when revoked.
+    pub revoked_at: Option<i64>,
+    /// licensed | unlicensed | unknown.
+    pub licence_state: String,
+    /// Key licensing it.
+    pub licence_key: Option<String>,
+    /// Why unlicensed.
+    pub licence_reason: String,
+    /// Unix seconds of the last licence check.
+    pub last_check_at: i64,
+    /// How it last connected.
+    pub path: String,
+}
+
+/// Inventory of a device enrolling.
+#[derive(Debug, Clone, Default)]
+pub struct NewDevice {
+    /// agent | gateway.
+    pub role: String,
+    /// Machine identity (S7 key).
+    pub machine_id: String,
+    /// Host name.
+    pub hostname: String,
+    /// Operating system.
+    pub os: String,
+    /// Agent version.
+    pub agent_version: String,
+    /// Addresses.
+    pub addresses: String,
+}
+
+/// Result of an enrollment.
+#[derive(Debug, Clone)]
+pub struct EnrollOutcome {
+    /// Device id (an existing one when the machine took over its old record).
+    pub device_id: String,
+    /// Group the device belongs to.
+    pub group: String,
+    /// The issued certificate, DER.
+    pub cert_der: Vec<u8>,
+    /// True when an existing record with the same machine identity was taken over (S7).
+    pub took_over: bool,
+}
+
+const DEVICE_COLUMNS: &str = "id, role, cert_sha256, group_path, machine_id, hostname, os, \
+     agent_version, addresses, enrolled_at, last_seen, revoked_at, licence_state, licence_key, \
+     licence_reason, last_check_at, path";
+
+fn new_id(role: &str) -> String {
+    let prefix = match role {
+        "gateway" => "g",
+        "admin" => "admin",
+        _ => "a",
+    };
+    format!("{prefix}-{:012x}", rand::random::<u64>() & 0xffff_ffff_ffff)
+}
+
+impl Store {
+    /// The device holding the certificate with this fingerprint.
+    pub async fn device_by_cert(&self, cert_sha256: &str) -> Result<Option<DeviceRow>, StoreError> {
+        // Column list is a constant; see DEVICE_COLUMNS.
+        let row = sqlx::query_as::<_, DeviceRow>(
+            "SELECT id, role, cert_sha256, group_path, machine_id, hostname, os, agent_version,
+                    addresses, enrolled_at, last_seen, revoked_at, licence_state, licence_key,
+                    licence_reason, last_check_at, path
+             FROM devices WHERE cert_sha256 = $1",
+        )
+        .bind(cert_sha256)
+        .fetch_optional(&self.read)
+        .await?;
+        Ok(row)
+    }
+
+    /// One device by id.
+    pub async fn device(&self, id: &str) -> Result<Option<DeviceRow>, StoreError> {
+        let row = sqlx::query_as::<_, DeviceRow>(
+            "SELECT id, role, cert_sha256, group_path, machine_id, hostname, os, agent_version,
+                    addresses, enrolled_at, last_seen, revoked_at, licence_state, licence_key,
+                    licence_reason, last_check_at, path
+             FROM devices WHERE id = $1",
+        )
+        .bind(id)
+        .fetch_optional(&self.read)
+        .await?;
+        Ok(row)
+    }
+
+    /// All devices, optionally of one role, ordered by id.
+    pub async fn devices(&self, role: Option<&str>) -> Result<Vec<DeviceRow>, StoreError> {
+        let _ = DEVICE_COLUMNS;
+        let rows = sqlx::query_as::<_, DeviceRow>(
+            "SELECT id, role, cert_sha256, group_path, machine_id, hostname, os, agent_version,
+                    addresses, enrolled_at, last_seen, revoked_at, licence_state, licence_key,
+                    licence_reason, last_check_at, path
+             FROM devices WHERE ($1 = '' OR role = $1) ORDER BY id",
+        )
+        .bind(role.unwrap_or(""))
+        .fetch_all(&self.read)
+        .await?;
+        Ok(rows)
+    }
+
+    /// Registers a device created locally (the admin identity at init).
+    pub async fn insert_local_device(
+        &self,
+        id: &str,
+        role: &str,
+        cert_sha256: &str,
+        now: i64,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO devices (id, role, cert_sha256, group_path, enrolled_at)
+             VALUES ($1, $2, $3, 'everyone', $4)",
+        )
+        .bind(id)
+        .bind(role)
+        .bind(cert_sha256)
+        .bind(now)
+        .execute(&self.write)
+        .await?;
+        Ok(())
+    }
+
+    /// Enrolls a device with a token (S6). `issue` signs the certificate for the chosen device
+    /// id and returns it with its fingerprint (hex). A machine that enrolled before takes over
+    /// its record, seats included (S7); a revoked one is refused.
+    pub async fn enroll<F>(
+        &self,
+        token: &Token,
+        new: &NewDevice,
+        now: i64,
+        issue: F,
+    ) -> Result<EnrollOutcome, StoreError>
+    where
+        F: FnOnce(&str) -> Result<(Vec<u8>, String), String>,
+    {
+        let mut tx = self.write.begin().await?;
+        let row: Option<(String, String, String, i64, i64)> = sqlx::query_as(
+            "SELECT secret_sha256, role, group_path, expires_at, uses_left FROM tokens WHERE id = $1",
+        )
+        .bind(&token.id)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some((secret_hex, role, group, expires_at, uses_left)) = row else {
+            return Err(StoreError::Token(
+                RefusalCode::TokenInvalid,
+                format!("enrollment token {token} is unknown to this server (deleted, or created on another server)"),
+            ));
+        };
+        let stored = hex::decode(&secret_hex).unwrap_or_default();
+        if !secret_matches(&token.secret, &stored) {
+            return Err(StoreError::Token(
+                RefusalCode::TokenInvalid,
+                format!("enrollment token {token} does not match (mistyped?)"),
+            ));
+        }
+        if now >= expires_at {
+            return Err(StoreError::Token(
+                RefusalCode::TokenExpired,
+                format!(
+                    "enrollment token {token} expired at {}; create a new one with `outpost-server admin token create`",
+                    outpost_proto::licence::key::format_time(expires_at)
+                ),
+            ));
+        }
+        if role != new.role {
+            return Err(StoreError::Token(
+                RefusalCode::TokenInvalid,
+                format!("enrollment token {token} is for {role} devices, not {}", new.role),
+            ));
+        }
+        if uses_left <= 0 {
+            return Err(StoreError::Token(
+                RefusalCode::TokenUsedUp,
+                format!("enrollment token {token} has no uses left; create a new one"),
+            ));
+        }
+        // S7: the same machine enrolling again takes over its record.
+        let existing: Option<(String, Option<i64>, String)> = if new.machine_id.is_empty() {
+            None
+        } else {
+            sqlx::query_as(
+                "SELECT id, revoked_at, group_path FROM devices WHERE role = $1 AND machine_id = $2
+                 ORDER BY enrolled_at DESC LIMIT 1",
+            )
+            .bind(&new.role)
+            .bind(&new.machine_id)
+            .fetch_optional(&mut *tx)
+            .await?
+        };
+        if let Some((id, Some(_), _)) = &existing {
+            return Err(StoreError::Revoked(format!(
+                "this machine was enrolled as device {id}, which is revoked; remove it first \
+                 (`outpost-server admin device remove {id}`) to enroll it again"
+            )));
+        }
+        let (device_id, group, took_over) = match &existing {
+            Some((id, None, g)) => (id.clone(), g.clone(), true),
+            _ => (new_id(&new.role), group, false),
+        };
+        let (cert_der, fp) = issue(&device_id).map_err(StoreError::Invalid)?;
+        let used = sqlx::query("UPDATE tokens SET uses_left = uses_left - 1 WHERE id = $1 AND uses_left > 0")
+            .bind(&token.id)
+            .execute(&mut *tx)
+            .await?;
+        if used.rows_affected() != 1 {
+            return Err(StoreError::Token(
+                RefusalCode::TokenUsedUp,
+                format!("enrollment token {token} has no uses left; create a new one"),
+            ));
+        }
+        if took_over {
+            sqlx::query(
+                "UPDATE devices SET cert_sha256 = $2, hostname = $3, os = $4, agent_version = $5,
+                        addresses = $6, enrolled_at = $7
+                 WHERE id = $1",
+            )
+            .bind(&device_id)
+            .bind(&fp)
+            .bind(&new.hostname)
+            .bind(&new.os)
+            .bind(&new.agent_version)
+            .bind(&new.addresses)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+        } else {
+            sqlx::query(
+                "INSERT INTO devices (id, role, cert_sha256, group_path, machine_id, hostname, os,
+                                      agent_version, addresses, enrolled_at)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+            )
+            .bind(&device_id)
+            .bind(&new.role)
+            .bind(&fp)
+            .bind(&group)
+            .bind(&new.machine_id)
+            .bind(&new.hostname)
+            .bind(&new.os)
+            .bind(&new.agent_version)
+            .bind(&new.addresses)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(EnrollOutcome {
+            device_id,
+            group,
+            cert_der,
+            took_over,
+        })
+    }
+
+    /// Records a sync's inventory and the time the device was last seen.
+    pub async fn update_inventory(
+        &self,
+        id: &str,
+        inv: &outpost_proto::pb::v1::Inventory,
+        path: &str,
+        now: i64,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE devices SET hostname = $2, os = $3, agent_version = $4, addresses = $5,
+                    last_seen = $6, path = $7
+             WHERE id = $1",
+        )
+        .bind(id)
+        .bind(&inv.hostname)
+        .bind(&inv.os)
+        .bind(&inv.agent_version)
+        .bind(inv.addresses.join(","))
+        .bind(now)
+        .bind(path)
+        .execute(&self.write)
+        .await?;
+        Ok(())
+    }
+
+    /// Marks a device seen now (gateways, admins).
+    pub async fn touch(&self, id: &str, path: &str, now: i64) -> Result<(), StoreError> {
+        sqlx::query("UPDATE devices SET last_seen = $2, path = $3 WHERE id = $1")
+            .bind(id)
+            .bind(now)
+            .bind(path)
+            .execute(&self.write)
+            .await?;
+        Ok(())
+    }
+
+    /// Revokes a device (S8): its next connect is refused and its seats are freed.
+    pub async fn revoke_device(&self, id: &str, now: i64) -> Result<(), StoreError> {
+        let mut tx = self.write.begin().await?;
+        let r = sqlx::query("UPDATE devices SET revoked_at = $2, licence_state = 'unlicensed', licence_key = NULL, licence_reason = 'revoked' WHERE id = $1 AND revoked_at IS NULL")
+            .bind(id)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+        if r.rows_affected() == 0 {
+            let exists: Option<(String,)> = sqlx::query_as("SELECT id FROM devices WHERE id = $1")
+                .bind(id)
+                .fetch_optional(&mut *tx)
+                .await?;
+            return Err(match exists {
+                Some(_) => StoreError::Conflict(format!("device {id} is already revoked")),
+                None => StoreError::NotFound(format!("no device {id} (see `admin device list`)")),
+            });
+        }
+        super::licence::release_all_seats(&mut tx, id).await?;
+        sqlx::query("DELETE FROM grants WHERE device_id = $1")
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Removes a device record; its seats are freed (S8, L9).
+    pub async fn remove_device(&self, id: &str) -> Result<(), StoreError> {
+        let mut tx = self.write.begin().await?;
+        super::licence::release_all_seats(&mut tx, id).await?;
+        let r = sqlx::query("DELETE FROM devices WHERE id = $1 AND role <> 'admin'")
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        if r.rows_affected() == 0 {
+            return Err(StoreError::NotFound(format!(
+                "no removable device {id} (see `admin device list`)"
+            )));
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Moves a device to another group.
+    pub async fn move_device(&self, id: &str, group: &str) -> Result<(), StoreError> {
+        let group = self.resolve_group(group).await?;
+        let r = sqlx::query("UPDATE devices SET group_path = $2 WHERE id = $1")
+            .bind(id)
+            .bind(&group)
+            .execute(&self.write)
+            .await?;
+        if r.rows_affected() == 0 {
+            return Err(StoreError::NotFound(format!("no device {id}")));
+        }
+        Ok(())
+    }
+
+    /// Creates a group under an existing parent.
+    pub async fn create_group(&self, path: &str, now: i64) -> Result<String, StoreError> {
+        let path = normalize_group(path)?;
+        let Some(idx) = path.rfind('/') else {
+            return Err(StoreError::Conflict("group \"everyone\" always exists".into()));
+        };
+        let parent = &path[..idx];
+        let exists: Option<(String,)> = sqlx::query_as("SELECT path FROM groups WHERE path = $1")
+            .bind(parent)
+            .fetch_optional(&self.read)
+            .await?;
+        if exists.is_none() {
+            return Err(StoreError::NotFound(format!(
+                "parent group {parent:?} does not exist; create it first"
+            )));
+        }
+        let r = sqlx::query(
+            "INSERT INTO groups (path, parent, created_at) VALUES ($1, $2, $3) ON CONFLICT (path) DO NOTHING",
+        )
+        .bind(&path)
+        .bind(parent)
+        .bind(now)
+        .execute(&self.write)
+        .await?;
+        if r.rows_affected() == 0 {
+            return Err(StoreError::Conflict(format!("group {path:?} already exists")));
+        }
+        Ok(path)
+    }
+
+    /// Groups with their device counts.
+    pub async fn groups(&self) -> Result<Vec<(String, i64)>, StoreError> {
+        Ok(sqlx::query_as(
+            "SELECT g.path, (SELECT COUNT(*) FROM devices d WHERE d.group_path = g.path)
+             FROM groups g ORDER BY g.path",
+        )
+        .fetch_all(&self.read)
+        .await?)
+    }
+
+    /// Resolves a group given as a path or as its last component; errors name the choices.
+    pub async fn resolve_group(&self, name: &str) -> Result<String, StoreError> {
+        if name.is_empty() || name == "everyone" {
+            return Ok("everyone".into());
+        }
+        let path = normalize_group(name)?;
+        let all: Vec<(String,)> = sqlx::query_as("SELECT path FROM groups")
+            .fetch_all(&self.read)
+            .await?;
+        if all.iter().any(|(p,)| *p == path) {
+            return Ok(path);
+        }
+        let matches: Vec<&String> = all
+            .iter()
+            .map(|(p,)| p)
+            .filter(|p| p.rsplit('/').next() == Some(name))
+            .collect();
+        match matches.as_slice() {
+            [one] => Ok((*one).clone()),
+            [] => Err(StoreError::NotFound(format!(
+                "no group {name:?}; create it with `admin group create everyone/{name}`"
+            ))),
+            many => Err(StoreError::Invalid(format!(
+                "group name {name:?} is ambiguous: {}",
+                many.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ")
+            ))),
+        }
+    }
+}
+
+fn normalize_group(path: &str) -> Result<String, StoreError> {
+    let p = path.trim().trim_matches('/');
+    let p = if p == "everyone" || p.starts_with("everyone/") {
+        p.to_owned()
+    } else {
+        format!("everyone/{p}")
+    };
+    let ok = p.split('/').all(|part| {
+        !part.is_empty()
+            && part.len() <= 64
+            && part
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+    });
+    if !ok {
+        return Err(StoreError::Invalid(format!(
+            "group path {path:?}: use names of letters, digits, '-', '_' or '.', separated by '/'"
+        )));
+    }
+    Ok(p)
+}

@@ -1,0 +1,265 @@
+//! The licence key repository (L1, L2, L4): keys with their seat counts, and the objects they
+//! are assigned to (a device, a group, "everyone").
+
+use outpost_proto::licence::LicenceKey;
+use outpost_proto::pb::v1::KeyKind;
+
+use super::{Store, StoreError};
+
+/// A key as stored.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct KeyRow {
+    /// Key id.
+    pub id: String,
+    /// Licensee.
+    pub licensee: String,
+    /// Product.
+    pub product: String,
+    /// Comma-separated components.
+    pub components: String,
+    /// Seats on the key.
+    pub seats: i64,
+    /// Seats held by devices.
+    pub seats_used: i64,
+    /// Seats leased to neighbours.
+    pub seats_leased_out: i64,
+    /// Unix seconds.
+    pub valid_from: i64,
+    /// Unix seconds.
+    pub expires_at: i64,
+    /// commercial | demo.
+    pub kind: String,
+    /// Key it renews.
+    pub renews: Option<String>,
+    /// 1 when auto-distributed (L8).
+    pub auto_distribute: i64,
+    /// imported | renewal | neighbour | activation.
+    pub origin: String,
+    /// Name of the imported file.
+    pub file_name: String,
+    /// Unix seconds.
+    pub imported_at: i64,
+}
+
+impl KeyRow {
+    /// Free seats.
+    pub fn free(&self) -> i64 {
+        (self.seats - self.seats_used - self.seats_leased_out).max(0)
+    }
+
+    /// Components as a list.
+    pub fn component_list(&self) -> Vec<String> {
+        self.components
+            .split(',')
+            .filter(|c| !c.is_empty())
+            .map(str::to_owned)
+            .collect()
+    }
+
+    /// Key kind.
+    pub fn key_kind(&self) -> KeyKind {
+        if self.kind == "demo" {
+            KeyKind::Demo
+        } else {
+            KeyKind::Commercial
+        }
+    }
+}
+
+/// Normalizes an object given by an admin: `everyone`, `group:<path or name>` or
+/// `device:<id>`. Group names are resolved by the caller; this only checks the shape.
+pub fn parse_object(text: &str) -> Result<(&'static str, String), StoreError> {
+    let t = text.trim();
+    if t == "everyone" || t == "group:everyone" {
+        return Ok(("group", "everyone".into()));
+    }
+    if let Some(g) = t.strip_prefix("group:") {
+        return Ok(("group", g.to_owned()));
+    }
+    if let Some(d) = t.strip_prefix("device:") {
+        if !d.is_empty() {
+            return Ok(("device", d.to_owned()));
+        }
+    }
+    Err(StoreError::Invalid(format!(
+        "object {text:?}: use \"everyone\", \"group:<path>\" or \"device:<device id>\""
+    )))
+}
+
+/// How an object is shown: `everyone`, `group:everyone/berlin`, `device:a-…`.
+pub fn object_label(object: &str) -> String {
+    if object == "group:everyone" {
+        "everyone".into()
+    } else {
+        object.to_owned()
+    }
+}
+
+const KEY_SELECT: &str = "SELECT id, licensee, product, components, seats, seats_used, seats_leased_out, valid_from, expires_at, kind, renews, auto_distribute, origin, file_name, imported_at FROM licence_keys";
+
+impl Store {
+    /// Adds verified keys, all or nothing (L1). Fails if any key id is already present.
+    pub async fn insert_keys(
+        &self,
+        keys: &[(String, LicenceKey)],
+        auto_distribute: bool,
+        assign_everyone: bool,
+        origin: &str,
+        now: i64,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.write.begin().await?;
+        for (file_name, key) in keys {
+            let b = &key.body;
+            let exists: Option<(String,)> = sqlx::query_as("SELECT id FROM licence_keys WHERE id = $1")
+                .bind(&b.key_id)
+                .fetch_optional(&mut *tx)
+                .await?;
+            if exists.is_some() {
+                return Err(StoreError::Conflict(format!(
+                    "key {} is already in the repository (remove it first to replace it); nothing was imported",
+                    b.key_id
+                )));
+            }
+            let file = String::from_utf8(key.file.clone())
+                .map_err(|_| StoreError::Invalid("key file is not UTF-8".into()))?;
+            sqlx::query(
+                "INSERT INTO licence_keys (id, licensee, product, components, seats, valid_from,
+                     expires_at, kind, renews, auto_distribute, origin, file_name, file, imported_at)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)",
+            )
+            .bind(&b.key_id)
+            .bind(&b.licensee)
+            .bind(&b.product)
+            .bind(b.components.join(","))
+            .bind(i64::from(b.seats))
+            .bind(b.valid_from)
+            .bind(b.expires_at)
+            .bind(if b.kind == KeyKind::Demo { "demo" } else { "commercial" })
+            .bind(&b.renews)
+            .bind(i64::from(auto_distribute))
+            .bind(origin)
+            .bind(file_name)
+            .bind(file)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+            if assign_everyone {
+                sqlx::query("INSERT INTO key_assignments (key_id, object) VALUES ($1, 'group:everyone')")
+                    .bind(&b.key_id)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// All keys, ordered by id.
+    pub async fn keys(&self) -> Result<Vec<KeyRow>, StoreError> {
+        let _ = KEY_SELECT;
+        Ok(sqlx::query_as::<_, KeyRow>(
+            "SELECT id, licensee, product, components, seats, seats_used, seats_leased_out,
+                    valid_from, expires_at, kind, renews, auto_distribute, origin, file_name, imported_at
+             FROM licence_keys ORDER BY id",
+        )
+        .fetch_all(&self.read)
+        .await?)
+    }
+
+    /// One key.
+    pub async fn key(&self, id: &str) -> Result<Option<KeyRow>, StoreError> {
+        Ok(sqlx::query_as::<_, KeyRow>(
+            "SELECT id, licensee, product, components, seats, seats_used, seats_leased_out,
+                    valid_from, expires_at, kind, renews, auto_distribute, origin, file_name, imported_at
+             FROM licence_keys WHERE id = $1",
+        )
+        .bind(id)
+        .fetch_optional(&self.read)
+        .await?)
+    }
+
+    /// Objects a key is assigned to.
+    pub async fn key_objects(&self, id: &str) -> Result<Vec<String>, StoreError> {
+        let rows: Vec<(String,)> =
+            sqlx::query_as("SELECT object FROM key_assignments WHERE key_id = $1 ORDER BY object")
+                .bind(id)
+                .fetch_all(&self.read)
+                .await?;
+        Ok(rows.into_iter().map(|(o,)| o).collect())
+    }
+
+    /// The signed file of a key, byte for byte (L2 export).
+    pub async fn key_file(&self, id: &str) -> Result<(String, Vec<u8>), StoreError> {
+        let row: Option<(String, String)> =
+            sqlx::query_as("SELECT file_name, file FROM licence_keys WHERE id = $1")
+                .bind(id)
+                .fetch_optional(&self.read)
+                .await?;
+        row.map(|(n, f)| (n, f.into_bytes()))
+            .ok_or_else(|| StoreError::NotFound(format!("no key {id} in the repository")))
+    }
+
+    /// Assigns a key to an object (L4). Returns the stored object form.
+    pub async fn assign_key(&self, id: &str, object: &str) -> Result<String, StoreError> {
+        let stored = self.stored_object(object).await?;
+        if self.key(id).await?.is_none() {
+            return Err(StoreError::NotFound(format!("no key {id} in the repository (see `admin key list`)")));
+        }
+        sqlx::query("INSERT INTO key_assignments (key_id, object) VALUES ($1, $2) ON CONFLICT (key_id, object) DO NOTHING")
+            .bind(id)
+            .bind(&stored)
+            .execute(&self.write)
+            .await?;
+        Ok(stored)
+    }
+
+    /// Removes an assignment. Devices keep their seats until their next check moves them.
+    pub async fn unassign_key(&self, id: &str, object: &str) -> Result<String, StoreError> {
+        let stored = self.stored_object(object).await?;
+        let r = sqlx::query("DELETE FROM key_assignments WHERE key_id = $1 AND object = $2")
+            .bind(id)
+            .bind(&stored)
+            .execute(&self.write)
+            .await?;
+        if r.rows_affected() == 0 {
+            return Err(StoreError::NotFound(format!("key {id} is not assigned to {}", object_label(&stored))));
+        }
+        Ok(stored)
+    }
+
+    async fn stored_object(&self, object: &str) -> Result<String, StoreError> {
+        let (kind, value) = parse_object(object)?;
+        Ok(match kind {
+            "group" => format!("group:{}", self.resolve_group(&value).await?),
+            _ => {
+                if self.device(&value).await?.is_none() {
+                    return Err(StoreError::NotFound(format!("no device {value} (see `admin device list`)")));
+                }
+                format!("device:{value}")
+            }
+        })
+    }
+
+    /// Removes a key from the repository (L2): its database entry, assignments and seats go;
+    /// the file in the data directory stays (the caller does not delete it).
+    pub async fn remove_key(&self, id: &str) -> Result<(), StoreError> {
+        let mut tx = self.write.begin().await?;
+        sqlx::query("DELETE FROM seats WHERE key_id = $1")
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("UPDATE devices SET licence_state = 'unknown', licence_key = NULL WHERE licence_key = $1")
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        let r = sqlx::query("DELETE FROM licence_keys WHERE id = $1")
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        if r.rows_affected() == 0 {
+            return Err(StoreError::NotFound(format!("no key {id} in the repository")));
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+}
