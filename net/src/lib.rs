@@ -9,6 +9,7 @@
 
 pub mod endpoint;
 pub mod fsutil;
+pub mod identity;
 pub mod logging;
 pub mod refuse;
 pub mod splice;

@@ -1,0 +1,138 @@
+//! `agent.toml`: where the agent connects and how it paces itself. Written with documented
+//! defaults at first start; unknown keys are refused.
+
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::Context;
+use serde::{Deserialize, Serialize};
+
+/// The whole configuration.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AgentConfig {
+    /// Server address (`host:port`): enrollment fallback and the last path tried (T8).
+    pub server: String,
+    /// Gateways in order of preference (T8). A list sent by the server at sync replaces it.
+    pub gateways: Vec<String>,
+    /// Machine identity override (default `/etc/machine-id`); the server keeps one record per
+    /// machine identity (S7).
+    pub machine_id: String,
+    /// Host name override.
+    pub hostname: String,
+    /// Connection behaviour.
+    pub connect: ConnectConfig,
+    /// Event queue.
+    pub queue: QueueConfig,
+}
+
+/// Connection behaviour (T6, T8).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ConnectConfig {
+    /// How long to wait for one gateway (or the server) to answer before trying the next.
+    #[serde(with = "humantime_serde")]
+    pub dial_timeout: Duration,
+    /// QUIC keep-alive.
+    #[serde(with = "humantime_serde")]
+    pub keep_alive: Duration,
+    /// Connection idle timeout.
+    #[serde(with = "humantime_serde")]
+    pub idle_timeout: Duration,
+    /// First reconnect delay (upper bound; actual delay random below it).
+    #[serde(with = "humantime_serde")]
+    pub reconnect_initial: Duration,
+    /// Largest reconnect delay.
+    #[serde(with = "humantime_serde")]
+    pub reconnect_max: Duration,
+    /// A session up this long resets the backoff.
+    #[serde(with = "humantime_serde")]
+    pub healthy_after: Duration,
+    /// How long to wait for a sync answer before giving up on the session.
+    #[serde(with = "humantime_serde")]
+    pub sync_timeout: Duration,
+}
+
+/// Event queue (S5).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct QueueConfig {
+    /// Most events kept; further events are refused (counted) until the queue drains.
+    pub max_events: usize,
+    /// Most events sent in one sync.
+    pub batch: usize,
+}
+
+impl Default for AgentConfig {
+    fn default() -> Self {
+        AgentConfig {
+            server: String::new(),
+            gateways: vec![],
+            machine_id: String::new(),
+            hostname: String::new(),
+            connect: ConnectConfig::default(),
+            queue: QueueConfig::default(),
+        }
+    }
+}
+
+impl Default for ConnectConfig {
+    fn default() -> Self {
+        ConnectConfig {
+            dial_timeout: Duration::from_secs(5),
+            keep_alive: Duration::from_secs(15),
+            idle_timeout: Duration::from_secs(60),
+            reconnect_initial: Duration::from_secs(2),
+            reconnect_max: Duration::from_secs(120),
+            healthy_after: Duration::from_secs(60),
+            sync_timeout: Duration::from_secs(60),
+        }
+    }
+}
+
+impl Default for QueueConfig {
+    fn default() -> Self {
+        QueueConfig {
+            max_events: 100_000,
+            batch: 200,
+        }
+    }
+}
+
+impl AgentConfig {
+    /// Reads and validates.
+    pub fn load(path: &Path) -> anyhow::Result<AgentConfig> {
+        let text = outpost_net::fsutil::read_string(path)?;
+        let cfg: AgentConfig = toml::from_str(&text)
+            .with_context(|| format!("{}: invalid configuration", path.display()))?;
+        cfg.validate()
+            .with_context(|| format!("{}: invalid configuration", path.display()))?;
+        Ok(cfg)
+    }
+
+    /// Checks values that parse but make no sense.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        anyhow::ensure!(
+            !self.server.is_empty() || !self.gateways.is_empty(),
+            "neither server nor gateways is set: give at least one address to connect to"
+        );
+        for a in self.gateways.iter().chain(std::iter::once(&self.server).filter(|s| !s.is_empty())) {
+            anyhow::ensure!(
+                a.rsplit_once(':').is_some_and(|(_, p)| p.parse::<u16>().is_ok()),
+                "{a:?} is not host:port"
+            );
+        }
+        anyhow::ensure!(self.connect.keep_alive < self.connect.idle_timeout, "connect.keep_alive must be shorter than connect.idle_timeout");
+        anyhow::ensure!(self.queue.batch > 0 && self.queue.max_events > 0, "queue sizes must be at least 1");
+        Ok(())
+    }
+
+    /// The file as written at first start.
+    pub fn to_commented_toml(&self) -> String {
+        format!(
+            "# outpost-agent configuration. Shown values are defaults unless set at first start.\n\
+             # Durations: \"5s\", \"1m\". See README \"Configuration\".\n{}",
+            toml::to_string_pretty(self).expect("config serializes")
+        )
+    }
+}

@@ -1,0 +1,133 @@
+//! `outpost-agent`: run the agent, show its status, queue an event.
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+use outpost_agent::{AgentConfig, StartOptions, node, status};
+use outpost_net::identity::DeviceIdentity;
+use outpost_proto::token::Token;
+
+#[derive(Parser)]
+#[command(name = "outpost-agent", version, about = "Outpost endpoint agent")]
+struct Cli {
+    /// Log filter (e.g. info, debug); default from RUST_LOG, else info.
+    #[arg(long, global = true)]
+    log_level: Option<String>,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run the agent (enrolls on first start with --token).
+    Run {
+        /// Data directory.
+        #[arg(long, env = "OUTPOST_AGENT_DATA", default_value = "/var/lib/outpost-agent")]
+        data_dir: PathBuf,
+        /// Server host:port (first start; later edit agent.toml).
+        #[arg(long)]
+        server: Option<String>,
+        /// Gateway host:port, in order of preference (repeatable; first start).
+        #[arg(long = "gateway")]
+        gateways: Vec<String>,
+        /// Enrollment token (first start only).
+        #[arg(long, env = "OUTPOST_TOKEN")]
+        token: Option<String>,
+        /// Machine identity override (first start; default /etc/machine-id).
+        #[arg(long)]
+        machine_id: Option<String>,
+        /// Host name override (first start).
+        #[arg(long)]
+        hostname: Option<String>,
+    },
+    /// Show path, licence, last sync and queue depth.
+    Status {
+        /// Data directory.
+        #[arg(long, env = "OUTPOST_AGENT_DATA", default_value = "/var/lib/outpost-agent")]
+        data_dir: PathBuf,
+        /// JSON output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Queue an event durably; the running agent sends it at its next sync.
+    Event {
+        /// Data directory.
+        #[arg(long, env = "OUTPOST_AGENT_DATA", default_value = "/var/lib/outpost-agent")]
+        data_dir: PathBuf,
+        /// Event kind.
+        #[arg(long)]
+        kind: String,
+        /// Payload text.
+        #[arg(long, default_value = "")]
+        payload: String,
+    },
+}
+
+fn main() {
+    let cli = Cli::parse();
+    outpost_net::logging::init(cli.log_level.as_deref());
+    let rt = tokio::runtime::Runtime::new().expect("tokio runtime");
+    if let Err(e) = rt.block_on(run(cli.cmd)) {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+async fn run(cmd: Cmd) -> anyhow::Result<()> {
+    match cmd {
+        Cmd::Status { data_dir, json } => {
+            let (s, running) = status::read(&data_dir)?;
+            if json {
+                let mut v = serde_json::to_value(&s)?;
+                v["running"] = running.into();
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            } else {
+                print!("{}", status::human(&s, running));
+            }
+            Ok(())
+        }
+        Cmd::Event { data_dir, kind, payload } => {
+            let cfg = AgentConfig::load(&node::config_path(&data_dir)).unwrap_or_default();
+            let q = outpost_agent::queue::Queue::open(&data_dir, cfg.queue.max_events)?;
+            let id = q.push(&kind, payload.as_bytes(), outpost_net::unix_now_ms())?;
+            println!("{id}");
+            Ok(())
+        }
+        Cmd::Run { data_dir, server, gateways, token, machine_id, hostname } => {
+            let cfg_path = node::config_path(&data_dir);
+            if !cfg_path.exists() {
+                let cfg = AgentConfig {
+                    server: server.unwrap_or_default(),
+                    gateways,
+                    machine_id: machine_id.unwrap_or_default(),
+                    hostname: hostname.unwrap_or_default(),
+                    ..Default::default()
+                };
+                cfg.validate().map_err(|e| anyhow::anyhow!("{e}: pass --gateway <host:port> and/or --server <host:port>"))?;
+                outpost_net::fsutil::write_atomic(&cfg_path, cfg.to_commented_toml().as_bytes(), false)?;
+            }
+            let cfg = AgentConfig::load(&cfg_path)?;
+            if DeviceIdentity::load(&data_dir)?.is_none() {
+                let token = token.ok_or_else(|| {
+                    anyhow::anyhow!("{} holds no agent identity: start once with --token <enrollment token>", data_dir.display())
+                })?;
+                let id = outpost_agent::enroll(&data_dir, &cfg, &Token::parse(&token)?).await?;
+                eprintln!("enrolled as agent {} (group {})", id.device_id, id.group);
+            }
+            let agent = outpost_agent::start(&data_dir, StartOptions::default())?;
+            wait_for_signal().await;
+            tracing::info!("shutting down");
+            agent.shutdown().await;
+            Ok(())
+        }
+    }
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}

@@ -1,0 +1,98 @@
+//! `status.json` in the data directory and `outpost-agent status` (O4): connection path,
+//! licence state, last sync, queue depth. The licence state and the queue depth are
+//! recomputed from disk when the command runs, so they are right even when the agent is not
+//! running (a grant that expired offline shows as expired).
+
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use crate::grants::LicenceState;
+
+/// File name.
+pub const FILE: &str = "status.json";
+
+/// What `outpost-agent status` shows.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct AgentStatus {
+    /// Device id.
+    pub device_id: String,
+    /// Process id of the running agent.
+    pub pid: u32,
+    /// Unix seconds of this snapshot.
+    pub updated_at: i64,
+    /// starting | connecting | connected | offline | stopped.
+    pub state: String,
+    /// The path in use: "gateway <addr>" or "server <addr> (direct)" (T8).
+    pub path: String,
+    /// Licence.
+    pub licence: LicenceState,
+    /// Unix seconds of the last completed sync.
+    pub last_sync: i64,
+    /// Events waiting in the durable queue.
+    pub queue_depth: usize,
+    /// Pushes received since start.
+    pub pushes_received: u64,
+    /// The last push: kind and text.
+    pub last_push: String,
+    /// Why the last connection attempt or session ended.
+    pub last_error: String,
+    /// Sessions established since start.
+    pub sessions: u64,
+}
+
+/// Writes the status file.
+pub fn write(data: &Path, s: &AgentStatus) {
+    let _ = outpost_net::fsutil::write_atomic(
+        &data.join(FILE),
+        serde_json::to_string_pretty(s).unwrap_or_default().as_bytes(),
+        false,
+    );
+}
+
+/// Reads the status, refreshing licence and queue from disk. Returns whether the agent runs.
+pub fn read(data: &Path) -> anyhow::Result<(AgentStatus, bool)> {
+    let id = outpost_net::identity::DeviceIdentity::load(data)?.ok_or_else(|| {
+        anyhow::anyhow!("{} holds no agent identity (not enrolled yet)", data.display())
+    })?;
+    let mut s: AgentStatus = match std::fs::read_to_string(data.join(FILE)) {
+        Ok(t) => serde_json::from_str(&t)?,
+        Err(_) => AgentStatus {
+            state: "never started".into(),
+            ..Default::default()
+        },
+    };
+    s.device_id = id.device_id.clone();
+    s.licence = crate::grants::state(data, &id.device_id, &id.grant_public_key, outpost_net::unix_now());
+    s.queue_depth = crate::queue::Queue::open(data, usize::MAX).map(|q| q.len()).unwrap_or(0);
+    let running = s.pid != 0 && Path::new(&format!("/proc/{}", s.pid)).exists() && s.state != "stopped";
+    Ok((s, running))
+}
+
+/// Human form.
+pub fn human(s: &AgentStatus, running: bool) -> String {
+    let when = |t: i64| if t > 0 { outpost_proto::licence::key::format_time(t) } else { "never".into() };
+    let licence = if s.licence.state == "licensed" {
+        format!(
+            "licensed by key {} until {}{}",
+            s.licence.key,
+            when(s.licence.expires_at),
+            if s.licence.promoted_reserve { " (reserve key, now active)" } else { "" }
+        )
+    } else {
+        format!("UNLICENSED: {}", s.licence.reason)
+    };
+    format!(
+        "agent {}  ({})\nstate       {}\npath        {}\nlicence     {}\nlast sync   {}\nqueue       {} event(s) waiting\npushes      {} received{}\n{}",
+        s.device_id,
+        if running { format!("running, pid {}", s.pid) } else { "not running".into() },
+        s.state,
+        if s.path.is_empty() { "-" } else { &s.path },
+        licence,
+        when(s.last_sync),
+        s.queue_depth,
+        s.pushes_received,
+        if s.last_push.is_empty() { String::new() } else { format!(", last: {}", s.last_push) },
+        if s.last_error.is_empty() { String::new() } else { format!("last error  {}\n", s.last_error) },
+    )
+}

@@ -1,0 +1,164 @@
+//! `gateway.toml`: the gateway's configuration, written with documented defaults at first
+//! start. Unknown keys are refused; durations are humantime.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::Context;
+use outpost_net::endpoint::SocketOptions;
+use serde::{Deserialize, Serialize};
+
+/// Default office-side UDP port of `outpost-gateway`.
+pub const DEFAULT_PORT: u16 = 4701;
+
+/// The whole configuration.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GatewayConfig {
+    /// The server's address (`host:port`); the uplink dials it (T3).
+    pub server: String,
+    /// Office-side UDP address agents connect to.
+    pub listen: SocketAddr,
+    /// Uplink behaviour.
+    pub uplink: UplinkConfig,
+    /// Limits (T9).
+    pub limits: Limits,
+    /// UDP socket of the office listener (T10).
+    pub socket: SocketOptions,
+}
+
+/// Uplink behaviour (T3, T6).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct UplinkConfig {
+    /// QUIC keep-alive interval: below the office NAT's UDP mapping timeout.
+    #[serde(with = "humantime_serde")]
+    pub keep_alive: Duration,
+    /// The uplink is considered dead after this long without packets: above the keep-alive.
+    #[serde(with = "humantime_serde")]
+    pub idle_timeout: Duration,
+    /// First reconnect delay (upper bound; the actual delay is random below it).
+    #[serde(with = "humantime_serde")]
+    pub reconnect_initial: Duration,
+    /// Largest reconnect delay.
+    #[serde(with = "humantime_serde")]
+    pub reconnect_max: Duration,
+    /// An uplink up this long resets the reconnect backoff.
+    #[serde(with = "humantime_serde")]
+    pub healthy_after: Duration,
+    /// How often the gateway reports to the server.
+    #[serde(with = "humantime_serde")]
+    pub report_interval: Duration,
+}
+
+/// Limits (T9).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// Concurrent agent connections.
+    pub max_agents: u32,
+    /// Concurrent relayed sessions (keep at or below the server's max_sessions_per_gateway).
+    pub max_sessions: u32,
+    /// Concurrent relayed enrollments.
+    pub max_enrollments: u32,
+}
+
+impl Default for GatewayConfig {
+    fn default() -> Self {
+        GatewayConfig {
+            server: String::new(),
+            listen: SocketAddr::from(([0, 0, 0, 0], DEFAULT_PORT)),
+            uplink: UplinkConfig::default(),
+            limits: Limits::default(),
+            socket: SocketOptions::default(),
+        }
+    }
+}
+
+impl Default for UplinkConfig {
+    fn default() -> Self {
+        UplinkConfig {
+            keep_alive: Duration::from_secs(15),
+            idle_timeout: Duration::from_secs(45),
+            reconnect_initial: Duration::from_secs(1),
+            reconnect_max: Duration::from_secs(60),
+            healthy_after: Duration::from_secs(30),
+            report_interval: Duration::from_secs(30),
+        }
+    }
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_agents: 10_000,
+            max_sessions: outpost_net::transport::DEFAULT_UPLINK_STREAMS,
+            max_enrollments: 16,
+        }
+    }
+}
+
+impl GatewayConfig {
+    /// Reads and validates.
+    pub fn load(path: &Path) -> anyhow::Result<GatewayConfig> {
+        let text = outpost_net::fsutil::read_string(path)?;
+        let cfg: GatewayConfig = toml::from_str(&text)
+            .with_context(|| format!("{}: invalid configuration", path.display()))?;
+        cfg.validate()
+            .with_context(|| format!("{}: invalid configuration", path.display()))?;
+        Ok(cfg)
+    }
+
+    /// Checks values that parse but make no sense.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        anyhow::ensure!(
+            !self.server.is_empty(),
+            "server is not set: give the server's host:port (e.g. hq.example.com:4700)"
+        );
+        anyhow::ensure!(
+            self.uplink.keep_alive < self.uplink.idle_timeout,
+            "uplink.keep_alive ({:?}) must be shorter than uplink.idle_timeout ({:?})",
+            self.uplink.keep_alive,
+            self.uplink.idle_timeout
+        );
+        anyhow::ensure!(
+            self.uplink.keep_alive >= Duration::from_millis(100),
+            "uplink.keep_alive must be at least 100ms"
+        );
+        anyhow::ensure!(
+            self.uplink.reconnect_initial <= self.uplink.reconnect_max,
+            "uplink.reconnect_initial must not exceed uplink.reconnect_max"
+        );
+        anyhow::ensure!(self.limits.max_sessions > 0 && self.limits.max_agents > 0, "limits must be at least 1");
+        Ok(())
+    }
+
+    /// The file as written at first start.
+    pub fn to_commented_toml(&self) -> String {
+        format!(
+            "# outpost-gateway configuration. Shown values are defaults unless set at first start.\n\
+             # Durations: \"15s\", \"1m\". See README \"Configuration\".\n{}",
+            toml::to_string_pretty(self).expect("config serializes")
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn o5_gateway_config_defaults_and_validation() {
+        let mut cfg = GatewayConfig {
+            server: "hq:4700".into(),
+            ..Default::default()
+        };
+        let back: GatewayConfig = toml::from_str(&cfg.to_commented_toml()).unwrap();
+        assert_eq!(back, cfg);
+        assert_eq!(cfg.uplink.keep_alive, Duration::from_secs(15), "T3 default keep-alive");
+        cfg.uplink.keep_alive = Duration::from_secs(60);
+        assert!(cfg.validate().unwrap_err().to_string().contains("keep_alive"));
+        assert!(toml::from_str::<GatewayConfig>("srever = \"x\"").is_err());
+    }
+}

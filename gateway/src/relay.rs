@@ -1,0 +1,132 @@
+//! The office side: agents connect here and every stream they open is relayed, as opaque
+//! bytes, onto a new stream of the uplink (S1). The gateway adds one `RelayOpen` frame naming
+//! the agent's certificate and address, then splices; it holds no key that could read or
+//! forge the agent's inner TLS session.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use outpost_net::{endpoint, refuse, splice, stream};
+use outpost_proto::alpn;
+use outpost_proto::error::{RefusalCode, Refused};
+use outpost_proto::pb::v1::{RelayKind, RelayOpen, envelope::Msg};
+use outpost_proto::pki;
+use quinn::VarInt;
+use tracing::{Instrument, debug, info_span};
+
+use crate::node::Shared;
+
+/// Accepts agent connections until shutdown.
+pub async fn accept_loop(shared: Arc<Shared>, ep: quinn::Endpoint) {
+    loop {
+        let incoming = tokio::select! {
+            i = ep.accept() => match i { Some(i) => i, None => return },
+            _ = shared.shutdown.cancelled() => return,
+        };
+        let span = info_span!("agent_conn", peer = %incoming.remote_address(), id = tracing::field::Empty);
+        shared.tasks.spawn(serve_agent(shared.clone(), incoming).instrument(span));
+    }
+}
+
+struct Connected<'a>(&'a Shared);
+impl Drop for Connected<'_> {
+    fn drop(&mut self) {
+        self.0.stats.agents_connected.fetch_sub(1, Ordering::Relaxed);
+        self.0.status_changed.notify_one();
+    }
+}
+
+async fn serve_agent(shared: Arc<Shared>, incoming: quinn::Incoming) {
+    let conn = match incoming.accept() {
+        Ok(c) => match c.await {
+            Ok(c) => c,
+            Err(e) => {
+                debug!(error = %refuse::explain(&e), "agent handshake failed");
+                return;
+            }
+        },
+        Err(_) => return,
+    };
+    tracing::Span::current().record("id", conn.stable_id());
+    let Ok(_slot) = shared.agent_slots.clone().try_acquire_owned() else {
+        shared.stats.refused_overload.fetch_add(1, Ordering::Relaxed);
+        let base = std::time::Duration::from_secs(5);
+        refuse::close(
+            &conn,
+            &Refused::new(RefusalCode::Overloaded, "gateway is at its agent limit").with_retry_after(outpost_net::jittered(base, base)),
+        );
+        return;
+    };
+    let enroll = endpoint::alpn(&conn).as_deref() == Some(alpn::ENROLL);
+    let leaf = endpoint::peer_leaf(&conn);
+    let fp = match (&leaf, enroll) {
+        (Some(l), _) => pki::fingerprint(l).to_vec(),
+        (None, true) => vec![],
+        (None, false) => {
+            refuse::close(&conn, &Refused::new(RefusalCode::Unauthenticated, "a client certificate is required: enroll this device first"));
+            return;
+        }
+    };
+    shared.stats.agents_connected.fetch_add(1, Ordering::Relaxed);
+    shared.status_changed.notify_one();
+    let _connected = Connected(&shared);
+    let agent_addr = conn.remote_address().to_string();
+    loop {
+        let (send, recv) = tokio::select! {
+            s = conn.accept_bi() => match s { Ok(s) => s, Err(_) => return },
+            _ = shared.shutdown.cancelled() => {
+                refuse::close(&conn, &Refused::new(RefusalCode::ShuttingDown, "gateway is restarting"));
+                return;
+            }
+        };
+        let kind = if enroll { RelayKind::Enroll } else { RelayKind::Session };
+        let open = RelayOpen {
+            kind: kind as i32,
+            agent_cert_sha256: fp.clone(),
+            agent_addr: agent_addr.clone(),
+        };
+        shared.tasks.spawn(relay(shared.clone(), send, recv, open).in_current_span());
+    }
+}
+
+fn refuse_stream(mut send: quinn::SendStream, mut recv: quinn::RecvStream, code: RefusalCode) {
+    let c = VarInt::from_u32(code.close_code());
+    let _ = send.reset(c);
+    let _ = recv.stop(c);
+}
+
+struct Active<'a>(&'a Shared);
+impl Drop for Active<'_> {
+    fn drop(&mut self) {
+        self.0.stats.sessions_active.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+async fn relay(shared: Arc<Shared>, send: quinn::SendStream, recv: quinn::RecvStream, open: RelayOpen) {
+    let slots = if open.kind == RelayKind::Enroll as i32 { &shared.enroll_slots } else { &shared.session_slots };
+    let Ok(_slot) = slots.clone().try_acquire_owned() else {
+        shared.stats.refused_overload.fetch_add(1, Ordering::Relaxed);
+        refuse_stream(send, recv, RefusalCode::Overloaded);
+        return;
+    };
+    let Some(uplink) = shared.uplink.borrow().conn.clone() else {
+        shared.stats.refused_no_uplink.fetch_add(1, Ordering::Relaxed);
+        refuse_stream(send, recv, RefusalCode::UpstreamUnavailable);
+        return;
+    };
+    let opened = tokio::time::timeout(std::time::Duration::from_secs(10), uplink.open_bi()).await;
+    let Ok(Ok((mut up_send, up_recv))) = opened else {
+        shared.stats.refused_no_uplink.fetch_add(1, Ordering::Relaxed);
+        refuse_stream(send, recv, RefusalCode::UpstreamUnavailable);
+        return;
+    };
+    if stream::write_one_frame(&mut up_send, Msg::RelayOpen(open)).await.is_err() {
+        refuse_stream(send, recv, RefusalCode::UpstreamUnavailable);
+        return;
+    }
+    shared.stats.sessions_active.fetch_add(1, Ordering::Relaxed);
+    shared.stats.sessions_total.fetch_add(1, Ordering::Relaxed);
+    let _active = Active(&shared);
+    splice::splice((send, recv), (up_send, up_recv), shared.bytes.clone(), shared.tap.clone()).await;
+    debug!("relayed stream ended");
+}
