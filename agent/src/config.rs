@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 /// The whole configuration.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
+#[derive(Default)]
 pub struct AgentConfig {
     /// Server address (`host:port`): enrollment fallback and the last path tried (T8).
     pub server: String,
@@ -63,19 +64,6 @@ pub struct QueueConfig {
     pub batch: usize,
 }
 
-impl Default for AgentConfig {
-    fn default() -> Self {
-        AgentConfig {
-            server: String::new(),
-            gateways: vec![],
-            machine_id: String::new(),
-            hostname: String::new(),
-            connect: ConnectConfig::default(),
-            queue: QueueConfig::default(),
-        }
-    }
-}
-
 impl Default for ConnectConfig {
     fn default() -> Self {
         ConnectConfig {
@@ -116,14 +104,25 @@ impl AgentConfig {
             !self.server.is_empty() || !self.gateways.is_empty(),
             "neither server nor gateways is set: give at least one address to connect to"
         );
-        for a in self.gateways.iter().chain(std::iter::once(&self.server).filter(|s| !s.is_empty())) {
+        for a in self
+            .gateways
+            .iter()
+            .chain(std::iter::once(&self.server).filter(|s| !s.is_empty()))
+        {
             anyhow::ensure!(
-                a.rsplit_once(':').is_some_and(|(_, p)| p.parse::<u16>().is_ok()),
+                a.rsplit_once(':')
+                    .is_some_and(|(_, p)| p.parse::<u16>().is_ok()),
                 "{a:?} is not host:port"
             );
         }
-        anyhow::ensure!(self.connect.keep_alive < self.connect.idle_timeout, "connect.keep_alive must be shorter than connect.idle_timeout");
-        anyhow::ensure!(self.queue.batch > 0 && self.queue.max_events > 0, "queue sizes must be at least 1");
+        anyhow::ensure!(
+            self.connect.keep_alive < self.connect.idle_timeout,
+            "connect.keep_alive must be shorter than connect.idle_timeout"
+        );
+        anyhow::ensure!(
+            self.queue.batch > 0 && self.queue.max_events > 0,
+            "queue sizes must be at least 1"
+        );
         Ok(())
     }
 

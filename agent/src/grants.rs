@@ -34,13 +34,21 @@ pub struct LicenceState {
 
 /// Verifies and stores what the server sent. Returns an error (and stores nothing) when a
 /// grant does not verify.
-pub fn store(data: &Path, status: &LicenceStatus, device_id: &str, grant_key: &[u8]) -> anyhow::Result<()> {
+pub fn store(
+    data: &Path,
+    status: &LicenceStatus,
+    device_id: &str,
+    grant_key: &[u8],
+) -> anyhow::Result<()> {
     for g in [&status.active, &status.reserve].into_iter().flatten() {
         verify_grant(g, grant_key, device_id)?;
     }
     let d = dir(data);
     std::fs::create_dir_all(&d)?;
-    for (name, g) in [("active.grant", &status.active), ("reserve.grant", &status.reserve)] {
+    for (name, g) in [
+        ("active.grant", &status.active),
+        ("reserve.grant", &status.reserve),
+    ] {
         let p = d.join(name);
         match g {
             Some(g) => outpost_net::fsutil::write_atomic(&p, &g.encode_to_vec(), false)?,
@@ -74,7 +82,10 @@ pub fn state(data: &Path, device_id: &str, grant_key: &[u8], now: i64) -> Licenc
     let reserve = load(&d.join("reserve.grant"), device_id, grant_key);
     let reason = std::fs::read_to_string(d.join("reason.txt")).unwrap_or_default();
     match effective_licence(active.as_ref(), reserve.as_ref(), now, &reason) {
-        LicenceView::Licensed { grant, promoted_reserve } => LicenceState {
+        LicenceView::Licensed {
+            grant,
+            promoted_reserve,
+        } => LicenceState {
             state: "licensed".into(),
             key: grant.key_id,
             components: grant.components,

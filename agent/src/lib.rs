@@ -20,7 +20,11 @@ use outpost_proto::pb::v1::Role;
 use outpost_proto::token::Token;
 
 /// Enrolls through the first gateway that answers, else directly with the server (S6, T8).
-pub async fn enroll(data: &Path, config: &AgentConfig, token: &Token) -> anyhow::Result<DeviceIdentity> {
+pub async fn enroll(
+    data: &Path,
+    config: &AgentConfig,
+    token: &Token,
+) -> anyhow::Result<DeviceIdentity> {
     let inv = identity::inventory(
         (!config.hostname.is_empty()).then_some(config.hostname.as_str()),
         (!config.machine_id.is_empty()).then_some(config.machine_id.as_str()),
@@ -40,12 +44,18 @@ pub async fn enroll(data: &Path, config: &AgentConfig, token: &Token) -> anyhow:
                 continue;
             }
         };
-        let via = if is_gw { EnrollVia::Gateway(addr) } else { EnrollVia::Server(addr) };
+        let via = if is_gw {
+            EnrollVia::Gateway(addr)
+        } else {
+            EnrollVia::Server(addr)
+        };
         match identity::enroll(data, via, token, Role::Agent, inv.clone()).await {
             Ok(id) => return Ok(id),
             Err(e) => {
                 // A refusal from the server is final; an unreachable path is not.
-                if e.chain().any(|c| c.downcast_ref::<outpost_proto::error::Refused>().is_some()) {
+                if e.chain()
+                    .any(|c| c.downcast_ref::<outpost_proto::error::Refused>().is_some())
+                {
                     return Err(e);
                 }
                 errors.push(format!("{target}: {e:#}"));

@@ -22,7 +22,11 @@ enum Cmd {
     /// Run the agent (enrolls on first start with --token).
     Run {
         /// Data directory.
-        #[arg(long, env = "OUTPOST_AGENT_DATA", default_value = "/var/lib/outpost-agent")]
+        #[arg(
+            long,
+            env = "OUTPOST_AGENT_DATA",
+            default_value = "/var/lib/outpost-agent"
+        )]
         data_dir: PathBuf,
         /// Server host:port (first start; later edit agent.toml).
         #[arg(long)]
@@ -43,7 +47,11 @@ enum Cmd {
     /// Show path, licence, last sync and queue depth.
     Status {
         /// Data directory.
-        #[arg(long, env = "OUTPOST_AGENT_DATA", default_value = "/var/lib/outpost-agent")]
+        #[arg(
+            long,
+            env = "OUTPOST_AGENT_DATA",
+            default_value = "/var/lib/outpost-agent"
+        )]
         data_dir: PathBuf,
         /// JSON output.
         #[arg(long)]
@@ -52,7 +60,11 @@ enum Cmd {
     /// Queue an event durably; the running agent sends it at its next sync.
     Event {
         /// Data directory.
-        #[arg(long, env = "OUTPOST_AGENT_DATA", default_value = "/var/lib/outpost-agent")]
+        #[arg(
+            long,
+            env = "OUTPOST_AGENT_DATA",
+            default_value = "/var/lib/outpost-agent"
+        )]
         data_dir: PathBuf,
         /// Event kind.
         #[arg(long)]
@@ -86,14 +98,25 @@ async fn run(cmd: Cmd) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Cmd::Event { data_dir, kind, payload } => {
+        Cmd::Event {
+            data_dir,
+            kind,
+            payload,
+        } => {
             let cfg = AgentConfig::load(&node::config_path(&data_dir)).unwrap_or_default();
             let q = outpost_agent::queue::Queue::open(&data_dir, cfg.queue.max_events)?;
             let id = q.push(&kind, payload.as_bytes(), outpost_net::unix_now_ms())?;
             println!("{id}");
             Ok(())
         }
-        Cmd::Run { data_dir, server, gateways, token, machine_id, hostname } => {
+        Cmd::Run {
+            data_dir,
+            server,
+            gateways,
+            token,
+            machine_id,
+            hostname,
+        } => {
             let cfg_path = node::config_path(&data_dir);
             if !cfg_path.exists() {
                 let cfg = AgentConfig {
@@ -103,13 +126,22 @@ async fn run(cmd: Cmd) -> anyhow::Result<()> {
                     hostname: hostname.unwrap_or_default(),
                     ..Default::default()
                 };
-                cfg.validate().map_err(|e| anyhow::anyhow!("{e}: pass --gateway <host:port> and/or --server <host:port>"))?;
-                outpost_net::fsutil::write_atomic(&cfg_path, cfg.to_commented_toml().as_bytes(), false)?;
+                cfg.validate().map_err(|e| {
+                    anyhow::anyhow!("{e}: pass --gateway <host:port> and/or --server <host:port>")
+                })?;
+                outpost_net::fsutil::write_atomic(
+                    &cfg_path,
+                    cfg.to_commented_toml().as_bytes(),
+                    false,
+                )?;
             }
             let cfg = AgentConfig::load(&cfg_path)?;
             if DeviceIdentity::load(&data_dir)?.is_none() {
                 let token = token.ok_or_else(|| {
-                    anyhow::anyhow!("{} holds no agent identity: start once with --token <enrollment token>", data_dir.display())
+                    anyhow::anyhow!(
+                        "{} holds no agent identity: start once with --token <enrollment token>",
+                        data_dir.display()
+                    )
                 })?;
                 let id = outpost_agent::enroll(&data_dir, &cfg, &Token::parse(&token)?).await?;
                 eprintln!("enrolled as agent {} (group {})", id.device_id, id.group);

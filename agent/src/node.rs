@@ -98,7 +98,9 @@ pub struct AgentHandle {
 
 impl std::fmt::Debug for AgentHandle {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("AgentHandle").field("device", &self.shared.identity.device_id).finish()
+        f.debug_struct("AgentHandle")
+            .field("device", &self.shared.identity.device_id)
+            .finish()
     }
 }
 
@@ -121,13 +123,21 @@ impl AgentHandle {
     /// Waits until the status satisfies `pred`.
     pub async fn wait_for(&self, pred: impl FnMut(&AgentStatus) -> bool) -> AgentStatus {
         let mut rx = self.status();
-        rx.wait_for(pred).await.map(|s| s.clone()).unwrap_or_default()
+        rx.wait_for(pred)
+            .await
+            .map(|s| s.clone())
+            .unwrap_or_default()
     }
 
     /// Queues an event durably and asks for a sync.
     pub fn queue_event(&self, kind: &str, payload: &[u8]) -> Result<String, QueueError> {
-        let id = self.shared.queue.push(kind, payload, outpost_net::unix_now_ms())?;
-        self.shared.status.send_modify(|s| s.queue_depth = self.shared.queue.len());
+        let id = self
+            .shared
+            .queue
+            .push(kind, payload, outpost_net::unix_now_ms())?;
+        self.shared
+            .status
+            .send_modify(|s| s.queue_depth = self.shared.queue.len());
         self.shared.nudge.notify_one();
         Ok(id)
     }
@@ -153,14 +163,22 @@ pub fn start(data: &Path, opts: StartOptions) -> anyhow::Result<AgentHandle> {
     };
     config.validate()?;
     let identity = DeviceIdentity::load(data)?.ok_or_else(|| {
-        anyhow::anyhow!("{} holds no agent identity: start once with --token <enrollment token>", data.display())
+        anyhow::anyhow!(
+            "{} holds no agent identity: start once with --token <enrollment token>",
+            data.display()
+        )
     })?;
     let queue = Queue::open(data, config.queue.max_events)?;
     let trust = Trust::Ca(identity.ca.clone());
     let client = |alpn: &[u8]| -> anyhow::Result<quinn::ClientConfig> {
         let tls = pki::client_config(Some(&identity.identity), &trust, &[alpn])?;
-        let mut c = quinn::ClientConfig::new(Arc::new(quinn::crypto::rustls::QuicClientConfig::try_from(Arc::new(tls))?));
-        c.transport_config(transport::client(config.connect.keep_alive, config.connect.idle_timeout));
+        let mut c = quinn::ClientConfig::new(Arc::new(
+            quinn::crypto::rustls::QuicClientConfig::try_from(Arc::new(tls))?,
+        ));
+        c.transport_config(transport::client(
+            config.connect.keep_alive,
+            config.connect.idle_timeout,
+        ));
         Ok(c)
     };
     let relay_client = client(alpn::RELAY)?;
@@ -173,7 +191,12 @@ pub fn start(data: &Path, opts: StartOptions) -> anyhow::Result<AgentHandle> {
         &format!("outpost-agent {}", outpost_proto::SOFTWARE_VERSION),
     );
     let saved_gateways = load_gateways(data);
-    let licence = grants::state(data, &identity.device_id, &identity.grant_public_key, outpost_net::unix_now());
+    let licence = grants::state(
+        data,
+        &identity.device_id,
+        &identity.grant_public_key,
+        outpost_net::unix_now(),
+    );
     let initial = AgentStatus {
         device_id: identity.device_id.clone(),
         pid: std::process::id(),
@@ -244,7 +267,12 @@ async fn status_writer(shared: Arc<Shared>) {
 async fn licence_clock(shared: Arc<Shared>) {
     loop {
         let now = outpost_net::unix_now();
-        let st = grants::state(&shared.data, &shared.identity.device_id, &shared.identity.grant_public_key, now);
+        let st = grants::state(
+            &shared.data,
+            &shared.identity.device_id,
+            &shared.identity.grant_public_key,
+            now,
+        );
         let changed = shared.status.send_if_modified(|s| {
             if s.licence != st {
                 s.licence = st.clone();
@@ -291,8 +319,17 @@ enum Attempt {
 }
 
 fn targets(shared: &Shared) -> Vec<(Via, String)> {
-    let server_list = shared.server_gateways.lock().expect("gateways lock").1.clone();
-    let gws = if server_list.is_empty() { shared.config.gateways.clone() } else { server_list };
+    let server_list = shared
+        .server_gateways
+        .lock()
+        .expect("gateways lock")
+        .1
+        .clone();
+    let gws = if server_list.is_empty() {
+        shared.config.gateways.clone()
+    } else {
+        server_list
+    };
     let mut v: Vec<(Via, String)> = gws.into_iter().map(|g| (Via::Gateway, g)).collect();
     if !shared.config.server.is_empty() {
         v.push((Via::Server, shared.config.server.clone()));
@@ -327,7 +364,11 @@ async fn connect_loop(shared: Arc<Shared>) {
                     debug!(%target, error = %e, "path unusable, trying the next");
                     last = e;
                 }
-                Attempt::Ended { reason, retry_after: ra, established } => {
+                Attempt::Ended {
+                    reason,
+                    retry_after: ra,
+                    established,
+                } => {
                     if established {
                         backoff.on_connected(started.into_std());
                     }
@@ -349,7 +390,9 @@ async fn connect_loop(shared: Arc<Shared>) {
             s.last_error = last.clone();
             s.updated_at = outpost_net::unix_now();
         });
-        let _ = shared.events.send(AgentEvent::Disconnected { reason: last });
+        let _ = shared
+            .events
+            .send(AgentEvent::Disconnected { reason: last });
         tokio::select! {
             _ = tokio::time::sleep(delay) => {}
             _ = shared.shutdown.cancelled() => return,
@@ -358,7 +401,26 @@ async fn connect_loop(shared: Arc<Shared>) {
 }
 
 fn is_not_allowed(r: &Refused) -> bool {
-    matches!(r.code().fault(), Fault::NotAllowed | Fault::PeerIncompatible)
+    matches!(
+        r.code().fault(),
+        Fault::NotAllowed | Fault::PeerIncompatible
+    )
+}
+
+/// A refusal that retrying soon cannot fix (revoked, unknown certificate, incompatible): come
+/// back only after the longest backoff, so a fleet of such agents stays quiet.
+fn refused_attempt(shared: &Shared, r: &Refused, established: bool) -> Attempt {
+    let retry_after = if is_not_allowed(r) {
+        let max = shared.config.connect.reconnect_max;
+        Some(max.mul_f64(0.5 + outpost_net::jitter_unit() / 2.0))
+    } else {
+        r.retry_after()
+    };
+    Attempt::Ended {
+        reason: r.to_string(),
+        retry_after,
+        established,
+    }
 }
 
 async fn attempt(shared: &Arc<Shared>, via: Via, target: &str) -> Attempt {
@@ -367,8 +429,16 @@ async fn attempt(shared: &Arc<Shared>, via: Via, target: &str) -> Attempt {
         Err(e) => return Attempt::Unreachable(e.to_string()),
     };
     let (client, name, label) = match via {
-        Via::Gateway => (shared.relay_client.clone(), pki::GATEWAY_NAME, format!("gateway {addr}")),
-        Via::Server => (shared.direct_client.clone(), pki::SERVER_NAME, format!("server {addr} (direct)")),
+        Via::Gateway => (
+            shared.relay_client.clone(),
+            pki::GATEWAY_NAME,
+            format!("gateway {addr}"),
+        ),
+        Via::Server => (
+            shared.direct_client.clone(),
+            pki::SERVER_NAME,
+            format!("server {addr} (direct)"),
+        ),
     };
     let ep = match &shared.endpoint {
         Some(e) => e.clone(),
@@ -386,7 +456,7 @@ async fn attempt(shared: &Arc<Shared>, via: Via, target: &str) -> Attempt {
             Ok(Ok(c)) => c,
             Ok(Err(e)) => {
                 return match refuse::refusal_of(&e) {
-                    Some(r) if is_not_allowed(&r) => Attempt::Ended { reason: r.to_string(), retry_after: r.retry_after(), established: false },
+                    Some(r) if is_not_allowed(&r) => refused_attempt(shared, &r, false),
                     _ => Attempt::Unreachable(format!("{label}: {}", refuse::explain(&e))),
                 };
             }
@@ -403,9 +473,14 @@ async fn attempt(shared: &Arc<Shared>, via: Via, target: &str) -> Attempt {
     result
 }
 
-async fn on_connection(shared: &Arc<Shared>, via: Via, conn: &quinn::Connection, label: &str) -> Attempt {
+async fn on_connection(
+    shared: &Arc<Shared>,
+    via: Via,
+    conn: &quinn::Connection,
+    label: &str,
+) -> Attempt {
     let closed_reason = |e: &quinn::ConnectionError| match refuse::refusal_of(e) {
-        Some(r) => Attempt::Ended { reason: r.to_string(), retry_after: r.retry_after(), established: false },
+        Some(r) => refused_attempt(shared, &r, false),
         None => Attempt::Unreachable(format!("{label}: {}", refuse::explain(e))),
     };
     let (send, recv) = match conn.open_bi().await {
@@ -417,7 +492,11 @@ async fn on_connection(shared: &Arc<Shared>, via: Via, conn: &quinn::Connection,
         Via::Gateway => {
             let sni = ServerName::try_from(pki::SERVER_NAME).expect("static name");
             let tls = tokio::time::timeout(
-                shared.config.connect.dial_timeout.max(Duration::from_secs(5)),
+                shared
+                    .config
+                    .connect
+                    .dial_timeout
+                    .max(Duration::from_secs(5)),
                 shared.inner_tls.connect(sni, stream::bi(send, recv)),
             )
             .await;
@@ -431,12 +510,16 @@ async fn on_connection(shared: &Arc<Shared>, via: Via, conn: &quinn::Connection,
                         Some(c) if c == RefusalCode::UpstreamUnavailable.close_code() as u64 => {
                             "the gateway has no uplink to the server right now".to_owned()
                         }
-                        Some(c) if c == RefusalCode::Overloaded.close_code() as u64 => "the gateway is at its session limit".to_owned(),
+                        Some(c) if c == RefusalCode::Overloaded.close_code() as u64 => {
+                            "the gateway is at its session limit".to_owned()
+                        }
                         _ => format!("inner TLS with the server through the gateway failed: {e}"),
                     };
                     Attempt::Unreachable(format!("{label}: {why}"))
                 }
-                Err(_) => Attempt::Unreachable(format!("{label}: no TLS answer from the server through the gateway")),
+                Err(_) => Attempt::Unreachable(format!(
+                    "{label}: no TLS answer from the server through the gateway"
+                )),
             }
         }
     }
@@ -454,19 +537,32 @@ fn stream_reset_code(e: &std::io::Error) -> Option<u64> {
     }
 }
 
-async fn run_session<S>(shared: &Arc<Shared>, io: S, label: &str, conn: &quinn::Connection) -> Attempt
+async fn run_session<S>(
+    shared: &Arc<Shared>,
+    io: S,
+    label: &str,
+    conn: &quinn::Connection,
+) -> Attempt
 where
     S: AsyncRead + AsyncWrite + Unpin + Send,
 {
     let mut f = stream::framed(io, MAX_FRAME);
     let timeout = shared.config.connect.sync_timeout;
     let mut sm = ClientSession::new(
-        hello(Role::Agent, &format!("outpost-agent {}", outpost_proto::SOFTWARE_VERSION), &[]),
+        hello(
+            Role::Agent,
+            &format!("outpost-agent {}", outpost_proto::SOFTWARE_VERSION),
+            &[],
+        ),
         timeout,
     );
     let setup_deadline = Instant::now() + timeout;
     let mut established = false;
-    let end = |reason: String, retry_after: Option<Duration>, established: bool| Attempt::Ended { reason, retry_after, established };
+    let end = |reason: String, retry_after: Option<Duration>, established: bool| Attempt::Ended {
+        reason,
+        retry_after,
+        established,
+    };
     loop {
         // Drive the state machine until it has nothing more to say or do.
         loop {
@@ -500,17 +596,14 @@ where
                         return match e {
                             SessionError::Refused(r) => {
                                 warn!(refusal = %r, "session refused by the server");
-                                end(r.to_string(), r.retry_after(), established)
+                                refused_attempt(shared, &r, established)
                             }
                             other => end(format!("{label}: {other}"), None, established),
                         };
                     }
                 }
-                Some(Err(e)) => return end(format!("{label}: {e}"), None, established),
-                None => {
-                    let why = conn.close_reason().map(|e| refuse::explain(&e)).unwrap_or_else(|| "the server ended the session".into());
-                    return end(format!("{label}: {why}"), None, established);
-                }
+                Some(Err(e)) => return ended_by_peer(shared, conn, label, established, e.to_string()).await,
+                None => return ended_by_peer(shared, conn, label, established, "the server ended the session".into()).await,
             },
             _ = tokio::time::sleep_until(deadline) => {
                 if !sm.is_ready() && Instant::now() >= setup_deadline {
@@ -529,7 +622,46 @@ where
     }
 }
 
-fn on_event(shared: &Arc<Shared>, sm: &mut ClientSession, ev: ClientEvent, label: &str, established: &mut bool) {
+/// The session stream ended without a refusal on it: if the whole connection is closing with a
+/// refusal (revoked, shutting down …), that is the real reason.
+async fn ended_by_peer(
+    shared: &Shared,
+    conn: &quinn::Connection,
+    label: &str,
+    established: bool,
+    fallback: String,
+) -> Attempt {
+    // The stream can end a moment before the connection close arrives.
+    let reason = match conn.close_reason() {
+        Some(e) => Some(e),
+        None => tokio::time::timeout(Duration::from_millis(250), conn.closed())
+            .await
+            .ok(),
+    };
+    match reason {
+        Some(e) => match refuse::refusal_of(&e) {
+            Some(r) => refused_attempt(shared, &r, established),
+            None => Attempt::Ended {
+                reason: format!("{label}: {}", refuse::explain(&e)),
+                retry_after: None,
+                established,
+            },
+        },
+        None => Attempt::Ended {
+            reason: format!("{label}: {fallback}"),
+            retry_after: None,
+            established,
+        },
+    }
+}
+
+fn on_event(
+    shared: &Arc<Shared>,
+    sm: &mut ClientSession,
+    ev: ClientEvent,
+    label: &str,
+    established: &mut bool,
+) {
     let now = outpost_net::unix_now();
     match ev {
         ClientEvent::Established { version, device_id } => {
@@ -545,10 +677,17 @@ fn on_event(shared: &Arc<Shared>, sm: &mut ClientSession, ev: ClientEvent, label
                 s.last_error.clear();
                 s.updated_at = now;
             });
-            let _ = shared.events.send(AgentEvent::Connected { path: label.to_owned() });
+            let _ = shared.events.send(AgentEvent::Connected {
+                path: label.to_owned(),
+            });
         }
         ClientEvent::Licence(status) => {
-            match grants::store(&shared.data, &status, &shared.identity.device_id, &shared.identity.grant_public_key) {
+            match grants::store(
+                &shared.data,
+                &status,
+                &shared.identity.device_id,
+                &shared.identity.grant_public_key,
+            ) {
                 Ok(()) => shared.grants_changed.notify_one(),
                 Err(e) => warn!(error = %e, "licence status from the server not stored"),
             }
@@ -597,13 +736,22 @@ fn on_event(shared: &Arc<Shared>, sm: &mut ClientSession, ev: ClientEvent, label
             let _ = shared.events.send(AgentEvent::Synced { acked });
         }
         ClientEvent::Push(p) => {
-            let kind = PushKind::try_from(p.kind).map(|k| k.as_str_name()).unwrap_or("PUSH_KIND_UNKNOWN");
-            let kind = kind.trim_start_matches("PUSH_KIND_").to_lowercase().replace('_', "-");
+            let kind = PushKind::try_from(p.kind)
+                .map(|k| k.as_str_name())
+                .unwrap_or("PUSH_KIND_UNKNOWN");
+            let kind = kind
+                .trim_start_matches("PUSH_KIND_")
+                .to_lowercase()
+                .replace('_', "-");
             let text = String::from_utf8_lossy(&p.payload).into_owned();
             info!(push = %p.id, %kind, %text, "push received");
             shared.status.send_modify(|s| {
                 s.pushes_received += 1;
-                s.last_push = if text.is_empty() { kind.clone() } else { format!("{kind}: {text}") };
+                s.last_push = if text.is_empty() {
+                    kind.clone()
+                } else {
+                    format!("{kind}: {text}")
+                };
                 s.updated_at = now;
             });
             let _ = shared.events.send(AgentEvent::Push(p));

@@ -16,7 +16,9 @@ use prost::Message;
 #[non_exhaustive]
 pub enum QueueError {
     /// The queue holds its maximum.
-    #[error("event queue is full ({0} events); the agent will accept more once the server has acknowledged some")]
+    #[error(
+        "event queue is full ({0} events); the agent will accept more once the server has acknowledged some"
+    )]
     Full(usize),
     /// Disk failure.
     #[error("event queue i/o: {0}")]
@@ -43,7 +45,10 @@ impl Queue {
             .filter_map(|e| e.ok())
             .map(|e| e.path())
             .filter(|p| p.extension().is_some_and(|x| x == "evt"))
-            .filter(|p| !p.file_name().is_some_and(|n| n.to_string_lossy().starts_with('.')))
+            .filter(|p| {
+                !p.file_name()
+                    .is_some_and(|n| n.to_string_lossy().starts_with('.'))
+            })
             .collect();
         v.sort();
         Ok(v)
@@ -82,7 +87,9 @@ impl Queue {
         let mut out = vec![];
         let mut bytes = 0;
         for f in self.files()?.into_iter().take(max) {
-            let Ok(data) = std::fs::read(&f) else { continue };
+            let Ok(data) = std::fs::read(&f) else {
+                continue;
+            };
             match Event::decode(data.as_slice()) {
                 Ok(e) => {
                     bytes += data.len() + 16;
@@ -109,8 +116,15 @@ impl Queue {
         }
         let mut n = 0;
         for f in self.files()? {
-            let name = f.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-            let id = name.trim_end_matches(".evt").rsplit('-').next().unwrap_or("");
+            let name = f
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            let id = name
+                .trim_end_matches(".evt")
+                .rsplit('-')
+                .next()
+                .unwrap_or("");
             if ids.iter().any(|a| a == id) {
                 std::fs::remove_file(&f)?;
                 n += 1;
@@ -133,7 +147,10 @@ mod tests {
         let b = q.push("k", b"two", 2).unwrap();
         let q2 = Queue::open(dir.path(), 10).unwrap();
         let got = q2.peek(10, 1 << 20).unwrap();
-        assert_eq!(got.iter().map(|e| e.id.clone()).collect::<Vec<_>>(), vec![a.clone(), b.clone()]);
+        assert_eq!(
+            got.iter().map(|e| e.id.clone()).collect::<Vec<_>>(),
+            vec![a.clone(), b.clone()]
+        );
         q2.ack(&[a]).unwrap();
         assert_eq!(q2.peek(10, 1 << 20).unwrap()[0].id, b);
         let small = Queue::open(dir.path(), 1).unwrap();

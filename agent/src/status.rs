@@ -45,7 +45,9 @@ pub struct AgentStatus {
 pub fn write(data: &Path, s: &AgentStatus) {
     let _ = outpost_net::fsutil::write_atomic(
         &data.join(FILE),
-        serde_json::to_string_pretty(s).unwrap_or_default().as_bytes(),
+        serde_json::to_string_pretty(s)
+            .unwrap_or_default()
+            .as_bytes(),
         false,
     );
 }
@@ -53,7 +55,10 @@ pub fn write(data: &Path, s: &AgentStatus) {
 /// Reads the status, refreshing licence and queue from disk. Returns whether the agent runs.
 pub fn read(data: &Path) -> anyhow::Result<(AgentStatus, bool)> {
     let id = outpost_net::identity::DeviceIdentity::load(data)?.ok_or_else(|| {
-        anyhow::anyhow!("{} holds no agent identity (not enrolled yet)", data.display())
+        anyhow::anyhow!(
+            "{} holds no agent identity (not enrolled yet)",
+            data.display()
+        )
     })?;
     let mut s: AgentStatus = match std::fs::read_to_string(data.join(FILE)) {
         Ok(t) => serde_json::from_str(&t)?,
@@ -63,21 +68,39 @@ pub fn read(data: &Path) -> anyhow::Result<(AgentStatus, bool)> {
         },
     };
     s.device_id = id.device_id.clone();
-    s.licence = crate::grants::state(data, &id.device_id, &id.grant_public_key, outpost_net::unix_now());
-    s.queue_depth = crate::queue::Queue::open(data, usize::MAX).map(|q| q.len()).unwrap_or(0);
-    let running = s.pid != 0 && Path::new(&format!("/proc/{}", s.pid)).exists() && s.state != "stopped";
+    s.licence = crate::grants::state(
+        data,
+        &id.device_id,
+        &id.grant_public_key,
+        outpost_net::unix_now(),
+    );
+    s.queue_depth = crate::queue::Queue::open(data, usize::MAX)
+        .map(|q| q.len())
+        .unwrap_or(0);
+    let running =
+        s.pid != 0 && Path::new(&format!("/proc/{}", s.pid)).exists() && s.state != "stopped";
     Ok((s, running))
 }
 
 /// Human form.
 pub fn human(s: &AgentStatus, running: bool) -> String {
-    let when = |t: i64| if t > 0 { outpost_proto::licence::key::format_time(t) } else { "never".into() };
+    let when = |t: i64| {
+        if t > 0 {
+            outpost_proto::licence::key::format_time(t)
+        } else {
+            "never".into()
+        }
+    };
     let licence = if s.licence.state == "licensed" {
         format!(
             "licensed by key {} until {}{}",
             s.licence.key,
             when(s.licence.expires_at),
-            if s.licence.promoted_reserve { " (reserve key, now active)" } else { "" }
+            if s.licence.promoted_reserve {
+                " (reserve key, now active)"
+            } else {
+                ""
+            }
         )
     } else {
         format!("UNLICENSED: {}", s.licence.reason)
@@ -85,14 +108,26 @@ pub fn human(s: &AgentStatus, running: bool) -> String {
     format!(
         "agent {}  ({})\nstate       {}\npath        {}\nlicence     {}\nlast sync   {}\nqueue       {} event(s) waiting\npushes      {} received{}\n{}",
         s.device_id,
-        if running { format!("running, pid {}", s.pid) } else { "not running".into() },
+        if running {
+            format!("running, pid {}", s.pid)
+        } else {
+            "not running".into()
+        },
         s.state,
         if s.path.is_empty() { "-" } else { &s.path },
         licence,
         when(s.last_sync),
         s.queue_depth,
         s.pushes_received,
-        if s.last_push.is_empty() { String::new() } else { format!(", last: {}", s.last_push) },
-        if s.last_error.is_empty() { String::new() } else { format!("last error  {}\n", s.last_error) },
+        if s.last_push.is_empty() {
+            String::new()
+        } else {
+            format!(", last: {}", s.last_push)
+        },
+        if s.last_error.is_empty() {
+            String::new()
+        } else {
+            format!("last error  {}\n", s.last_error)
+        },
     )
 }

@@ -130,7 +130,10 @@ impl GatewayConfig {
             self.uplink.reconnect_initial <= self.uplink.reconnect_max,
             "uplink.reconnect_initial must not exceed uplink.reconnect_max"
         );
-        anyhow::ensure!(self.limits.max_sessions > 0 && self.limits.max_agents > 0, "limits must be at least 1");
+        anyhow::ensure!(
+            self.limits.max_sessions > 0 && self.limits.max_agents > 0,
+            "limits must be at least 1"
+        );
         Ok(())
     }
 
@@ -156,9 +159,18 @@ mod tests {
         };
         let back: GatewayConfig = toml::from_str(&cfg.to_commented_toml()).unwrap();
         assert_eq!(back, cfg);
-        assert_eq!(cfg.uplink.keep_alive, Duration::from_secs(15), "T3 default keep-alive");
+        assert_eq!(
+            cfg.uplink.keep_alive,
+            Duration::from_secs(15),
+            "T3 default keep-alive"
+        );
         cfg.uplink.keep_alive = Duration::from_secs(60);
-        assert!(cfg.validate().unwrap_err().to_string().contains("keep_alive"));
+        assert!(
+            cfg.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("keep_alive")
+        );
         assert!(toml::from_str::<GatewayConfig>("srever = \"x\"").is_err());
     }
 }

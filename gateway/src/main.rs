@@ -9,7 +9,11 @@ use outpost_proto::pb::v1::Role;
 use outpost_proto::token::Token;
 
 #[derive(Parser)]
-#[command(name = "outpost-gateway", version, about = "Outpost gateway: office uplink and end-to-end agent relay")]
+#[command(
+    name = "outpost-gateway",
+    version,
+    about = "Outpost gateway: office uplink and end-to-end agent relay"
+)]
 struct Cli {
     /// Log filter (e.g. info, debug); default from RUST_LOG, else info.
     #[arg(long, global = true)]
@@ -23,7 +27,11 @@ enum Cmd {
     /// Run the gateway (enrolls on first start with --token and --server).
     Run {
         /// Data directory.
-        #[arg(long, env = "OUTPOST_GATEWAY_DATA", default_value = "/var/lib/outpost-gateway")]
+        #[arg(
+            long,
+            env = "OUTPOST_GATEWAY_DATA",
+            default_value = "/var/lib/outpost-gateway"
+        )]
         data_dir: PathBuf,
         /// Server address host:port (first start; later edit gateway.toml).
         #[arg(long)]
@@ -38,7 +46,11 @@ enum Cmd {
     /// Show uplink state, agents, sessions and counters of the gateway using this data directory.
     Status {
         /// Data directory.
-        #[arg(long, env = "OUTPOST_GATEWAY_DATA", default_value = "/var/lib/outpost-gateway")]
+        #[arg(
+            long,
+            env = "OUTPOST_GATEWAY_DATA",
+            default_value = "/var/lib/outpost-gateway"
+        )]
         data_dir: PathBuf,
         /// JSON output.
         #[arg(long)]
@@ -69,7 +81,12 @@ async fn run(cmd: Cmd) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Cmd::Run { data_dir, server, token, listen } => {
+        Cmd::Run {
+            data_dir,
+            server,
+            token,
+            listen,
+        } => {
             let cfg_path = node::config_path(&data_dir);
             if !cfg_path.exists() {
                 let server = server.clone().ok_or_else(|| {
@@ -83,17 +100,36 @@ async fn run(cmd: Cmd) -> anyhow::Result<()> {
                     cfg.listen = l;
                 }
                 cfg.validate()?;
-                outpost_net::fsutil::write_atomic(&cfg_path, cfg.to_commented_toml().as_bytes(), false)?;
+                outpost_net::fsutil::write_atomic(
+                    &cfg_path,
+                    cfg.to_commented_toml().as_bytes(),
+                    false,
+                )?;
             }
             let cfg = GatewayConfig::load(&cfg_path)?;
             if DeviceIdentity::load(&data_dir)?.is_none() {
                 let token = token.ok_or_else(|| {
-                    anyhow::anyhow!("{} holds no gateway identity: start once with --token <enrollment token>", data_dir.display())
+                    anyhow::anyhow!(
+                        "{} holds no gateway identity: start once with --token <enrollment token>",
+                        data_dir.display()
+                    )
                 })?;
                 let token = Token::parse(&token)?;
                 let addr = outpost_net::endpoint::resolve(&cfg.server).await?;
-                let inv = identity::inventory(None, None, &data_dir, &format!("outpost-gateway {}", outpost_proto::SOFTWARE_VERSION));
-                let id = identity::enroll(&data_dir, EnrollVia::Server(addr), &token, Role::Gateway, inv).await?;
+                let inv = identity::inventory(
+                    None,
+                    None,
+                    &data_dir,
+                    &format!("outpost-gateway {}", outpost_proto::SOFTWARE_VERSION),
+                );
+                let id = identity::enroll(
+                    &data_dir,
+                    EnrollVia::Server(addr),
+                    &token,
+                    Role::Gateway,
+                    inv,
+                )
+                .await?;
                 eprintln!("enrolled as gateway {} (group {})", id.device_id, id.group);
             }
             let gw = outpost_gateway::start(&data_dir, StartOptions::default()).await?;

@@ -85,7 +85,9 @@ pub struct Shared {
 
 impl std::fmt::Debug for Shared {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Shared").field("local_addr", &self.local_addr).finish_non_exhaustive()
+        f.debug_struct("Shared")
+            .field("local_addr", &self.local_addr)
+            .finish_non_exhaustive()
     }
 }
 
@@ -99,10 +101,22 @@ impl Shared {
             updated_at: outpost_net::unix_now(),
             server: self.config.server.clone(),
             listen: self.local_addr.to_string(),
-            uplink: if up.conn.is_some() { "up".into() } else { "down".into() },
+            uplink: if up.conn.is_some() {
+                "up".into()
+            } else {
+                "down".into()
+            },
             uplink_since: up.since,
-            uplink_remote: up.conn.as_ref().map(|c| c.remote_address().to_string()).unwrap_or_default(),
-            uplink_rtt_ms: up.conn.as_ref().map(|c| c.rtt().as_millis() as u64).unwrap_or(0),
+            uplink_remote: up
+                .conn
+                .as_ref()
+                .map(|c| c.remote_address().to_string())
+                .unwrap_or_default(),
+            uplink_rtt_ms: up
+                .conn
+                .as_ref()
+                .map(|c| c.rtt().as_millis() as u64)
+                .unwrap_or(0),
             uplink_last_error: up.last_error,
             uplink_connects: self.stats.uplink_connects.load(Ordering::Relaxed),
             agents_connected: self.stats.agents_connected.load(Ordering::Relaxed),
@@ -134,7 +148,9 @@ pub struct GatewayHandle {
 
 impl std::fmt::Debug for GatewayHandle {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("GatewayHandle").field("addr", &self.addr()).finish()
+        f.debug_struct("GatewayHandle")
+            .field("addr", &self.addr())
+            .finish()
     }
 }
 
@@ -159,12 +175,15 @@ impl GatewayHandle {
     pub async fn shutdown(self) {
         self.shared.shutdown.cancel();
         self.shared.tasks.close();
-        let _ = tokio::time::timeout(std::time::Duration::from_secs(5), self.shared.tasks.wait()).await;
-        self.endpoint.close(quinn::VarInt::from_u32(0), b"gateway shutting down");
+        let _ =
+            tokio::time::timeout(std::time::Duration::from_secs(5), self.shared.tasks.wait()).await;
+        self.endpoint
+            .close(quinn::VarInt::from_u32(0), b"gateway shutting down");
         if let Some(c) = self.shared.uplink.borrow().conn.clone() {
             c.close(quinn::VarInt::from_u32(0), b"gateway shutting down");
         }
-        let _ = tokio::time::timeout(std::time::Duration::from_secs(2), self.endpoint.wait_idle()).await;
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(2), self.endpoint.wait_idle())
+            .await;
     }
 }
 
@@ -187,18 +206,37 @@ pub async fn start(data: &Path, opts: StartOptions) -> anyhow::Result<GatewayHan
         )
     })?;
 
-    let mut tls = pki::server_config(&identity.identity, &identity.ca, &[alpn::RELAY, alpn::ENROLL], ClientAuth::OptionalForEnrollment)?;
+    let mut tls = pki::server_config(
+        &identity.identity,
+        &identity.ca,
+        &[alpn::RELAY, alpn::ENROLL],
+        ClientAuth::OptionalForEnrollment,
+    )?;
     tls.max_early_data_size = 0;
     let quic = quinn::crypto::rustls::QuicServerConfig::try_from(Arc::new(tls))?;
     let mut server_cfg = quinn::ServerConfig::with_crypto(Arc::new(quic));
-    server_cfg.transport_config(transport::listener(config.uplink.idle_timeout.max(std::time::Duration::from_secs(30))));
+    server_cfg.transport_config(transport::listener(
+        config
+            .uplink
+            .idle_timeout
+            .max(std::time::Duration::from_secs(30)),
+    ));
     let ep = endpoint::endpoint(config.listen, &config.socket, Some(server_cfg))
         .with_context(|| format!("cannot listen on udp {}", config.listen))?;
     let local_addr = ep.local_addr()?;
 
-    let up_tls = pki::client_config(Some(&identity.identity), &pki::Trust::Ca(identity.ca.clone()), &[alpn::GATEWAY])?;
-    let mut uplink_client = quinn::ClientConfig::new(Arc::new(quinn::crypto::rustls::QuicClientConfig::try_from(Arc::new(up_tls))?));
-    uplink_client.transport_config(transport::uplink(config.uplink.keep_alive, config.uplink.idle_timeout));
+    let up_tls = pki::client_config(
+        Some(&identity.identity),
+        &pki::Trust::Ca(identity.ca.clone()),
+        &[alpn::GATEWAY],
+    )?;
+    let mut uplink_client = quinn::ClientConfig::new(Arc::new(
+        quinn::crypto::rustls::QuicClientConfig::try_from(Arc::new(up_tls))?,
+    ));
+    uplink_client.transport_config(transport::uplink(
+        config.uplink.keep_alive,
+        config.uplink.idle_timeout,
+    ));
 
     let (uplink, _) = watch::channel(UplinkState::default());
     let shared = Arc::new(Shared {
@@ -221,7 +259,9 @@ pub async fn start(data: &Path, opts: StartOptions) -> anyhow::Result<GatewayHan
     });
     tracing::info!(device = %shared.identity.device_id, listen = %local_addr, server = %shared.config.server, "outpost-gateway starting");
     shared.tasks.spawn(crate::uplink::run(shared.clone()));
-    shared.tasks.spawn(crate::relay::accept_loop(shared.clone(), ep.clone()));
+    shared
+        .tasks
+        .spawn(crate::relay::accept_loop(shared.clone(), ep.clone()));
     shared.tasks.spawn(crate::status::writer(shared.clone()));
     Ok(GatewayHandle {
         shared,

@@ -23,15 +23,21 @@ pub async fn accept_loop(shared: Arc<Shared>, ep: quinn::Endpoint) {
             i = ep.accept() => match i { Some(i) => i, None => return },
             _ = shared.shutdown.cancelled() => return,
         };
-        let span = info_span!("agent_conn", peer = %incoming.remote_address(), id = tracing::field::Empty);
-        shared.tasks.spawn(serve_agent(shared.clone(), incoming).instrument(span));
+        let span =
+            info_span!("agent_conn", peer = %incoming.remote_address(), id = tracing::field::Empty);
+        shared
+            .tasks
+            .spawn(serve_agent(shared.clone(), incoming).instrument(span));
     }
 }
 
 struct Connected<'a>(&'a Shared);
 impl Drop for Connected<'_> {
     fn drop(&mut self) {
-        self.0.stats.agents_connected.fetch_sub(1, Ordering::Relaxed);
+        self.0
+            .stats
+            .agents_connected
+            .fetch_sub(1, Ordering::Relaxed);
         self.0.status_changed.notify_one();
     }
 }
@@ -49,11 +55,15 @@ async fn serve_agent(shared: Arc<Shared>, incoming: quinn::Incoming) {
     };
     tracing::Span::current().record("id", conn.stable_id());
     let Ok(_slot) = shared.agent_slots.clone().try_acquire_owned() else {
-        shared.stats.refused_overload.fetch_add(1, Ordering::Relaxed);
+        shared
+            .stats
+            .refused_overload
+            .fetch_add(1, Ordering::Relaxed);
         let base = std::time::Duration::from_secs(5);
         refuse::close(
             &conn,
-            &Refused::new(RefusalCode::Overloaded, "gateway is at its agent limit").with_retry_after(outpost_net::jittered(base, base)),
+            &Refused::new(RefusalCode::Overloaded, "gateway is at its agent limit")
+                .with_retry_after(outpost_net::jittered(base, base)),
         );
         return;
     };
@@ -63,11 +73,20 @@ async fn serve_agent(shared: Arc<Shared>, incoming: quinn::Incoming) {
         (Some(l), _) => pki::fingerprint(l).to_vec(),
         (None, true) => vec![],
         (None, false) => {
-            refuse::close(&conn, &Refused::new(RefusalCode::Unauthenticated, "a client certificate is required: enroll this device first"));
+            refuse::close(
+                &conn,
+                &Refused::new(
+                    RefusalCode::Unauthenticated,
+                    "a client certificate is required: enroll this device first",
+                ),
+            );
             return;
         }
     };
-    shared.stats.agents_connected.fetch_add(1, Ordering::Relaxed);
+    shared
+        .stats
+        .agents_connected
+        .fetch_add(1, Ordering::Relaxed);
     shared.status_changed.notify_one();
     let _connected = Connected(&shared);
     let agent_addr = conn.remote_address().to_string();
@@ -79,13 +98,19 @@ async fn serve_agent(shared: Arc<Shared>, incoming: quinn::Incoming) {
                 return;
             }
         };
-        let kind = if enroll { RelayKind::Enroll } else { RelayKind::Session };
+        let kind = if enroll {
+            RelayKind::Enroll
+        } else {
+            RelayKind::Session
+        };
         let open = RelayOpen {
             kind: kind as i32,
             agent_cert_sha256: fp.clone(),
             agent_addr: agent_addr.clone(),
         };
-        shared.tasks.spawn(relay(shared.clone(), send, recv, open).in_current_span());
+        shared
+            .tasks
+            .spawn(relay(shared.clone(), send, recv, open).in_current_span());
     }
 }
 
@@ -102,31 +127,58 @@ impl Drop for Active<'_> {
     }
 }
 
-async fn relay(shared: Arc<Shared>, send: quinn::SendStream, recv: quinn::RecvStream, open: RelayOpen) {
-    let slots = if open.kind == RelayKind::Enroll as i32 { &shared.enroll_slots } else { &shared.session_slots };
+async fn relay(
+    shared: Arc<Shared>,
+    send: quinn::SendStream,
+    recv: quinn::RecvStream,
+    open: RelayOpen,
+) {
+    let slots = if open.kind == RelayKind::Enroll as i32 {
+        &shared.enroll_slots
+    } else {
+        &shared.session_slots
+    };
     let Ok(_slot) = slots.clone().try_acquire_owned() else {
-        shared.stats.refused_overload.fetch_add(1, Ordering::Relaxed);
+        shared
+            .stats
+            .refused_overload
+            .fetch_add(1, Ordering::Relaxed);
         refuse_stream(send, recv, RefusalCode::Overloaded);
         return;
     };
     let Some(uplink) = shared.uplink.borrow().conn.clone() else {
-        shared.stats.refused_no_uplink.fetch_add(1, Ordering::Relaxed);
+        shared
+            .stats
+            .refused_no_uplink
+            .fetch_add(1, Ordering::Relaxed);
         refuse_stream(send, recv, RefusalCode::UpstreamUnavailable);
         return;
     };
     let opened = tokio::time::timeout(std::time::Duration::from_secs(10), uplink.open_bi()).await;
     let Ok(Ok((mut up_send, up_recv))) = opened else {
-        shared.stats.refused_no_uplink.fetch_add(1, Ordering::Relaxed);
+        shared
+            .stats
+            .refused_no_uplink
+            .fetch_add(1, Ordering::Relaxed);
         refuse_stream(send, recv, RefusalCode::UpstreamUnavailable);
         return;
     };
-    if stream::write_one_frame(&mut up_send, Msg::RelayOpen(open)).await.is_err() {
+    if stream::write_one_frame(&mut up_send, Msg::RelayOpen(open))
+        .await
+        .is_err()
+    {
         refuse_stream(send, recv, RefusalCode::UpstreamUnavailable);
         return;
     }
     shared.stats.sessions_active.fetch_add(1, Ordering::Relaxed);
     shared.stats.sessions_total.fetch_add(1, Ordering::Relaxed);
     let _active = Active(&shared);
-    splice::splice((send, recv), (up_send, up_recv), shared.bytes.clone(), shared.tap.clone()).await;
+    splice::splice(
+        (send, recv),
+        (up_send, up_recv),
+        shared.bytes.clone(),
+        shared.tap.clone(),
+    )
+    .await;
     debug!("relayed stream ended");
 }

@@ -59,7 +59,9 @@ pub async fn writer(shared: Arc<Shared>) {
         let s = shared.status();
         let _ = outpost_net::fsutil::write_atomic(
             &shared.data.join(FILE),
-            serde_json::to_string_pretty(&s).unwrap_or_default().as_bytes(),
+            serde_json::to_string_pretty(&s)
+                .unwrap_or_default()
+                .as_bytes(),
             false,
         );
         tokio::select! {
@@ -80,8 +82,9 @@ pub async fn writer(shared: Arc<Shared>) {
 
 /// Reads the status file; says whether the gateway process is still running.
 pub fn read(data: &Path) -> anyhow::Result<(GatewayStatus, bool)> {
-    let text = outpost_net::fsutil::read_string(&data.join(FILE))
-        .map_err(|e| anyhow::anyhow!("{e} (has the gateway been started with this data directory?)"))?;
+    let text = outpost_net::fsutil::read_string(&data.join(FILE)).map_err(|e| {
+        anyhow::anyhow!("{e} (has the gateway been started with this data directory?)")
+    })?;
     let s: GatewayStatus = serde_json::from_str(&text)?;
     let running = Path::new(&format!("/proc/{}", s.pid)).exists() && s.uplink != "stopped";
     Ok((s, running))
@@ -89,15 +92,31 @@ pub fn read(data: &Path) -> anyhow::Result<(GatewayStatus, bool)> {
 
 /// Human form.
 pub fn human(s: &GatewayStatus, running: bool) -> String {
-    let when = |t: i64| if t > 0 { outpost_proto::licence::key::format_time(t) } else { "-".into() };
+    let when = |t: i64| {
+        if t > 0 {
+            outpost_proto::licence::key::format_time(t)
+        } else {
+            "-".into()
+        }
+    };
     format!(
         "gateway {}  ({})\nserver      {}\nuplink      {}{}\nlisten      {}\nagents      {} connected, {} sessions relayed now, {} since start\nrefused     {} (uplink down), {} (limits)\nbytes       {} up, {} down\nupdated     {}\n",
         s.device_id,
-        if running { format!("running, pid {}", s.pid) } else { "not running".into() },
+        if running {
+            format!("running, pid {}", s.pid)
+        } else {
+            "not running".into()
+        },
         s.server,
         s.uplink,
         if s.uplink == "up" {
-            format!(" to {} since {}, rtt {} ms, {} connect(s)", s.uplink_remote, when(s.uplink_since), s.uplink_rtt_ms, s.uplink_connects)
+            format!(
+                " to {} since {}, rtt {} ms, {} connect(s)",
+                s.uplink_remote,
+                when(s.uplink_since),
+                s.uplink_rtt_ms,
+                s.uplink_connects
+            )
         } else if !s.uplink_last_error.is_empty() {
             format!(" ({})", s.uplink_last_error)
         } else {

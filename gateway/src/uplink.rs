@@ -33,15 +33,22 @@ pub async fn run(shared: Arc<Shared>) {
             return;
         }
         let span = info_span!("uplink", server = %shared.config.server);
-        let ended = connect_and_serve(&shared, &mut backoff).instrument(span).await;
+        let ended = connect_and_serve(&shared, &mut backoff)
+            .instrument(span)
+            .await;
+        if shared.shutdown.is_cancelled() {
+            return;
+        }
         backoff.on_disconnected(Instant::now().into_std());
-        if let Some(r) = ended.as_ref().and_then(|e| e.downcast_ref::<Refused>()) {
-            if let Some(d) = r.retry_after() {
-                backoff.on_retry_after(d);
-            }
+        if let Some(r) = ended.as_ref().and_then(|e| e.downcast_ref::<Refused>())
+            && let Some(d) = r.retry_after()
+        {
+            backoff.on_retry_after(d);
         }
         let delay = backoff.next_delay(outpost_net::jitter_unit());
-        let why = ended.map(|e| format!("{e:#}")).unwrap_or_else(|| "closed".into());
+        let why = ended
+            .map(|e| format!("{e:#}"))
+            .unwrap_or_else(|| "closed".into());
         warn!(reason = %why, retry_in = ?delay, "uplink down");
         shared.uplink.send_replace(UplinkState {
             conn: None,
@@ -90,7 +97,11 @@ async fn connect_and_serve(shared: &Arc<Shared>, backoff: &mut Backoff) -> Optio
         Err(e) => return Some(anyhow::anyhow!("{}", refuse::explain(&e))),
     };
     let mut ctl = stream::framed(stream::bi(send, recv), 1 << 20);
-    let hello = session::hello(Role::Gateway, &format!("outpost-gateway {}", outpost_proto::SOFTWARE_VERSION), &[]);
+    let hello = session::hello(
+        Role::Gateway,
+        &format!("outpost-gateway {}", outpost_proto::SOFTWARE_VERSION),
+        &[],
+    );
     if let Err(e) = ctl.send(Msg::Hello(hello)).await {
         return Some(e.into());
     }

@@ -73,7 +73,8 @@ impl DeviceIdentity {
             },
             &d.join("cert.pem").display().to_string(),
         )?;
-        let ca = pki::certs_from_pem(&read_string(&d.join("ca.pem"))?, "identity/ca.pem")?.remove(0);
+        let ca =
+            pki::certs_from_pem(&read_string(&d.join("ca.pem"))?, "identity/ca.pem")?.remove(0);
         let grant_public_key = base64::engine::general_purpose::STANDARD
             .decode(&file.grant_public_key)
             .context("device.toml: grant_public_key")?;
@@ -89,16 +90,30 @@ impl DeviceIdentity {
     /// Stores the identity; device.toml is written last, so a crash leaves "not enrolled".
     pub fn save(&self, data: &Path, key_pem: &str) -> anyhow::Result<()> {
         let d = dir(data);
-        let chain: String = self.identity.chain.iter().map(|c| pki::cert_to_pem(c)).collect();
+        let chain: String = self
+            .identity
+            .chain
+            .iter()
+            .map(|c| pki::cert_to_pem(c))
+            .collect();
         write_atomic(&d.join("key.pem"), key_pem.as_bytes(), true)?;
         write_atomic(&d.join("cert.pem"), chain.as_bytes(), false)?;
-        write_atomic(&d.join("ca.pem"), pki::cert_to_pem(&self.ca).as_bytes(), false)?;
+        write_atomic(
+            &d.join("ca.pem"),
+            pki::cert_to_pem(&self.ca).as_bytes(),
+            false,
+        )?;
         let file = DeviceFile {
             device_id: self.device_id.clone(),
             group: self.group.clone(),
-            grant_public_key: base64::engine::general_purpose::STANDARD.encode(&self.grant_public_key),
+            grant_public_key: base64::engine::general_purpose::STANDARD
+                .encode(&self.grant_public_key),
         };
-        write_atomic(&d.join("device.toml"), toml::to_string(&file)?.as_bytes(), false)?;
+        write_atomic(
+            &d.join("device.toml"),
+            toml::to_string(&file)?.as_bytes(),
+            false,
+        )?;
         Ok(())
     }
 }
@@ -120,7 +135,11 @@ pub async fn enroll(
     role: Role,
     inventory: Inventory,
 ) -> anyhow::Result<DeviceIdentity> {
-    let hostname = if inventory.hostname.is_empty() { "device".to_owned() } else { inventory.hostname.clone() };
+    let hostname = if inventory.hostname.is_empty() {
+        "device".to_owned()
+    } else {
+        inventory.hostname.clone()
+    };
     let csr = pki::generate_csr(&hostname)?;
     let req = EnrollRequest {
         token: token.to_text(),
@@ -136,20 +155,35 @@ pub async fn enroll(
     let tls = pki::client_config(None, &trust, &[alpn::ENROLL])?;
     let quic = quinn::crypto::rustls::QuicClientConfig::try_from(Arc::new(tls))?;
     let mut cfg = quinn::ClientConfig::new(Arc::new(quic));
-    cfg.transport_config(transport::client(Duration::from_secs(10), Duration::from_secs(30)));
+    cfg.transport_config(transport::client(
+        Duration::from_secs(10),
+        Duration::from_secs(30),
+    ));
     let ep = endpoint::client_endpoint(addr)?;
-    let conn = ep
-        .connect_with(cfg, addr, name)?
+    let conn = match tokio::time::timeout(
+        Duration::from_secs(10),
+        ep.connect_with(cfg, addr, name)?,
+    )
+    .await
+    {
+        Ok(Ok(c)) => c,
+        Ok(Err(e)) => anyhow::bail!("cannot reach {addr} to enroll: {}", refuse::explain(&e)),
+        Err(_) => anyhow::bail!("cannot reach {addr} to enroll: no answer within 10s"),
+    };
+    let (send, recv) = conn
+        .open_bi()
         .await
-        .map_err(|e| anyhow::anyhow!("cannot reach {addr} to enroll: {}", refuse::explain(&e)))?;
-    let (send, recv) = conn.open_bi().await.map_err(|e| anyhow::anyhow!("{}", refuse::explain(&e)))?;
+        .map_err(|e| anyhow::anyhow!("{}", refuse::explain(&e)))?;
     let resp = match via {
         EnrollVia::Server(_) => exchange(stream::bi(send, recv), req).await,
         EnrollVia::Gateway(_) => {
             // The gateway relays; the request travels inside TLS to the server itself.
             let inner = pki::client_config(None, &trust, &[alpn::ENROLL])?;
             let tls = tokio_rustls::TlsConnector::from(Arc::new(inner))
-                .connect(ServerName::try_from(pki::SERVER_NAME)?, stream::bi(send, recv))
+                .connect(
+                    ServerName::try_from(pki::SERVER_NAME)?,
+                    stream::bi(send, recv),
+                )
                 .await
                 .context("inner TLS to the server through the gateway failed")?;
             exchange(tls, req).await
@@ -193,8 +227,13 @@ async fn exchange<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
     f.send(Msg::EnrollRequest(req)).await?;
     match tokio::time::timeout(Duration::from_secs(30), f.next()).await {
         Ok(Some(Ok(Msg::EnrollResponse(r)))) => Ok(r),
-        Ok(Some(Ok(Msg::Refusal(r)))) => Err(anyhow::Error::new(Refused(r)).context("enrollment refused")),
-        Ok(Some(Ok(other))) => anyhow::bail!("unexpected {} during enrollment", outpost_proto::session::msg_name(&other)),
+        Ok(Some(Ok(Msg::Refusal(r)))) => {
+            Err(anyhow::Error::new(Refused(r)).context("enrollment refused"))
+        }
+        Ok(Some(Ok(other))) => anyhow::bail!(
+            "unexpected {} during enrollment",
+            outpost_proto::session::msg_name(&other)
+        ),
         Ok(Some(Err(e))) => Err(e.into()),
         Ok(None) => anyhow::bail!("the server closed the enrollment stream without an answer"),
         Err(_) => anyhow::bail!("no enrollment answer within 30s"),
@@ -202,10 +241,19 @@ async fn exchange<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
 }
 
 /// What a device reports about itself.
-pub fn inventory(hostname: Option<&str>, machine_id: Option<&str>, data: &Path, software: &str) -> Inventory {
+pub fn inventory(
+    hostname: Option<&str>,
+    machine_id: Option<&str>,
+    data: &Path,
+    software: &str,
+) -> Inventory {
     let hostname = hostname
         .map(str::to_owned)
-        .or_else(|| std::fs::read_to_string("/etc/hostname").ok().map(|s| s.trim().to_owned()))
+        .or_else(|| {
+            std::fs::read_to_string("/etc/hostname")
+                .ok()
+                .map(|s| s.trim().to_owned())
+        })
         .filter(|s| !s.is_empty())
         .unwrap_or_else(|| "unknown".into());
     let machine_id = machine_id
@@ -214,8 +262,10 @@ pub fn inventory(hostname: Option<&str>, machine_id: Option<&str>, data: &Path, 
     let os = std::fs::read_to_string("/etc/os-release")
         .ok()
         .and_then(|t| {
-            t.lines()
-                .find_map(|l| l.strip_prefix("PRETTY_NAME=").map(|v| v.trim_matches('"').to_owned()))
+            t.lines().find_map(|l| {
+                l.strip_prefix("PRETTY_NAME=")
+                    .map(|v| v.trim_matches('"').to_owned())
+            })
         })
         .unwrap_or_else(|| std::env::consts::OS.to_owned());
     Inventory {

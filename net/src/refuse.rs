@@ -44,9 +44,13 @@ fn explain_transport(text: &str, code: quinn::TransportErrorCode) -> String {
     let raw: u64 = code.into();
     // TLS alerts travel as CRYPTO_ERROR 0x100 + alert number.
     let hint = match raw {
-        0x178 => Some("no application protocol in common (ALPN): wrong port or role, or an incompatible version"),
+        0x178 => Some(
+            "no application protocol in common (ALPN): wrong port or role, or an incompatible version",
+        ),
         0x174 => Some("the peer requires a client certificate: enroll this device first"),
-        0x130 | 0x12a => Some("certificate not trusted: the peers belong to different deployments (CA) or a certificate is wrong"),
+        0x130 | 0x12a => Some(
+            "certificate not trusted: the peers belong to different deployments (CA) or a certificate is wrong",
+        ),
         0x12e => Some("certificate expired or not yet valid: check the clocks, or re-enroll"),
         0x12b | 0x12c => Some("certificate rejected by the peer"),
         _ => None,

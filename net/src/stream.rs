@@ -1,7 +1,7 @@
 //! Framed message streams over QUIC bidi streams and over inner TLS.
 
 use futures_util::{SinkExt, StreamExt};
-use outpost_proto::frame::{FrameCodec, FrameError, HEADER_LEN, FRAME_ENVELOPE};
+use outpost_proto::frame::{FRAME_ENVELOPE, FrameCodec, FrameError, HEADER_LEN};
 use outpost_proto::pb::v1::{Envelope, envelope::Msg};
 use prost::Message as _;
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -54,9 +54,12 @@ pub async fn read_one_frame(recv: &mut quinn::RecvStream, max: usize) -> Result<
             format!("expected an envelope frame, got frame type {}", header[0]),
         )));
     }
-    Envelope::decode(payload.as_slice())?
-        .msg
-        .ok_or_else(|| FrameError::Io(std::io::Error::new(std::io::ErrorKind::InvalidData, "empty envelope")))
+    Envelope::decode(payload.as_slice())?.msg.ok_or_else(|| {
+        FrameError::Io(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            "empty envelope",
+        ))
+    })
 }
 
 async fn read_exact(recv: &mut quinn::RecvStream, buf: &mut [u8]) -> Result<(), FrameError> {

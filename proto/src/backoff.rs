@@ -60,10 +60,10 @@ impl Backoff {
 
     /// The link went down (or a dial failed). Resets the backoff if the link had been healthy.
     pub fn on_disconnected(&mut self, now: Instant) {
-        if let Some(at) = self.connected_at.take() {
-            if now.saturating_duration_since(at) >= self.config.healthy_after {
-                self.attempt = 0;
-            }
+        if let Some(at) = self.connected_at.take()
+            && now.saturating_duration_since(at) >= self.config.healthy_after
+        {
+            self.attempt = 0;
         }
     }
 
@@ -105,7 +105,10 @@ mod tests {
     fn t6_backoff_grows_to_max_with_jitter() {
         let mut b = Backoff::new(cfg());
         let ceilings: Vec<_> = (0..6).map(|_| b.next_delay(0.999_999)).collect();
-        let secs: Vec<u64> = ceilings.iter().map(|d| d.as_secs_f64().round() as u64).collect();
+        let secs: Vec<u64> = ceilings
+            .iter()
+            .map(|d| d.as_secs_f64().round() as u64)
+            .collect();
         assert_eq!(secs, vec![1, 2, 4, 8, 8, 8]);
         let mut b = Backoff::new(cfg());
         assert_eq!(b.next_delay(0.0), Duration::ZERO);
@@ -121,7 +124,11 @@ mod tests {
         }
         b.on_connected(t0);
         b.on_disconnected(t0 + Duration::from_secs(2));
-        assert_eq!(b.attempt(), 3, "a short-lived link does not reset the backoff");
+        assert_eq!(
+            b.attempt(),
+            3,
+            "a short-lived link does not reset the backoff"
+        );
         b.on_connected(t0 + Duration::from_secs(3));
         b.on_disconnected(t0 + Duration::from_secs(13));
         assert_eq!(b.attempt(), 0, "a healthy link resets it");

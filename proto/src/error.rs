@@ -121,7 +121,10 @@ impl Refused {
 impl fmt::Display for Refused {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let name = self.code().as_str_name();
-        let name = name.strip_prefix("REFUSAL_CODE_").unwrap_or(name).to_lowercase();
+        let name = name
+            .strip_prefix("REFUSAL_CODE_")
+            .unwrap_or(name)
+            .to_lowercase();
         write!(f, "refused ({name}): {}", self.0.message)?;
         if let Some(d) = self.retry_after() {
             write!(f, " (retry after {} ms)", d.as_millis())?;
@@ -141,7 +144,10 @@ mod tests {
         let back = Refused::from_close(r.code().close_code().into(), &r.to_close_reason());
         assert_eq!(back, r);
         assert_eq!(back.retry_after(), Some(Duration::from_millis(1500)));
-        assert!(back.to_string().contains("refused (overloaded): too many sessions"));
+        assert!(
+            back.to_string()
+                .contains("refused (overloaded): too many sessions")
+        );
         let foreign = Refused::from_close(7, b"bye");
         assert_eq!(foreign.0.message, "bye");
     }

@@ -66,9 +66,9 @@ impl FrameError {
     pub fn fault(&self) -> crate::error::Fault {
         use crate::error::Fault;
         match self {
-            FrameError::TooLarge { .. } | FrameError::Malformed(_) | FrameError::Truncated { .. } => {
-                Fault::PeerMisbehaved
-            }
+            FrameError::TooLarge { .. }
+            | FrameError::Malformed(_)
+            | FrameError::Truncated { .. } => Fault::PeerMisbehaved,
             FrameError::OutgoingTooLarge { .. } => Fault::LocalMisuse,
             FrameError::Io(_) => Fault::Io,
         }
@@ -201,8 +201,11 @@ mod tests {
 
     #[test]
     fn round_trip_byte_by_byte() {
-        let bytes = [encode_frame(hello()), encode_frame(Msg::PushAck(PushAck { id: "x".into() }))]
-            .concat();
+        let bytes = [
+            encode_frame(hello()),
+            encode_frame(Msg::PushAck(PushAck { id: "x".into() })),
+        ]
+        .concat();
         let mut codec = FrameCodec::default();
         let mut buf = BytesMut::new();
         let mut out = vec![];
@@ -228,7 +231,11 @@ mod tests {
             }
             other => panic!("expected TooLarge, got {other:?}"),
         }
-        assert_eq!(buf.capacity(), cap_before, "nothing reserved for the payload");
+        assert_eq!(
+            buf.capacity(),
+            cap_before,
+            "nothing reserved for the payload"
+        );
     }
 
     #[test]
@@ -255,7 +262,10 @@ mod tests {
     fn garbage_is_malformed_and_truncation_is_reported() {
         let mut codec = FrameCodec::default();
         let mut buf = BytesMut::from(&[FRAME_ENVELOPE, 0, 0, 0, 2, 0xff, 0xff][..]);
-        assert!(matches!(codec.decode(&mut buf), Err(FrameError::Malformed(_))));
+        assert!(matches!(
+            codec.decode(&mut buf),
+            Err(FrameError::Malformed(_))
+        ));
         let mut buf = BytesMut::from(&[FRAME_ENVELOPE, 0, 0, 0, 9, 1][..]);
         assert!(matches!(
             codec.decode_eof(&mut buf),

@@ -149,13 +149,12 @@ impl Identity {
     /// Parses an identity from PEM text.
     pub fn from_pem(pem: &IdentityPem, what: &str) -> Result<Identity, PkiError> {
         let chain = certs_from_pem(&pem.chain_pem, what)?;
-        let key = PrivateKeyDer::from_pem_slice(pem.key_pem.as_bytes()).map_err(|e| {
-            PkiError::Pem {
+        let key =
+            PrivateKeyDer::from_pem_slice(pem.key_pem.as_bytes()).map_err(|e| PkiError::Pem {
                 what: what.to_owned(),
                 expected: "PRIVATE KEY",
                 detail: e.to_string(),
-            }
-        })?;
+            })?;
         Ok(Identity { chain, key })
     }
 
@@ -378,8 +377,8 @@ pub fn generate_csr(hostname: &str) -> Result<CsrPair, PkiError> {
 
 /// Common name of a certificate (the device id for certificates this CA issued).
 pub fn common_name(der: &[u8]) -> Result<String, PkiError> {
-    let (_, cert) = x509_parser::parse_x509_certificate(der)
-        .map_err(|e| PkiError::Parse(e.to_string()))?;
+    let (_, cert) =
+        x509_parser::parse_x509_certificate(der).map_err(|e| PkiError::Parse(e.to_string()))?;
     let cn = cert
         .subject()
         .iter_common_name()
@@ -431,9 +430,7 @@ pub fn server_config(
             if client_auth == ClientAuth::OptionalForEnrollment {
                 vb = vb.allow_unauthenticated();
             }
-            let verifier = vb
-                .build()
-                .map_err(|e| PkiError::Verifier(e.to_string()))?;
+            let verifier = vb.build().map_err(|e| PkiError::Verifier(e.to_string()))?;
             builder.with_client_cert_verifier(verifier)
         }
     };

@@ -196,11 +196,11 @@ impl ClientSession {
             }
             return Ok(());
         }
-        if let Some(due) = self.sync_due {
-            if now >= due {
-                self.sync_due = None;
-                self.events.push_back(ClientEvent::SyncDue);
-            }
+        if let Some(due) = self.sync_due
+            && now >= due
+        {
+            self.sync_due = None;
+            self.events.push_back(ClientEvent::SyncDue);
         }
         Ok(())
     }
@@ -398,7 +398,8 @@ impl ServerSession {
         match (self.phase, msg) {
             (_, Msg::Refusal(r)) => Err(SessionError::Refused(Refused(r))),
             (ServerPhase::AwaitHello, Msg::Hello(hello)) => {
-                let v = version::negotiate(version::supported(), hello.min_version, hello.max_version)?;
+                let v =
+                    version::negotiate(version::supported(), hello.min_version, hello.max_version)?;
                 self.transmit.push_back(Msg::HelloAck(HelloAck {
                     version: v,
                     capabilities: vec![],
@@ -460,7 +461,8 @@ impl ServerSession {
 
     /// Ends the session with a refusal (revoked, shutting down …).
     pub fn refuse(&mut self, code: RefusalCode, message: impl Into<String>) {
-        self.transmit.push_back(Msg::Refusal(refusal(code, message)));
+        self.transmit
+            .push_back(Msg::Refusal(refusal(code, message)));
         self.phase = ServerPhase::Closed;
     }
 }
@@ -524,7 +526,13 @@ mod tests {
         let err = rogue
             .handle_message(Msg::SyncRequest(SyncRequest::default()), 0)
             .unwrap_err();
-        assert!(matches!(err, SessionError::Unexpected { got: "SyncRequest", .. }));
+        assert!(matches!(
+            err,
+            SessionError::Unexpected {
+                got: "SyncRequest",
+                ..
+            }
+        ));
         assert!(matches!(rogue.poll_transmit(), Some(Msg::HelloAck(_))));
         assert!(matches!(rogue.poll_transmit(), Some(Msg::Refusal(_))));
 
@@ -533,7 +541,10 @@ mod tests {
             ..Default::default()
         });
         p.drive().unwrap();
-        assert!(matches!(p.client.poll_event(), Some(ClientEvent::Established { .. })));
+        assert!(matches!(
+            p.client.poll_event(),
+            Some(ClientEvent::Established { .. })
+        ));
         assert!(matches!(p.client.poll_event(), Some(ClientEvent::Licence(l)) if l.licensed));
         p.client.handle_timeout(p.now).unwrap();
         assert_eq!(p.client.poll_event(), Some(ClientEvent::SyncDue));
@@ -569,8 +580,13 @@ mod tests {
             ..Default::default()
         });
         p.drive().unwrap();
-        assert!(matches!(p.client.poll_event(), Some(ClientEvent::Synced(r)) if r.acked_event_ids == ["e1"]));
-        assert_eq!(p.client.poll_timeout(), Some(p.now + Duration::from_secs(60)));
+        assert!(
+            matches!(p.client.poll_event(), Some(ClientEvent::Synced(r)) if r.acked_event_ids == ["e1"])
+        );
+        assert_eq!(
+            p.client.poll_timeout(),
+            Some(p.now + Duration::from_secs(60))
+        );
         // A push asking for a sync makes one due now, and is acknowledged.
         assert!(p.server.push(Push {
             id: "p1".into(),
@@ -578,7 +594,10 @@ mod tests {
             ..Default::default()
         }));
         p.drive().unwrap();
-        assert_eq!(p.server.poll_action(), Some(ServerAction::PushAcked("p1".into())));
+        assert_eq!(
+            p.server.poll_action(),
+            Some(ServerAction::PushAcked("p1".into()))
+        );
         assert!(matches!(p.client.poll_event(), Some(ClientEvent::Push(_))));
         assert_eq!(p.client.poll_timeout(), Some(p.now));
     }
@@ -594,7 +613,11 @@ mod tests {
         match server.poll_transmit() {
             Some(Msg::Refusal(r)) => {
                 assert_eq!(r.code, RefusalCode::UnsupportedVersion as i32);
-                assert!(r.message.contains("7..=9") && r.message.contains("1..=1"), "{}", r.message);
+                assert!(
+                    r.message.contains("7..=9") && r.message.contains("1..=1"),
+                    "{}",
+                    r.message
+                );
             }
             other => panic!("{other:?}"),
         }
@@ -608,8 +631,15 @@ mod tests {
         p.server.licence_checked(LicenceStatus::default());
         p.drive().unwrap();
         p.client.send_sync(SyncRequest::default(), p.now);
-        assert_eq!(p.client.poll_timeout(), Some(p.now + Duration::from_secs(30)));
-        assert!(p.client.handle_timeout(p.now + Duration::from_secs(29)).is_ok());
+        assert_eq!(
+            p.client.poll_timeout(),
+            Some(p.now + Duration::from_secs(30))
+        );
+        assert!(
+            p.client
+                .handle_timeout(p.now + Duration::from_secs(29))
+                .is_ok()
+        );
         assert!(matches!(
             p.client.handle_timeout(p.now + Duration::from_secs(30)),
             Err(SessionError::Timeout(_))

@@ -36,7 +36,9 @@ impl std::fmt::Display for Token {
 
 /// Why a token string was not accepted.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("enrollment token is malformed ({0}); copy the whole token printed by `outpost-server admin token create`")]
+#[error(
+    "enrollment token is malformed ({0}); copy the whole token printed by `outpost-server admin token create`"
+)]
 pub struct TokenFormatError(&'static str);
 
 impl Token {
@@ -106,7 +108,11 @@ impl Token {
 pub fn secret_matches(secret: &[u8], stored_hash: &[u8]) -> bool {
     let h = ring::digest::digest(&ring::digest::SHA256, secret);
     let a = h.as_ref();
-    a.len() == stored_hash.len() && a.iter().zip(stored_hash).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    a.len() == stored_hash.len()
+        && a.iter()
+            .zip(stored_hash)
+            .fold(0u8, |acc, (x, y)| acc | (x ^ y))
+            == 0
 }
 
 #[cfg(test)]
@@ -123,7 +129,13 @@ mod tests {
         assert!(!shown.contains(&text[14..]), "secret never shown: {shown}");
         assert!(secret_matches(&t.secret, &t.secret_hash()));
         assert!(!secret_matches(b"other", &t.secret_hash()));
-        for bad in ["", "opt2.a.b.c", "opt1.zz.x.y", &text[..text.len() - 3], &format!("{text}.x")] {
+        for bad in [
+            "",
+            "opt2.a.b.c",
+            "opt1.zz.x.y",
+            &text[..text.len() - 3],
+            &format!("{text}.x"),
+        ] {
             assert!(Token::parse(bad).is_err(), "{bad}");
         }
     }

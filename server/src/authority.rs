@@ -26,7 +26,11 @@ pub fn init(dir: &Path) -> anyhow::Result<(Authority, PathBuf)> {
     let (auth, pk8) = Authority::generate();
     write_atomic(&private, &pk8, true)?;
     let public = dir.join(PUBLIC_FILE);
-    write_atomic(&public, format!("{}\n", encode_public_key(auth.public_key())).as_bytes(), false)?;
+    write_atomic(
+        &public,
+        format!("{}\n", encode_public_key(auth.public_key())).as_bytes(),
+        false,
+    )?;
     Ok((auth, public))
 }
 
@@ -43,7 +47,8 @@ pub fn read_public(path_or_text: &str) -> anyhow::Result<String> {
     } else {
         read_string(Path::new(path_or_text))?
     };
-    decode_public_key(&text).with_context(|| format!("{path_or_text}: not an authority public key"))?;
+    decode_public_key(&text)
+        .with_context(|| format!("{path_or_text}: not an authority public key"))?;
     Ok(text.trim().to_owned())
 }
 
@@ -55,8 +60,11 @@ pub fn parse_when(s: &str, now: i64) -> anyhow::Result<i64> {
     if let Some(t) = parse_time(s) {
         return Ok(t);
     }
-    s.parse::<i64>()
-        .map_err(|_| anyhow::anyhow!("{s:?} is not a time: use \"now\", RFC 3339 like 2027-01-31T23:59:59Z, or unix seconds"))
+    s.parse::<i64>().map_err(|_| {
+        anyhow::anyhow!(
+            "{s:?} is not a time: use \"now\", RFC 3339 like 2027-01-31T23:59:59Z, or unix seconds"
+        )
+    })
 }
 
 /// What to put in a key.
@@ -92,7 +100,11 @@ pub fn issue(auth: &Authority, spec: &IssueSpec) -> anyhow::Result<LicenceKey> {
         seats: spec.seats,
         valid_from: spec.valid_from,
         expires_at: spec.expires_at,
-        kind: if spec.demo { KeyKind::Demo } else { KeyKind::Commercial },
+        kind: if spec.demo {
+            KeyKind::Demo
+        } else {
+            KeyKind::Commercial
+        },
         renews: spec.renews.clone(),
     })?)
 }

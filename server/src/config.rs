@@ -164,7 +164,10 @@ impl ServerConfig {
 
     /// Checks values that parse but make no sense.
     pub fn validate(&self) -> anyhow::Result<()> {
-        anyhow::ensure!(self.limits.max_sessions > 0, "limits.max_sessions must be at least 1");
+        anyhow::ensure!(
+            self.limits.max_sessions > 0,
+            "limits.max_sessions must be at least 1"
+        );
         anyhow::ensure!(
             self.limits.max_frame >= 4096,
             "limits.max_frame must be at least 4096 bytes"
@@ -187,7 +190,8 @@ impl ServerConfig {
         }
         for g in &self.gateways {
             anyhow::ensure!(
-                g.rsplit_once(':').is_some_and(|(_, p)| p.parse::<u16>().is_ok()),
+                g.rsplit_once(':')
+                    .is_some_and(|(_, p)| p.parse::<u16>().is_ok()),
                 "gateways: {g:?} is not host:port"
             );
         }
@@ -237,7 +241,12 @@ mod tests {
             .to_string();
         assert!(err.contains("listen_port"), "{err}");
         let bad: ServerConfig = toml::from_str("[timing]\nsync_interval = \"0s\"\n").unwrap();
-        assert!(bad.validate().unwrap_err().to_string().contains("sync_interval"));
+        assert!(
+            bad.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("sync_interval")
+        );
         assert!(toml::from_str::<ServerConfig>("[timing]\nsync_interval = \"soon\"\n").is_err());
     }
 }

@@ -150,7 +150,12 @@ impl DataDir {
         let admin = ca.issue(CertRole::Admin, &admin_id, &[], now)?;
         let admin_leaf = Identity::from_pem(&admin, "admin certificate")?;
         store
-            .insert_local_device(&admin_id, "admin", &fp_hex(&outpost_proto::pki::fingerprint(admin_leaf.leaf())), now)
+            .insert_local_device(
+                &admin_id,
+                "admin",
+                &fp_hex(&outpost_proto::pki::fingerprint(admin_leaf.leaf())),
+                now,
+            )
             .await?;
         store.close().await;
         self.write_admin_bundle(&admin, &ca.cert_pem(), &cfg.client_address())?;
@@ -159,7 +164,12 @@ impl DataDir {
         Ok(cfg)
     }
 
-    fn write_admin_bundle(&self, id: &IdentityPem, ca_pem: &str, server: &str) -> anyhow::Result<()> {
+    fn write_admin_bundle(
+        &self,
+        id: &IdentityPem,
+        ca_pem: &str,
+        server: &str,
+    ) -> anyhow::Result<()> {
         let dir = self.admin();
         write_atomic(&dir.join("cert.pem"), id.chain_pem.as_bytes(), false)?;
         write_atomic(&dir.join("key.pem"), id.key_pem.as_bytes(), true)?;
@@ -195,6 +205,9 @@ impl DataDir {
             chain_pem: read_string(&self.server_cert())?,
             key_pem: read_string(&self.server_key())?,
         };
-        Ok(Identity::from_pem(&pem, &self.server_cert().display().to_string())?)
+        Ok(Identity::from_pem(
+            &pem,
+            &self.server_cert().display().to_string(),
+        )?)
     }
 }

@@ -36,7 +36,9 @@ pub async fn serve_stream<S: AsyncRead + AsyncWrite + Unpin>(shared: Arc<Shared>
     let msg = match tokio::time::timeout(crate::node::setup_timeout(&shared), f.next()).await {
         Ok(Some(Ok(m))) => m,
         Ok(Some(Err(e))) => {
-            let _ = f.send(Msg::Refusal(refusal(RefusalCode::Malformed, e.to_string()))).await;
+            let _ = f
+                .send(Msg::Refusal(refusal(RefusalCode::Malformed, e.to_string())))
+                .await;
             return;
         }
         _ => return,
@@ -63,7 +65,8 @@ pub async fn serve_stream<S: AsyncRead + AsyncWrite + Unpin>(shared: Arc<Shared>
 }
 
 async fn enroll(shared: &Shared, req: EnrollRequest) -> Result<EnrollResponse, Refused> {
-    let token = Token::parse(&req.token).map_err(|e| Refused::new(RefusalCode::TokenInvalid, e.to_string()))?;
+    let token = Token::parse(&req.token)
+        .map_err(|e| Refused::new(RefusalCode::TokenInvalid, e.to_string()))?;
     let (role, cert_role) = match Role::try_from(req.role) {
         Ok(Role::Agent) => ("agent", CertRole::Agent),
         Ok(Role::Gateway) => ("gateway", CertRole::Gateway),

@@ -8,7 +8,10 @@ use crate::store::CheckOutcome;
 
 /// Checks a device's licence and returns the status to send it. The seat and the grant are
 /// committed before this returns (P3).
-pub async fn check(shared: &Shared, device_id: &str) -> Result<LicenceStatus, crate::store::StoreError> {
+pub async fn check(
+    shared: &Shared,
+    device_id: &str,
+) -> Result<LicenceStatus, crate::store::StoreError> {
     let now = outpost_net::unix_now();
     let outcome = shared
         .store

@@ -14,7 +14,11 @@ use outpost_server::admin::render;
 use outpost_server::{DataDir, InitOptions, authority};
 
 #[derive(Parser)]
-#[command(name = "outpost-server", version, about = "Outpost server: CA, licence manager, device registry, sync and push")]
+#[command(
+    name = "outpost-server",
+    version,
+    about = "Outpost server: CA, licence manager, device registry, sync and push"
+)]
 struct Cli {
     /// Log filter (e.g. info, debug, outpost_server=debug); default from RUST_LOG, else info.
     #[arg(long, global = true)]
@@ -41,7 +45,11 @@ enum Cmd {
 #[derive(Args)]
 struct InitArgs {
     /// Data directory.
-    #[arg(long, env = "OUTPOST_SERVER_DATA", default_value = "/var/lib/outpost-server")]
+    #[arg(
+        long,
+        env = "OUTPOST_SERVER_DATA",
+        default_value = "/var/lib/outpost-server"
+    )]
     data_dir: PathBuf,
     /// Licence authority public key file (or its text); needed on first start only.
     #[arg(long)]
@@ -63,7 +71,7 @@ enum AuthorityCmd {
         dir: PathBuf,
     },
     /// Issue a signed licence key file.
-    Issue(IssueArgs),
+    Issue(Box<IssueArgs>),
 }
 
 #[derive(Args)]
@@ -109,7 +117,11 @@ struct IssueArgs {
 #[derive(Args)]
 struct AdminArgs {
     /// Server data directory (its admin/ bundle is used).
-    #[arg(long, env = "OUTPOST_SERVER_DATA", default_value = "/var/lib/outpost-server")]
+    #[arg(
+        long,
+        env = "OUTPOST_SERVER_DATA",
+        default_value = "/var/lib/outpost-server"
+    )]
     data_dir: PathBuf,
     /// Admin bundle directory (overrides <data-dir>/admin).
     #[arg(long)]
@@ -292,7 +304,11 @@ async fn run(cmd: Cmd) -> anyhow::Result<()> {
         Cmd::Init(a) => {
             let data = DataDir::new(&a.data_dir);
             let cfg = init(&data, &a).await?;
-            println!("initialised {} (listening address {})", a.data_dir.display(), cfg.listen);
+            println!(
+                "initialised {} (listening address {})",
+                a.data_dir.display(),
+                cfg.listen
+            );
             Ok(())
         }
         Cmd::Run(a) => {
@@ -316,7 +332,10 @@ async fn run(cmd: Cmd) -> anyhow::Result<()> {
     }
 }
 
-async fn init(data: &DataDir, a: &InitArgs) -> anyhow::Result<outpost_server::config::ServerConfig> {
+async fn init(
+    data: &DataDir,
+    a: &InitArgs,
+) -> anyhow::Result<outpost_server::config::ServerConfig> {
     let key = a.authority_key.as_deref().ok_or_else(|| {
         anyhow::anyhow!(
             "{} is not initialised; the first start needs --authority-key <authority.pub> \
@@ -394,24 +413,48 @@ async fn admin(a: AdminArgs) -> anyhow::Result<()> {
     let bundle = a.bundle.clone().unwrap_or_else(|| a.data_dir.join("admin"));
     let mut export_to = None;
     let op = match a.cmd {
-        AdminCmd::Token { cmd: TokenCmd::Create { role, group, ttl, uses, comment } } => Op::TokenCreate(TokenCreate {
+        AdminCmd::Token {
+            cmd:
+                TokenCmd::Create {
+                    role,
+                    group,
+                    ttl,
+                    uses,
+                    comment,
+                },
+        } => Op::TokenCreate(TokenCreate {
             role,
             group,
             ttl_secs: Duration::from(ttl).as_secs(),
             uses,
             comment,
         }),
-        AdminCmd::Token { cmd: TokenCmd::List } => Op::TokenList(Empty {}),
+        AdminCmd::Token {
+            cmd: TokenCmd::List,
+        } => Op::TokenList(Empty {}),
         AdminCmd::Key { cmd } => match cmd {
-            KeyCmd::Import { file, auto_distribute, assign_everyone } => Op::KeyImport(KeyImport {
-                file_name: file.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
+            KeyCmd::Import {
+                file,
+                auto_distribute,
+                assign_everyone,
+            } => Op::KeyImport(KeyImport {
+                file_name: file
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default(),
                 content: outpost_net::fsutil::read(&file)?,
                 auto_distribute,
                 assign_everyone,
             }),
             KeyCmd::List => Op::KeyList(Empty {}),
-            KeyCmd::Assign { key, object } => Op::KeyAssign(KeyAssign { key_id: key, object }),
-            KeyCmd::Unassign { key, object } => Op::KeyUnassign(KeyUnassign { key_id: key, object }),
+            KeyCmd::Assign { key, object } => Op::KeyAssign(KeyAssign {
+                key_id: key,
+                object,
+            }),
+            KeyCmd::Unassign { key, object } => Op::KeyUnassign(KeyUnassign {
+                key_id: key,
+                object,
+            }),
             KeyCmd::Remove { key } => Op::KeyRemove(KeyRef { key_id: key }),
             KeyCmd::Export { key, out } => {
                 export_to = Some(out);
@@ -419,13 +462,22 @@ async fn admin(a: AdminArgs) -> anyhow::Result<()> {
             }
         },
         AdminCmd::Device { cmd } => match cmd {
-            DeviceCmd::List { role } => Op::DeviceList(DeviceList { role: role.unwrap_or_default() }),
+            DeviceCmd::List { role } => Op::DeviceList(DeviceList {
+                role: role.unwrap_or_default(),
+            }),
             DeviceCmd::Revoke { id } => Op::DeviceRevoke(DeviceRef { device_id: id }),
             DeviceCmd::Remove { id } => Op::DeviceRemove(DeviceRef { device_id: id }),
-            DeviceCmd::Move { id, group } => Op::DeviceMove(DeviceMove { device_id: id, group }),
+            DeviceCmd::Move { id, group } => Op::DeviceMove(DeviceMove {
+                device_id: id,
+                group,
+            }),
         },
-        AdminCmd::Group { cmd: GroupCmd::Create { path } } => Op::GroupCreate(GroupCreate { path }),
-        AdminCmd::Group { cmd: GroupCmd::List } => Op::GroupList(Empty {}),
+        AdminCmd::Group {
+            cmd: GroupCmd::Create { path },
+        } => Op::GroupCreate(GroupCreate { path }),
+        AdminCmd::Group {
+            cmd: GroupCmd::List,
+        } => Op::GroupList(Empty {}),
         AdminCmd::Push(p) => Op::Push(PushRequest {
             device_id: p.device.unwrap_or_default(),
             all: p.all,
@@ -443,9 +495,17 @@ async fn admin(a: AdminArgs) -> anyhow::Result<()> {
     if let (Some(out), R::KeyFile(k)) = (&export_to, &result) {
         outpost_net::fsutil::write_atomic(out, &k.content, false)?;
         if a.json {
-            println!("{}", serde_json::json!({"key_id": k.key_id, "written_to": out, "bytes": k.content.len()}));
+            println!(
+                "{}",
+                serde_json::json!({"key_id": k.key_id, "written_to": out, "bytes": k.content.len()})
+            );
         } else {
-            println!("key {} exported to {} ({} bytes, signed, byte-identical)", k.key_id, out.display(), k.content.len());
+            println!(
+                "key {} exported to {} ({} bytes, signed, byte-identical)",
+                k.key_id,
+                out.display(),
+                k.content.len()
+            );
         }
         return Ok(());
     }

@@ -91,7 +91,9 @@ pub struct Shared {
 
 impl std::fmt::Debug for Shared {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Shared").field("local_addr", &self.local_addr).finish_non_exhaustive()
+        f.debug_struct("Shared")
+            .field("local_addr", &self.local_addr)
+            .finish_non_exhaustive()
     }
 }
 
@@ -118,7 +120,9 @@ pub struct ServerHandle {
 
 impl std::fmt::Debug for ServerHandle {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ServerHandle").field("addr", &self.addr()).finish()
+        f.debug_struct("ServerHandle")
+            .field("addr", &self.addr())
+            .finish()
     }
 }
 
@@ -139,12 +143,17 @@ impl ServerHandle {
         self.shared.shutdown.cancel();
         let _ = self.accept.await;
         self.shared.tasks.close();
-        if tokio::time::timeout(grace, self.shared.tasks.wait()).await.is_err() {
+        if tokio::time::timeout(grace, self.shared.tasks.wait())
+            .await
+            .is_err()
+        {
             warn!("sessions still running after the grace period; closing");
         }
         let r = Refused::new(RefusalCode::ShuttingDown, "server is shutting down");
-        self.endpoint
-            .close(quinn::VarInt::from_u32(r.code().close_code()), &r.to_close_reason());
+        self.endpoint.close(
+            quinn::VarInt::from_u32(r.code().close_code()),
+            &r.to_close_reason(),
+        );
         let _ = tokio::time::timeout(grace, self.endpoint.wait_idle()).await;
         self.shared.store.close().await;
     }
@@ -193,7 +202,12 @@ pub async fn start(data: DataDir) -> anyhow::Result<ServerHandle> {
         .with_context(|| format!("cannot listen on udp {}", config.listen))?;
     let local_addr = ep.local_addr()?;
 
-    let inner_session = pki::server_config(&identity, &ca_der, &[alpn::INNER_SESSION], ClientAuth::Required)?;
+    let inner_session = pki::server_config(
+        &identity,
+        &ca_der,
+        &[alpn::INNER_SESSION],
+        ClientAuth::Required,
+    )?;
     let inner_enroll = pki::server_config(&identity, &ca_der, &[alpn::ENROLL], ClientAuth::None)?;
 
     if local_addr.port() != config.listen.port() || data.admin().join("admin.toml").exists() {
@@ -238,7 +252,9 @@ async fn accept_loop(shared: Arc<Shared>, ep: quinn::Endpoint) {
         };
         let remote = incoming.remote_address();
         let span = info_span!("conn", peer = %remote, id = tracing::field::Empty, device = tracing::field::Empty);
-        shared.tasks.spawn(handle_incoming(shared.clone(), incoming).instrument(span));
+        shared
+            .tasks
+            .spawn(handle_incoming(shared.clone(), incoming).instrument(span));
     }
 }
 
@@ -250,17 +266,18 @@ async fn handle_incoming(shared: Arc<Shared>, incoming: quinn::Incoming) {
             return;
         }
     };
-    let conn = match tokio::time::timeout(shared.config.timing.session_setup_timeout, connecting).await {
-        Ok(Ok(c)) => c,
-        Ok(Err(e)) => {
-            tracing::debug!(error = %refuse::explain(&e), "handshake failed");
-            return;
-        }
-        Err(_) => {
-            tracing::debug!("handshake timed out");
-            return;
-        }
-    };
+    let conn =
+        match tokio::time::timeout(shared.config.timing.session_setup_timeout, connecting).await {
+            Ok(Ok(c)) => c,
+            Ok(Err(e)) => {
+                tracing::debug!(error = %refuse::explain(&e), "handshake failed");
+                return;
+            }
+            Err(_) => {
+                tracing::debug!("handshake timed out");
+                return;
+            }
+        };
     tracing::Span::current().record("id", conn.stable_id());
     let proto = endpoint::alpn(&conn);
     match proto.as_deref() {
@@ -293,9 +310,16 @@ async fn handle_incoming(shared: Arc<Shared>, incoming: quinn::Incoming) {
 
 /// Maps the connection's certificate to a registered device of the expected role; closes the
 /// connection with a readable refusal otherwise.
-pub async fn authenticate(shared: &Shared, conn: &quinn::Connection, role: &str) -> Option<DeviceRow> {
+pub async fn authenticate(
+    shared: &Shared,
+    conn: &quinn::Connection,
+    role: &str,
+) -> Option<DeviceRow> {
     let refused = |code, msg: String| {
-        shared.stats.connections_refused.fetch_add(1, Ordering::Relaxed);
+        shared
+            .stats
+            .connections_refused
+            .fetch_add(1, Ordering::Relaxed);
         warn!(%msg, "connection refused");
         refuse::close(conn, &Refused::new(code, msg));
         None

@@ -78,7 +78,10 @@ impl Registry {
 
     /// Whether the device has a live session.
     pub fn is_online(&self, device: &str) -> bool {
-        self.live.lock().expect("registry lock").contains_key(device)
+        self.live
+            .lock()
+            .expect("registry lock")
+            .contains_key(device)
     }
 
     /// Number of live sessions.
@@ -88,7 +91,12 @@ impl Registry {
 
     /// Ids of devices with a live session.
     pub fn online(&self) -> Vec<String> {
-        self.live.lock().expect("registry lock").keys().cloned().collect()
+        self.live
+            .lock()
+            .expect("registry lock")
+            .keys()
+            .cloned()
+            .collect()
     }
 
     /// Hands a push to the device's live session.

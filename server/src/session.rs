@@ -48,7 +48,11 @@ pub async fn serve_direct(shared: Arc<Shared>, conn: quinn::Connection, device: 
 }
 
 /// Sends a refusal on a fresh stream and ends it.
-pub async fn refuse_stream<S: AsyncRead + AsyncWrite + Unpin>(stream: S, max_frame: usize, r: &Refused) {
+pub async fn refuse_stream<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: S,
+    max_frame: usize,
+    r: &Refused,
+) {
     let mut f = stream::framed(stream, max_frame);
     let _ = f.send(Msg::Refusal(r.0.clone())).await;
     let _ = f.close().await;
@@ -61,7 +65,10 @@ where
 {
     let max_frame = shared.config.limits.max_frame;
     let Ok(_permit) = shared.sessions.clone().try_acquire_owned() else {
-        shared.stats.sessions_refused.fetch_add(1, Ordering::Relaxed);
+        shared
+            .stats
+            .sessions_refused
+            .fetch_add(1, Ordering::Relaxed);
         let r = shared.come_back_later(
             RefusalCode::Overloaded,
             &format!(
@@ -72,11 +79,17 @@ where
         refuse_stream(io, max_frame, &r).await;
         return;
     };
-    shared.stats.sessions_started.fetch_add(1, Ordering::Relaxed);
+    shared
+        .stats
+        .sessions_started
+        .fetch_add(1, Ordering::Relaxed);
     let span = info_span!("session", device = %device.id, path = %path);
     let mut driver = Driver {
         shared: shared.clone(),
-        sm: ServerSession::new(device.id.clone(), format!("outpost-server {}", outpost_proto::SOFTWARE_VERSION)),
+        sm: ServerSession::new(
+            device.id.clone(),
+            format!("outpost-server {}", outpost_proto::SOFTWARE_VERSION),
+        ),
         framed: stream::framed(io, max_frame),
         device,
         path,
@@ -161,7 +174,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Driver<S> {
             };
             if let Err(e) = self.act(action).await {
                 warn!(error = %e, "session action failed");
-                let code = e.downcast_ref::<crate::store::StoreError>().map(|s| s.code()).unwrap_or(RefusalCode::Internal);
+                let code = e
+                    .downcast_ref::<crate::store::StoreError>()
+                    .map(|s| s.code())
+                    .unwrap_or(RefusalCode::Internal);
                 self.sm.refuse(code, e.to_string());
                 while let Some(m) = self.sm.poll_transmit() {
                     let _ = self.framed.feed(m).await;
@@ -175,6 +191,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Driver<S> {
     async fn on_frame(&mut self, msg: Option<Result<Msg, outpost_proto::FrameError>>) -> Step {
         match msg {
             None => Step::End,
+            Some(Err(outpost_proto::FrameError::Io(e))) => {
+                debug!(error = %e, "session stream ended");
+                Step::End
+            }
             Some(Err(e)) => {
                 self.shared.stats.bad_frames.fetch_add(1, Ordering::Relaxed);
                 warn!(error = %e, "bad frame from agent; closing its session");
@@ -199,7 +219,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Driver<S> {
         match action {
             ServerAction::CheckLicence { hello, version } => {
                 if hello.role != Role::Agent as i32 {
-                    self.sm.refuse(RefusalCode::WrongRole, "this stream carries agent sessions; the hello claimed another role");
+                    self.sm.refuse(
+                        RefusalCode::WrongRole,
+                        "this stream carries agent sessions; the hello claimed another role",
+                    );
                     return Ok(());
                 }
                 let status = licensing::check(&self.shared, &self.device.id).await?;
@@ -216,7 +239,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Driver<S> {
                 let sid = self.shared.registry.register(&self.device.id, tx);
                 self.registered = Some((sid, rx));
                 // Pushes that waited for this device (T7, D4).
-                for p in self.shared.store.pending_pushes(&self.device.id, outpost_net::unix_now()).await? {
+                for p in self
+                    .shared
+                    .store
+                    .pending_pushes(&self.device.id, outpost_net::unix_now())
+                    .await?
+                {
                     self.sm.push(p);
                 }
             }
@@ -240,7 +268,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Driver<S> {
         let now = outpost_net::unix_now();
         let store = &self.shared.store;
         if let Some(inv) = &req.inventory {
-            store.update_inventory(&self.device.id, inv, &self.path, now).await?;
+            store
+                .update_inventory(&self.device.id, inv, &self.path, now)
+                .await?;
         }
         let max = self.shared.config.limits.max_events_per_sync as usize;
         let events = &req.events[..req.events.len().min(max)];
@@ -250,7 +280,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Driver<S> {
         let key = licence_key(&status);
         let half_ttl = self.shared.grant_ttl() / 2;
         let changed = match &self.last_licence {
-            Some(prev) => prev.0 != key.0 || prev.1 != key.1 || prev.2 != key.2 || prev.3 - now < half_ttl,
+            Some(prev) => {
+                prev.0 != key.0 || prev.1 != key.1 || prev.2 != key.2 || prev.3 - now < half_ttl
+            }
             None => true,
         };
         let licence = changed.then(|| {
@@ -286,7 +318,9 @@ fn licence_key(s: &LicenceStatus) -> (bool, String, String, i64) {
     let (key, exp) = s
         .active
         .as_ref()
-        .and_then(|g| <outpost_proto::pb::v1::GrantBody as prost::Message>::decode(g.body.as_slice()).ok())
+        .and_then(|g| {
+            <outpost_proto::pb::v1::GrantBody as prost::Message>::decode(g.body.as_slice()).ok()
+        })
         .map(|b| (b.key_id, b.expires_at))
         .unwrap_or_default();
     (s.licensed, key, s.reason.clone(), exp)

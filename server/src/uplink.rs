@@ -24,7 +24,14 @@ use crate::store::{DeviceRow, fp_hex};
 pub async fn serve(shared: Arc<Shared>, conn: quinn::Connection, gateway: DeviceRow) {
     outpost_net::transport::raise_for_uplink(&conn, shared.config.limits.max_sessions_per_gateway);
     let now = outpost_net::unix_now();
-    let _ = shared.store.touch(&gateway.id, &format!("uplink from {}", conn.remote_address()), now).await;
+    let _ = shared
+        .store
+        .touch(
+            &gateway.id,
+            &format!("uplink from {}", conn.remote_address()),
+            now,
+        )
+        .await;
     // Control stream first.
     let control = tokio::select! {
         s = conn.accept_bi() => s,
@@ -35,7 +42,10 @@ pub async fn serve(shared: Arc<Shared>, conn: quinn::Connection, gateway: Device
     match tokio::time::timeout(crate::node::setup_timeout(&shared), ctl.next()).await {
         Ok(Some(Ok(Msg::Hello(h)))) => {
             if h.role != Role::Gateway as i32 {
-                let r = Refused::new(RefusalCode::WrongRole, "uplink hello must claim the gateway role");
+                let r = Refused::new(
+                    RefusalCode::WrongRole,
+                    "uplink hello must claim the gateway role",
+                );
                 let _ = ctl.send(Msg::Refusal(r.0.clone())).await;
                 outpost_net::refuse::close(&conn, &r);
                 return;
@@ -67,7 +77,10 @@ pub async fn serve(shared: Arc<Shared>, conn: quinn::Connection, gateway: Device
                 Ok(Some(Err(e))) => e.to_string(),
                 _ => "nothing".to_owned(),
             };
-            let r = Refused::new(RefusalCode::UnexpectedMessage, format!("expected Hello on the control stream, got {got}"));
+            let r = Refused::new(
+                RefusalCode::UnexpectedMessage,
+                format!("expected Hello on the control stream, got {got}"),
+            );
             outpost_net::refuse::close(&conn, &r);
             return;
         }
@@ -86,10 +99,10 @@ pub async fn serve(shared: Arc<Shared>, conn: quinn::Connection, gateway: Device
         let gw = gateway.id.clone();
         async move {
             while let Some(Ok(msg)) = ctl.next().await {
-                if let Msg::GatewayReport(r) = msg {
-                    if let Some(l) = shared.gateways.lock().expect("gateways lock").get_mut(&gw) {
-                        l.report = r;
-                    }
+                if let Msg::GatewayReport(r) = msg
+                    && let Some(l) = shared.gateways.lock().expect("gateways lock").get_mut(&gw)
+                {
+                    l.report = r;
                 }
             }
         }
@@ -118,16 +131,27 @@ pub async fn serve(shared: Arc<Shared>, conn: quinn::Connection, gateway: Device
         _ = streams => {}
     }
     let mut gws = shared.gateways.lock().expect("gateways lock");
-    if gws.get(&gateway.id).is_some_and(|l| l.connection.stable_id() == conn.stable_id()) {
+    if gws
+        .get(&gateway.id)
+        .is_some_and(|l| l.connection.stable_id() == conn.stable_id())
+    {
         gws.remove(&gateway.id);
     }
 }
 
-async fn relayed(shared: Arc<Shared>, gateway: String, send: quinn::SendStream, mut recv: quinn::RecvStream) {
+async fn relayed(
+    shared: Arc<Shared>,
+    gateway: String,
+    send: quinn::SendStream,
+    mut recv: quinn::RecvStream,
+) {
     let open = match stream::read_one_frame(&mut recv, shared.config.limits.max_frame).await {
         Ok(Msg::RelayOpen(o)) => o,
         Ok(other) => {
-            warn!(got = msg_name(&other), "relayed stream did not start with RelayOpen");
+            warn!(
+                got = msg_name(&other),
+                "relayed stream did not start with RelayOpen"
+            );
             return;
         }
         Err(e) => {
@@ -136,7 +160,9 @@ async fn relayed(shared: Arc<Shared>, gateway: String, send: quinn::SendStream, 
         }
     };
     let span = info_span!("relay", gateway = %gateway, agent_addr = %open.agent_addr);
-    serve_relayed(shared, gateway, open, send, recv).instrument(span).await
+    serve_relayed(shared, gateway, open, send, recv)
+        .instrument(span)
+        .await
 }
 
 async fn serve_relayed(
@@ -149,14 +175,24 @@ async fn serve_relayed(
     let io = stream::bi(send, recv);
     match RelayKind::try_from(open.kind) {
         Ok(RelayKind::Enroll) => {
-            let tls = match tokio::time::timeout(INNER_HANDSHAKE_TIMEOUT, shared.inner_enroll_tls.accept(io)).await {
+            let tls = match tokio::time::timeout(
+                INNER_HANDSHAKE_TIMEOUT,
+                shared.inner_enroll_tls.accept(io),
+            )
+            .await
+            {
                 Ok(Ok(t)) => t,
                 _ => return,
             };
             crate::enroll::serve_stream(shared, tls).await;
         }
         Ok(RelayKind::Session) => {
-            let tls = match tokio::time::timeout(INNER_HANDSHAKE_TIMEOUT, shared.inner_session_tls.accept(io)).await {
+            let tls = match tokio::time::timeout(
+                INNER_HANDSHAKE_TIMEOUT,
+                shared.inner_session_tls.accept(io),
+            )
+            .await
+            {
                 Ok(Ok(t)) => t,
                 Ok(Err(e)) => {
                     warn!(error = %e, "inner TLS handshake of a relayed session failed");
@@ -176,13 +212,19 @@ async fn serve_relayed(
             // The gateway saw the same certificate on its own hop; a mismatch means it spliced
             // someone else's session onto this stream.
             if !open.agent_cert_sha256.is_empty() && open.agent_cert_sha256 != fp {
-                let r = Refused::new(RefusalCode::Forbidden, "relayed session does not match the agent the gateway announced");
+                let r = Refused::new(
+                    RefusalCode::Forbidden,
+                    "relayed session does not match the agent the gateway announced",
+                );
                 refuse_stream(tls, max_frame, &r).await;
                 return;
             }
             let device = match shared.store.device_by_cert(&fp_hex(&fp)).await {
                 Ok(Some(d)) if d.revoked_at.is_some() => {
-                    let r = Refused::new(RefusalCode::Revoked, format!("device {} was revoked by an administrator", d.id));
+                    let r = Refused::new(
+                        RefusalCode::Revoked,
+                        format!("device {} was revoked by an administrator", d.id),
+                    );
                     refuse_stream(tls, max_frame, &r).await;
                     return;
                 }
@@ -196,7 +238,8 @@ async fn serve_relayed(
                     return;
                 }
                 Err(e) => {
-                    let r = Refused::new(RefusalCode::Internal, format!("registry unavailable: {e}"));
+                    let r =
+                        Refused::new(RefusalCode::Internal, format!("registry unavailable: {e}"));
                     refuse_stream(tls, max_frame, &r).await;
                     return;
                 }

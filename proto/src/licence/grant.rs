@@ -209,14 +209,20 @@ mod tests {
         let a = grant("K1", 0, 100, GrantSlot::Active);
         let r = grant("K2", 50, 300, GrantSlot::Reserve);
         match effective_licence(Some(&a), Some(&r), 99, "") {
-            LicenceView::Licensed { grant, promoted_reserve } => {
+            LicenceView::Licensed {
+                grant,
+                promoted_reserve,
+            } => {
                 assert_eq!(grant.key_id, "K1");
                 assert!(!promoted_reserve);
             }
             other => panic!("{other:?}"),
         }
         match effective_licence(Some(&a), Some(&r), 100, "") {
-            LicenceView::Licensed { grant, promoted_reserve } => {
+            LicenceView::Licensed {
+                grant,
+                promoted_reserve,
+            } => {
                 assert_eq!(grant.key_id, "K2");
                 assert!(promoted_reserve);
                 assert_eq!(grant.slot, GrantSlot::Active as i32);

@@ -45,22 +45,30 @@ pub const MAX_KEY_FILE: usize = 64 * 1024;
 #[non_exhaustive]
 pub enum KeyError {
     /// No signature block.
-    #[error("not an Outpost licence key file (no signature block); use the file the licence authority issued")]
+    #[error(
+        "not an Outpost licence key file (no signature block); use the file the licence authority issued"
+    )]
     NotAKeyFile,
     /// The file is larger than any key.
     #[error("file of {0} bytes is too large to be a licence key (maximum {MAX_KEY_FILE})")]
     TooLarge(usize),
     /// The signature block is not valid base64 of 64 bytes.
-    #[error("signature block is damaged (not base64 of an Ed25519 signature); use an unmodified copy of the key file")]
+    #[error(
+        "signature block is damaged (not base64 of an Ed25519 signature); use an unmodified copy of the key file"
+    )]
     BadSignatureEncoding,
     /// The signature does not verify.
-    #[error("signature does not verify against the licence authority key (was the file edited, or issued by another authority?)")]
+    #[error(
+        "signature does not verify against the licence authority key (was the file edited, or issued by another authority?)"
+    )]
     SignatureMismatch,
     /// The body is not valid UTF-8 TOML of the expected shape.
     #[error("key body is unreadable: {0}")]
     Body(String),
     /// A format this build does not understand.
-    #[error("key format {found:?} is not supported (this server reads {KEY_FORMAT:?}); upgrade the server")]
+    #[error(
+        "key format {found:?} is not supported (this server reads {KEY_FORMAT:?}); upgrade the server"
+    )]
     UnsupportedFormat {
         /// The format found in the file.
         found: String,
@@ -196,13 +204,13 @@ impl KeyBody {
                 ),
             });
         }
-        if let Some(r) = &self.renews {
-            if !valid_key_id(r) {
-                return Err(KeyError::Invalid {
-                    field: "renews",
-                    problem: format!("{r:?} is not a key id"),
-                });
-            }
+        if let Some(r) = &self.renews
+            && !valid_key_id(r)
+        {
+            return Err(KeyError::Invalid {
+                field: "renews",
+                problem: format!("{r:?} is not a key id"),
+            });
         }
         Ok(())
     }
@@ -363,12 +371,9 @@ impl Authority {
     /// Writes and signs a key file for `body`.
     pub fn issue(&self, body: &KeyBody) -> Result<LicenceKey, KeyError> {
         body.validate()?;
-        let mut text = String::from(
-            "# Outpost licence key. Any change to this file invalidates it.\n",
-        );
-        text.push_str(
-            &toml::to_string(&body.to_raw()).map_err(|e| KeyError::Body(e.to_string()))?,
-        );
+        let mut text =
+            String::from("# Outpost licence key. Any change to this file invalidates it.\n");
+        text.push_str(&toml::to_string(&body.to_raw()).map_err(|e| KeyError::Body(e.to_string()))?);
         if !text.ends_with('\n') {
             text.push('\n');
         }
@@ -411,7 +416,10 @@ mod tests {
         assert_eq!(again.body.seats, 40);
         assert_eq!(again.body.components, vec!["antivirus", "firewall"]);
         let text = String::from_utf8(key.file).unwrap();
-        assert!(text.contains("expires = \"2027-01-15T08:00:00Z\""), "{text}");
+        assert!(
+            text.contains("expires = \"2027-01-15T08:00:00Z\""),
+            "{text}"
+        );
     }
 
     #[test]

@@ -186,7 +186,9 @@ mod tests {
         assert!(matches!(p.decision, SeatDecision::Unlicensed(ref r) if r.contains("expired")));
         assert_eq!(p.release, vec!["OLD".to_string()]);
         let p = plan_seat(&[], 10);
-        assert!(matches!(p.decision, SeatDecision::Unlicensed(ref r) if r.contains("no licence key is assigned")));
+        assert!(
+            matches!(p.decision, SeatDecision::Unlicensed(ref r) if r.contains("no licence key is assigned"))
+        );
     }
 
     #[test]

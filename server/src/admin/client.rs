@@ -62,12 +62,17 @@ impl AdminClient {
         let tls = pki::client_config(Some(id), &Trust::Ca(ca), &[alpn::ADMIN])?;
         let quic = quinn::crypto::rustls::QuicClientConfig::try_from(Arc::new(tls))?;
         let mut cfg = quinn::ClientConfig::new(Arc::new(quic));
-        cfg.transport_config(transport::client(Duration::from_secs(10), Duration::from_secs(30)));
+        cfg.transport_config(transport::client(
+            Duration::from_secs(10),
+            Duration::from_secs(30),
+        ));
         let ep = endpoint::client_endpoint(addr)?;
         let conn = ep
             .connect_with(cfg, addr, pki::SERVER_NAME)?
             .await
-            .map_err(|e| anyhow::anyhow!("cannot reach the server at {addr}: {}", refuse::explain(&e)))?;
+            .map_err(|e| {
+                anyhow::anyhow!("cannot reach the server at {addr}: {}", refuse::explain(&e))
+            })?;
         Ok(AdminClient {
             _endpoint: ep,
             conn,
@@ -82,9 +87,14 @@ impl AdminClient {
             .await
             .map_err(|e| anyhow::anyhow!("{}", refuse::explain(&e)))?;
         let mut f = stream::framed(stream::bi(send, recv), 64 << 20);
-        f.send(Msg::Hello(outpost_proto::session::hello(Role::Admin, &format!("outpost-admin {}", outpost_proto::SOFTWARE_VERSION), &[])))
+        f.send(Msg::Hello(outpost_proto::session::hello(
+            Role::Admin,
+            &format!("outpost-admin {}", outpost_proto::SOFTWARE_VERSION),
+            &[],
+        )))
+        .await?;
+        f.send(Msg::AdminRequest(AdminRequest { op: Some(op) }))
             .await?;
-        f.send(Msg::AdminRequest(AdminRequest { op: Some(op) })).await?;
         let mut acked = false;
         loop {
             let msg = match f.next().await {
@@ -112,7 +122,10 @@ impl AdminClient {
                         None => anyhow::bail!("the server sent an empty answer (newer server?)"),
                     };
                 }
-                other => anyhow::bail!("unexpected {} from the server", outpost_proto::session::msg_name(&other)),
+                other => anyhow::bail!(
+                    "unexpected {} from the server",
+                    outpost_proto::session::msg_name(&other)
+                ),
             }
         }
     }

@@ -19,15 +19,20 @@ pub fn verify_upload(
     content: &[u8],
     authority: &[u8],
 ) -> Result<Vec<(String, LicenceKey)>, StoreError> {
-    let bad = |entry: &str, e: String| {
-        StoreError::Invalid(format!("{entry}: {e}; nothing was imported"))
-    };
+    let bad =
+        |entry: &str, e: String| StoreError::Invalid(format!("{entry}: {e}; nothing was imported"));
     let mut keys = vec![];
     if content.starts_with(b"PK\x03\x04") || file_name.ends_with(".zip") {
         let mut zip = zip::ZipArchive::new(Cursor::new(content))
             .map_err(|e| bad(file_name, format!("not a readable .zip archive ({e})")))?;
         if zip.len() > MAX_ARCHIVE_ENTRIES {
-            return Err(bad(file_name, format!("archive holds {} entries (maximum {MAX_ARCHIVE_ENTRIES})", zip.len())));
+            return Err(bad(
+                file_name,
+                format!(
+                    "archive holds {} entries (maximum {MAX_ARCHIVE_ENTRIES})",
+                    zip.len()
+                ),
+            ));
         }
         for i in 0..zip.len() {
             let mut entry = zip
@@ -42,7 +47,10 @@ pub fn verify_upload(
                 .unwrap_or_else(|| format!("entry-{i}"));
             let label = format!("{file_name}: {name}");
             if entry.size() > MAX_KEY_FILE as u64 {
-                return Err(bad(&label, format!("{} bytes is too large for a key file", entry.size())));
+                return Err(bad(
+                    &label,
+                    format!("{} bytes is too large for a key file", entry.size()),
+                ));
             }
             let mut buf = Vec::with_capacity(entry.size() as usize);
             (&mut entry)
@@ -84,8 +92,9 @@ pub async fn import(
     for (name, key) in &keys {
         let path = dir.join(format!("{}.key", key.body.key_id));
         let existed = path.exists();
-        outpost_net::fsutil::write_atomic(&path, &key.file, false)
-            .map_err(|e| StoreError::Invalid(format!("cannot keep {} in {}: {e}", name, dir.display())))?;
+        outpost_net::fsutil::write_atomic(&path, &key.file, false).map_err(|e| {
+            StoreError::Invalid(format!("cannot keep {} in {}: {e}", name, dir.display()))
+        })?;
         if !existed {
             written.push(path);
         }
@@ -112,5 +121,9 @@ fn sanitize(name: &str) -> String {
         .filter(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'))
         .take(100)
         .collect();
-    if clean.is_empty() { "upload.key".into() } else { clean }
+    if clean.is_empty() {
+        "upload.key".into()
+    } else {
+        clean
+    }
 }

@@ -42,11 +42,18 @@ pub async fn serve(shared: Arc<Shared>, conn: quinn::Connection, admin: DeviceRo
                 // Hello first (S2), then one request.
                 match f.next().await {
                     Some(Ok(Msg::Hello(h))) => {
-                        match outpost_proto::version::negotiate(outpost_proto::version::supported(), h.min_version, h.max_version) {
+                        match outpost_proto::version::negotiate(
+                            outpost_proto::version::supported(),
+                            h.min_version,
+                            h.max_version,
+                        ) {
                             Ok(v) => {
                                 let ack = outpost_proto::pb::v1::HelloAck {
                                     version: v,
-                                    software: format!("outpost-server {}", outpost_proto::SOFTWARE_VERSION),
+                                    software: format!(
+                                        "outpost-server {}",
+                                        outpost_proto::SOFTWARE_VERSION
+                                    ),
                                     server_time_ms: outpost_net::unix_now_ms(),
                                     device_id: admin.clone(),
                                     ..Default::default()
@@ -56,7 +63,12 @@ pub async fn serve(shared: Arc<Shared>, conn: quinn::Connection, admin: DeviceRo
                                 }
                             }
                             Err(e) => {
-                                let _ = f.send(Msg::Refusal(outpost_proto::error::refusal(RefusalCode::UnsupportedVersion, e.to_string()))).await;
+                                let _ = f
+                                    .send(Msg::Refusal(outpost_proto::error::refusal(
+                                        RefusalCode::UnsupportedVersion,
+                                        e.to_string(),
+                                    )))
+                                    .await;
                                 return;
                             }
                         }
@@ -65,7 +77,10 @@ pub async fn serve(shared: Arc<Shared>, conn: quinn::Connection, admin: DeviceRo
                 }
                 let resp = match f.next().await {
                     Some(Ok(Msg::AdminRequest(req))) => handle(&shared2, &admin, req).await,
-                    Some(Ok(other)) => error(RefusalCode::UnexpectedMessage, format!("expected AdminRequest, got {}", msg_name(&other))),
+                    Some(Ok(other)) => error(
+                        RefusalCode::UnexpectedMessage,
+                        format!("expected AdminRequest, got {}", msg_name(&other)),
+                    ),
                     Some(Err(e)) => error(RefusalCode::Malformed, e.to_string()),
                     None => return,
                 };
@@ -106,7 +121,10 @@ fn from_store(e: StoreError) -> AdminResponse {
 /// Executes one admin request.
 pub async fn handle(shared: &Shared, admin: &str, req: AdminRequest) -> AdminResponse {
     let Some(op) = req.op else {
-        return error(RefusalCode::InvalidArgument, "empty request (this server does not know the operation; upgrade it?)");
+        return error(
+            RefusalCode::InvalidArgument,
+            "empty request (this server does not know the operation; upgrade it?)",
+        );
     };
     let span = tracing::info_span!("admin", admin = %admin);
     match handle_op(shared, op).instrument(span).await {
@@ -121,7 +139,11 @@ async fn handle_op(shared: &Shared, op: Op) -> Result<AdminResponse, StoreError>
     Ok(match op {
         Op::TokenCreate(t) => {
             let spec = crate::store::TokenSpec {
-                role: if t.role.is_empty() { "agent".into() } else { t.role },
+                role: if t.role.is_empty() {
+                    "agent".into()
+                } else {
+                    t.role
+                },
                 group: t.group,
                 ttl_secs: if t.ttl_secs == 0 { 86_400 } else { t.ttl_secs },
                 uses: if t.uses == 0 { 1 } else { t.uses },
@@ -156,7 +178,14 @@ async fn handle_op(shared: &Shared, op: Op) -> Result<AdminResponse, StoreError>
                 .collect(),
         })),
         Op::KeyImport(k) => {
-            let ids = keys::import(shared, &k.file_name, &k.content, k.auto_distribute, k.assign_everyone).await?;
+            let ids = keys::import(
+                shared,
+                &k.file_name,
+                &k.content,
+                k.auto_distribute,
+                k.assign_everyone,
+            )
+            .await?;
             info!(keys = ?ids, file = %k.file_name, "licence keys imported");
             let mut out = vec![];
             for id in ids {
@@ -176,12 +205,20 @@ async fn handle_op(shared: &Shared, op: Op) -> Result<AdminResponse, StoreError>
         Op::KeyAssign(a) => {
             let obj = store.assign_key(&a.key_id, &a.object).await?;
             info!(key = %a.key_id, object = %obj, "key assigned");
-            done(format!("key {} assigned to {}", a.key_id, object_label(&obj)))
+            done(format!(
+                "key {} assigned to {}",
+                a.key_id,
+                object_label(&obj)
+            ))
         }
         Op::KeyUnassign(a) => {
             let obj = store.unassign_key(&a.key_id, &a.object).await?;
             info!(key = %a.key_id, object = %obj, "key unassigned");
-            done(format!("key {} no longer assigned to {}", a.key_id, object_label(&obj)))
+            done(format!(
+                "key {} no longer assigned to {}",
+                a.key_id,
+                object_label(&obj)
+            ))
         }
         Op::KeyRemove(k) => {
             store.remove_key(&k.key_id).await?;
@@ -204,7 +241,11 @@ async fn handle_op(shared: &Shared, op: Op) -> Result<AdminResponse, StoreError>
             let role = (!d.role.is_empty()).then_some(d.role.as_str());
             let mut out = vec![];
             for row in store.devices(role).await? {
-                let events = if row.role == "agent" { store.event_count(&row.id).await? as u64 } else { 0 };
+                let events = if row.role == "agent" {
+                    store.event_count(&row.id).await? as u64
+                } else {
+                    0
+                };
                 out.push(device_info(shared, row, events));
             }
             ok(R::Devices(DeviceListResult { devices: out }))
@@ -213,13 +254,19 @@ async fn handle_op(shared: &Shared, op: Op) -> Result<AdminResponse, StoreError>
             store.revoke_device(&d.device_id, now).await?;
             shared.registry.kick(&d.device_id);
             info!(device = %d.device_id, "device revoked; its seats are free");
-            done(format!("device {} revoked; its seats are free", d.device_id))
+            done(format!(
+                "device {} revoked; its seats are free",
+                d.device_id
+            ))
         }
         Op::DeviceRemove(d) => {
             store.remove_device(&d.device_id).await?;
             shared.registry.kick(&d.device_id);
             info!(device = %d.device_id, "device removed; its seats are free");
-            done(format!("device {} removed; its seats are free", d.device_id))
+            done(format!(
+                "device {} removed; its seats are free",
+                d.device_id
+            ))
         }
         Op::DeviceMove(d) => {
             store.move_device(&d.device_id, &d.group).await?;
@@ -245,13 +292,16 @@ async fn handle_op(shared: &Shared, op: Op) -> Result<AdminResponse, StoreError>
             let gateways_connected = shared.gateways.lock().expect("gateways lock").len() as u32;
             let devices = store.devices(None).await?.len() as u64;
             ok(R::ServerStatus(ServerStatusResult {
-            software: format!("outpost-server {}", outpost_proto::SOFTWARE_VERSION),
-            listen: shared.local_addr.to_string(),
-            sessions: shared.registry.online_count() as u32,
-            gateways_connected,
-            devices,
-            uptime_secs: shared.started.elapsed().as_secs(),
-            sessions_refused: shared.stats.sessions_refused.load(std::sync::atomic::Ordering::Relaxed),
+                software: format!("outpost-server {}", outpost_proto::SOFTWARE_VERSION),
+                listen: shared.local_addr.to_string(),
+                sessions: shared.registry.online_count() as u32,
+                gateways_connected,
+                devices,
+                uptime_secs: shared.started.elapsed().as_secs(),
+                sessions_refused: shared
+                    .stats
+                    .sessions_refused
+                    .load(std::sync::atomic::Ordering::Relaxed),
             }))
         }
     })
@@ -288,7 +338,11 @@ async fn key_info(shared: &Shared, row: KeyRow, now: i64) -> Result<KeyInfo, Sto
 fn device_info(shared: &Shared, d: DeviceRow, events: u64) -> DeviceInfo {
     DeviceInfo {
         online: match d.role.as_str() {
-            "gateway" => shared.gateways.lock().expect("gateways lock").contains_key(&d.id),
+            "gateway" => shared
+                .gateways
+                .lock()
+                .expect("gateways lock")
+                .contains_key(&d.id),
             _ => shared.registry.is_online(&d.id),
         },
         device_id: d.id,
@@ -329,7 +383,10 @@ async fn push(
     let Some(kind) = push_kind(&p.kind) else {
         return Ok(error(
             RefusalCode::InvalidArgument,
-            format!("push kind {:?}: use sync-now, licence-changed, run-task, update-available or message", p.kind),
+            format!(
+                "push kind {:?}: use sync-now, licence-changed, run-task, update-available or message",
+                p.kind
+            ),
         ));
     };
     let targets: Vec<String> = if p.all {
@@ -345,10 +402,16 @@ async fn push(
         match shared.store.device(&p.device_id).await? {
             Some(d) if d.role == "agent" && d.revoked_at.is_none() => vec![d.id],
             Some(d) => {
-                return Ok(error(RefusalCode::InvalidArgument, format!("device {} is not an active agent", d.id)));
+                return Ok(error(
+                    RefusalCode::InvalidArgument,
+                    format!("device {} is not an active agent", d.id),
+                ));
             }
             None => {
-                return Ok(error(RefusalCode::NotFound, format!("no device {} (see `admin device list`)", p.device_id)));
+                return Ok(error(
+                    RefusalCode::NotFound,
+                    format!("no device {} (see `admin device list`)", p.device_id),
+                ));
             }
         }
     };

@@ -76,11 +76,22 @@ pub fn human(r: &R) -> String {
             s.push_str(&keys_table(&k.keys));
             s
         }
-        R::Keys(k) if k.keys.is_empty() => "no licence keys (import one with `admin key import <file>`)\n".into(),
+        R::Keys(k) if k.keys.is_empty() => {
+            "no licence keys (import one with `admin key import <file>`)\n".into()
+        }
         R::Keys(k) => keys_table(&k.keys),
         R::Devices(d) if d.devices.is_empty() => "no devices\n".into(),
         R::Devices(d) => table(
-            &["DEVICE", "ROLE", "HOST", "GROUP", "ONLINE", "PATH", "LICENCE", "LAST SEEN"],
+            &[
+                "DEVICE",
+                "ROLE",
+                "HOST",
+                "GROUP",
+                "ONLINE",
+                "PATH",
+                "LICENCE",
+                "LAST SEEN",
+            ],
             d.devices
                 .iter()
                 .map(|d| {
@@ -92,7 +103,11 @@ pub fn human(r: &R) -> String {
                     };
                     vec![
                         d.device_id.clone(),
-                        if d.revoked { format!("{} (revoked)", d.role) } else { d.role.clone() },
+                        if d.revoked {
+                            format!("{} (revoked)", d.role)
+                        } else {
+                            d.role.clone()
+                        },
                         d.hostname.clone(),
                         d.group.clone(),
                         if d.online { "yes" } else { "no" }.into(),
@@ -113,7 +128,11 @@ pub fn human(r: &R) -> String {
                         vec![
                             o.device_id.clone(),
                             o.state.clone(),
-                            if o.state == "acked" { format!("{} ms", o.latency_ms) } else { "-".into() },
+                            if o.state == "acked" {
+                                format!("{} ms", o.latency_ms)
+                            } else {
+                                "-".into()
+                            },
                         ]
                     })
                     .collect(),
@@ -122,7 +141,10 @@ pub fn human(r: &R) -> String {
         }
         R::Groups(g) => table(
             &["GROUP", "DEVICES"],
-            g.groups.iter().map(|g| vec![g.path.clone(), g.devices.to_string()]).collect(),
+            g.groups
+                .iter()
+                .map(|g| vec![g.path.clone(), g.devices.to_string()])
+                .collect(),
         ),
         R::KeyFile(k) => format!("key {} ({} bytes)\n", k.key_id, k.content.len()),
         R::ServerStatus(s) => format!(
@@ -140,13 +162,30 @@ pub fn human(r: &R) -> String {
 
 fn keys_table(keys: &[outpost_proto::pb::admin::KeyInfo]) -> String {
     table(
-        &["KEY", "LICENSEE", "KIND", "SEATS", "USED", "LEASED", "FREE", "VALID FROM", "EXPIRES", "COMPONENTS", "OBJECTS"],
+        &[
+            "KEY",
+            "LICENSEE",
+            "KIND",
+            "SEATS",
+            "USED",
+            "LEASED",
+            "FREE",
+            "VALID FROM",
+            "EXPIRES",
+            "COMPONENTS",
+            "OBJECTS",
+        ],
         keys.iter()
             .map(|k| {
                 vec![
                     k.key_id.clone(),
                     k.licensee.clone(),
-                    format!("{}{}{}", k.kind, if k.auto_distribute { ", auto" } else { "" }, if k.expired { ", EXPIRED" } else { "" }),
+                    format!(
+                        "{}{}{}",
+                        k.kind,
+                        if k.auto_distribute { ", auto" } else { "" },
+                        if k.expired { ", EXPIRED" } else { "" }
+                    ),
                     k.seats_total.to_string(),
                     k.seats_used.to_string(),
                     k.seats_leased_out.to_string(),
@@ -154,7 +193,11 @@ fn keys_table(keys: &[outpost_proto::pb::admin::KeyInfo]) -> String {
                     when(k.valid_from),
                     when(k.expires_at),
                     k.components.join(","),
-                    if k.objects.is_empty() { "(unassigned)".into() } else { k.objects.join(",") },
+                    if k.objects.is_empty() {
+                        "(unassigned)".into()
+                    } else {
+                        k.objects.join(",")
+                    },
                 ]
             })
             .collect(),

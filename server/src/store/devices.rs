@@ -177,7 +177,9 @@ impl Store {
         let Some((secret_hex, role, group, expires_at, uses_left)) = row else {
             return Err(StoreError::Token(
                 RefusalCode::TokenInvalid,
-                format!("enrollment token {token} is unknown to this server (deleted, or created on another server)"),
+                format!(
+                    "enrollment token {token} is unknown to this server (deleted, or created on another server)"
+                ),
             ));
         };
         let stored = hex::decode(&secret_hex).unwrap_or_default();
@@ -199,7 +201,10 @@ impl Store {
         if role != new.role {
             return Err(StoreError::Token(
                 RefusalCode::TokenInvalid,
-                format!("enrollment token {token} is for {role} devices, not {}", new.role),
+                format!(
+                    "enrollment token {token} is for {role} devices, not {}",
+                    new.role
+                ),
             ));
         }
         if uses_left <= 0 {
@@ -232,10 +237,12 @@ impl Store {
             _ => (new_id(&new.role), group, false),
         };
         let (cert_der, fp) = issue(&device_id).map_err(StoreError::Invalid)?;
-        let used = sqlx::query("UPDATE tokens SET uses_left = uses_left - 1 WHERE id = $1 AND uses_left > 0")
-            .bind(&token.id)
-            .execute(&mut *tx)
-            .await?;
+        let used = sqlx::query(
+            "UPDATE tokens SET uses_left = uses_left - 1 WHERE id = $1 AND uses_left > 0",
+        )
+        .bind(&token.id)
+        .execute(&mut *tx)
+        .await?;
         if used.rows_affected() != 1 {
             return Err(StoreError::Token(
                 RefusalCode::TokenUsedUp,
@@ -383,7 +390,9 @@ impl Store {
     pub async fn create_group(&self, path: &str, now: i64) -> Result<String, StoreError> {
         let path = normalize_group(path)?;
         let Some(idx) = path.rfind('/') else {
-            return Err(StoreError::Conflict("group \"everyone\" always exists".into()));
+            return Err(StoreError::Conflict(
+                "group \"everyone\" always exists".into(),
+            ));
         };
         let parent = &path[..idx];
         let exists: Option<(String,)> = sqlx::query_as("SELECT path FROM groups WHERE path = $1")
@@ -404,7 +413,9 @@ impl Store {
         .execute(&self.write)
         .await?;
         if r.rows_affected() == 0 {
-            return Err(StoreError::Conflict(format!("group {path:?} already exists")));
+            return Err(StoreError::Conflict(format!(
+                "group {path:?} already exists"
+            )));
         }
         Ok(path)
     }
@@ -443,7 +454,10 @@ impl Store {
             ))),
             many => Err(StoreError::Invalid(format!(
                 "group name {name:?} is ambiguous: {}",
-                many.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ")
+                many.iter()
+                    .map(|s| s.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
             ))),
         }
     }

@@ -76,10 +76,10 @@ pub fn parse_object(text: &str) -> Result<(&'static str, String), StoreError> {
     if let Some(g) = t.strip_prefix("group:") {
         return Ok(("group", g.to_owned()));
     }
-    if let Some(d) = t.strip_prefix("device:") {
-        if !d.is_empty() {
-            return Ok(("device", d.to_owned()));
-        }
+    if let Some(d) = t.strip_prefix("device:")
+        && !d.is_empty()
+    {
+        return Ok(("device", d.to_owned()));
     }
     Err(StoreError::Invalid(format!(
         "object {text:?}: use \"everyone\", \"group:<path>\" or \"device:<device id>\""
@@ -110,10 +110,11 @@ impl Store {
         let mut tx = self.write.begin().await?;
         for (file_name, key) in keys {
             let b = &key.body;
-            let exists: Option<(String,)> = sqlx::query_as("SELECT id FROM licence_keys WHERE id = $1")
-                .bind(&b.key_id)
-                .fetch_optional(&mut *tx)
-                .await?;
+            let exists: Option<(String,)> =
+                sqlx::query_as("SELECT id FROM licence_keys WHERE id = $1")
+                    .bind(&b.key_id)
+                    .fetch_optional(&mut *tx)
+                    .await?;
             if exists.is_some() {
                 return Err(StoreError::Conflict(format!(
                     "key {} is already in the repository (remove it first to replace it); nothing was imported",
@@ -144,10 +145,12 @@ impl Store {
             .execute(&mut *tx)
             .await?;
             if assign_everyone {
-                sqlx::query("INSERT INTO key_assignments (key_id, object) VALUES ($1, 'group:everyone')")
-                    .bind(&b.key_id)
-                    .execute(&mut *tx)
-                    .await?;
+                sqlx::query(
+                    "INSERT INTO key_assignments (key_id, object) VALUES ($1, 'group:everyone')",
+                )
+                .bind(&b.key_id)
+                .execute(&mut *tx)
+                .await?;
             }
         }
         tx.commit().await?;
@@ -203,7 +206,9 @@ impl Store {
     pub async fn assign_key(&self, id: &str, object: &str) -> Result<String, StoreError> {
         let stored = self.stored_object(object).await?;
         if self.key(id).await?.is_none() {
-            return Err(StoreError::NotFound(format!("no key {id} in the repository (see `admin key list`)")));
+            return Err(StoreError::NotFound(format!(
+                "no key {id} in the repository (see `admin key list`)"
+            )));
         }
         sqlx::query("INSERT INTO key_assignments (key_id, object) VALUES ($1, $2) ON CONFLICT (key_id, object) DO NOTHING")
             .bind(id)
@@ -222,7 +227,10 @@ impl Store {
             .execute(&self.write)
             .await?;
         if r.rows_affected() == 0 {
-            return Err(StoreError::NotFound(format!("key {id} is not assigned to {}", object_label(&stored))));
+            return Err(StoreError::NotFound(format!(
+                "key {id} is not assigned to {}",
+                object_label(&stored)
+            )));
         }
         Ok(stored)
     }
@@ -233,7 +241,9 @@ impl Store {
             "group" => format!("group:{}", self.resolve_group(&value).await?),
             _ => {
                 if self.device(&value).await?.is_none() {
-                    return Err(StoreError::NotFound(format!("no device {value} (see `admin device list`)")));
+                    return Err(StoreError::NotFound(format!(
+                        "no device {value} (see `admin device list`)"
+                    )));
                 }
                 format!("device:{value}")
             }
@@ -257,7 +267,9 @@ impl Store {
             .execute(&mut *tx)
             .await?;
         if r.rows_affected() == 0 {
-            return Err(StoreError::NotFound(format!("no key {id} in the repository")));
+            return Err(StoreError::NotFound(format!(
+                "no key {id} in the repository"
+            )));
         }
         tx.commit().await?;
         Ok(())

@@ -24,7 +24,7 @@ pub struct LicensedKey {
 #[derive(Debug, Clone)]
 pub enum CheckOutcome {
     /// Licensed; a grant row was committed.
-    Licensed(LicensedKey),
+    Licensed(Box<LicensedKey>),
     /// Unlicensed, with the reason.
     Unlicensed(String),
 }
@@ -95,7 +95,9 @@ impl Store {
                 .fetch_optional(&mut *tx)
                 .await?;
         let Some((group, revoked)) = dev else {
-            return Err(StoreError::NotFound(format!("device {device_id} is not registered")));
+            return Err(StoreError::NotFound(format!(
+                "device {device_id} is not registered"
+            )));
         };
         if revoked.is_some() {
             return Err(StoreError::Revoked(format!(
@@ -119,10 +121,11 @@ impl Store {
             .bind(&device_object)
             .fetch_all(&mut *tx)
             .await?;
-            let held: Vec<(String,)> = sqlx::query_as("SELECT key_id FROM seats WHERE device_id = $1")
-                .bind(device_id)
-                .fetch_all(&mut *tx)
-                .await?;
+            let held: Vec<(String,)> =
+                sqlx::query_as("SELECT key_id FROM seats WHERE device_id = $1")
+                    .bind(device_id)
+                    .fetch_all(&mut *tx)
+                    .await?;
             let is_held = |id: &str| held.iter().any(|(h,)| h == id);
             let mut keys: Vec<(usize, KeyRow, bool)> = rows
                 .into_iter()
@@ -134,8 +137,8 @@ impl Store {
                 .collect();
             // Seats held on keys that no longer apply must be released: rank them last.
             for (k,) in &held {
-                if !keys.iter().any(|(_, row, _)| row.id == *k) {
-                    if let Some(row) = sqlx::query_as::<_, KeyRow>(
+                if !keys.iter().any(|(_, row, _)| row.id == *k)
+                    && let Some(row) = sqlx::query_as::<_, KeyRow>(
                         "SELECT id, licensee, product, components, seats, seats_used, seats_leased_out,
                                 valid_from, expires_at, kind, renews, auto_distribute, origin, file_name, imported_at
                          FROM licence_keys WHERE id = $1",
@@ -146,10 +149,13 @@ impl Store {
                     {
                         keys.push((usize::MAX, row, true));
                     }
-                }
             }
             // Nearest first; among keys on the same object the one valid longest first.
-            keys.sort_by(|a, b| a.0.cmp(&b.0).then(b.1.expires_at.cmp(&a.1.expires_at)).then(a.1.id.cmp(&b.1.id)));
+            keys.sort_by(|a, b| {
+                a.0.cmp(&b.0)
+                    .then(b.1.expires_at.cmp(&a.1.expires_at))
+                    .then(a.1.id.cmp(&b.1.id))
+            });
             keys.dedup_by(|a, b| a.1.id == b.1.id);
             let candidates: Vec<Candidate> = keys
                 .iter()
@@ -160,7 +166,11 @@ impl Store {
                     seats_leased_out: k.seats_leased_out as u32,
                     valid_from: k.valid_from,
                     // A key that is no longer assigned is never a winner, only released.
-                    expires_at: if *rank == usize::MAX { i64::MIN } else { k.expires_at },
+                    expires_at: if *rank == usize::MAX {
+                        i64::MIN
+                    } else {
+                        k.expires_at
+                    },
                     held: *held,
                 })
                 .collect();
@@ -168,9 +178,19 @@ impl Store {
             for k in &plan.release {
                 release_seat(&mut tx, k, device_id).await?;
             }
-            let find = |id: &str| keys.iter().find(|(_, k, _)| k.id == id).map(|(_, k, _)| k.clone());
+            let find = |id: &str| {
+                keys.iter()
+                    .find(|(_, k, _)| k.id == id)
+                    .map(|(_, k, _)| k.clone())
+            };
             match plan.decision {
-                SeatDecision::Keep(id) => break CheckOutcome::Licensed(self.licensed(find(&id), now, grant_ttl)),
+                SeatDecision::Keep(id) => {
+                    break CheckOutcome::Licensed(Box::new(self.licensed(
+                        find(&id),
+                        now,
+                        grant_ttl,
+                    )));
+                }
                 SeatDecision::Take(id) => {
                     let took = sqlx::query(
                         "UPDATE licence_keys SET seats_used = seats_used + 1
@@ -180,17 +200,19 @@ impl Store {
                     .execute(&mut *tx)
                     .await?;
                     if took.rows_affected() == 1 {
-                        sqlx::query("INSERT INTO seats (key_id, device_id, taken_at) VALUES ($1, $2, $3)")
-                            .bind(&id)
-                            .bind(device_id)
-                            .bind(now)
-                            .execute(&mut *tx)
-                            .await?;
+                        sqlx::query(
+                            "INSERT INTO seats (key_id, device_id, taken_at) VALUES ($1, $2, $3)",
+                        )
+                        .bind(&id)
+                        .bind(device_id)
+                        .bind(now)
+                        .execute(&mut *tx)
+                        .await?;
                         let mut key = find(&id);
                         if let Some(k) = key.as_mut() {
                             k.seats_used += 1;
                         }
-                        break CheckOutcome::Licensed(self.licensed(key, now, grant_ttl));
+                        break CheckOutcome::Licensed(Box::new(self.licensed(key, now, grant_ttl)));
                     }
                     if attempts >= 5 {
                         break CheckOutcome::Unlicensed(format!(

@@ -22,8 +22,8 @@ use std::path::Path;
 use std::str::FromStr;
 use std::time::Duration;
 
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::SqlitePool;
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 
 pub use devices::{DeviceRow, EnrollOutcome, NewDevice};
 pub use events::StoredEvent;
@@ -140,7 +140,9 @@ impl Store {
             .into_iter()
             .filter_map(|(id, seats, used, leased, rows)| {
                 (used != rows || used + leased > seats).then(|| {
-                    format!("key {id}: seats {seats}, used {used}, leased {leased}, seat rows {rows}")
+                    format!(
+                        "key {id}: seats {seats}, used {used}, leased {leased}, seat rows {rows}"
+                    )
                 })
             })
             .collect())

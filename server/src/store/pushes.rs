@@ -16,7 +16,12 @@ pub struct QueuedPush {
 
 impl Store {
     /// Queues a push for an offline device.
-    pub async fn queue_push(&self, device_id: &str, push: &Push, expires_at: i64) -> Result<(), StoreError> {
+    pub async fn queue_push(
+        &self,
+        device_id: &str,
+        push: &Push,
+        expires_at: i64,
+    ) -> Result<(), StoreError> {
         sqlx::query(
             "INSERT INTO pushes (id, device_id, kind, payload, created_at_ms, expires_at)
              VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (id, device_id) DO NOTHING",
