@@ -120,3 +120,26 @@ pub async fn resolve(target: &str) -> anyhow::Result<SocketAddr> {
         .next()
         .ok_or_else(|| anyhow::anyhow!("{target:?} resolves to no address"))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn t10_socket_buffers_are_raised_and_dual_stack_is_honoured() {
+        let opts = SocketOptions {
+            recv_buffer: 128 << 10,
+            send_buffer: 128 << 10,
+            dual_stack: true,
+        };
+        let s = udp_socket("127.0.0.1:0".parse().unwrap(), &opts).unwrap();
+        let s2 = Socket::from(s);
+        // Linux doubles the request (bookkeeping); anything below the request means it was
+        // not applied. The default on these machines is 212992.
+        assert!(s2.recv_buffer_size().unwrap() >= 128 << 10);
+        assert!(s2.send_buffer_size().unwrap() >= 128 << 10);
+        if let Ok(v6) = udp_socket("[::]:0".parse().unwrap(), &opts) {
+            assert!(!Socket::from(v6).only_v6().unwrap(), "dual-stack socket");
+        }
+    }
+}
