@@ -1,19 +1,20 @@
-//! The agent's licence grants on disk (L5, L7): what the server signed at the last check,
-//! verified before it is stored and again when read. The licence state is derived from them
-//! and the clock alone, so the agent stays licensed offline until its grant expires and moves
-//! to its reserve grant without a connection.
+//! The agent's licence grants (L5, L7): what the server signed at the last check, verified
+//! before it is kept and when it is read back. The licence state is derived from them and the
+//! clock alone, so the agent stays licensed offline until its grant expires and moves to its
+//! reserve grant without a connection.
+//!
+//! On disk: one `LicenceStatus` in a [`SlotFile`] (`<data>/licence.a`/`.b`), rewritten in place
+//! at every check; in memory: the verified grant bodies, so deciding the state costs no I/O
+//! and no signature check.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
+use std::sync::Mutex;
 
+use outpost_net::fsutil::SlotFile;
 use outpost_proto::licence::{LicenceView, effective_licence, verify_grant};
-use outpost_proto::pb::v1::{GrantBody, LicenceStatus, SignedGrant};
+use outpost_proto::pb::v1::{GrantBody, LicenceStatus};
 use prost::Message;
 use serde::{Deserialize, Serialize};
-
-/// Grants directory of a data directory.
-fn dir(data: &Path) -> PathBuf {
-    data.join("grants")
-}
 
 /// The licence state shown by `status` (O4).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -32,71 +33,96 @@ pub struct LicenceState {
     pub reason: String,
 }
 
-/// Verifies and stores what the server sent. Returns an error (and stores nothing) when a
-/// grant does not verify.
-pub fn store(
-    data: &Path,
+#[derive(Debug, Default, Clone)]
+struct Verified {
+    active: Option<GrantBody>,
+    reserve: Option<GrantBody>,
+    reason: String,
+}
+
+/// The stored grants of one device.
+#[derive(Debug)]
+pub struct Grants {
+    slot: SlotFile,
+    device_id: String,
+    key: Vec<u8>,
+    /// Verified copy of what is on disk; written by `store`, read by `state`.
+    mem: Mutex<Verified>,
+}
+
+fn verify(
     status: &LicenceStatus,
     device_id: &str,
-    grant_key: &[u8],
-) -> anyhow::Result<()> {
-    for g in [&status.active, &status.reserve].into_iter().flatten() {
-        verify_grant(g, grant_key, device_id)?;
-    }
-    let d = dir(data);
-    std::fs::create_dir_all(&d)?;
-    for (name, g) in [
-        ("active.grant", &status.active),
-        ("reserve.grant", &status.reserve),
-    ] {
-        let p = d.join(name);
-        match g {
-            Some(g) => outpost_net::fsutil::write_atomic(&p, &g.encode_to_vec(), false)?,
-            None => {
-                if p.exists() {
-                    std::fs::remove_file(&p)?;
+    key: &[u8],
+) -> Result<Verified, outpost_proto::licence::GrantError> {
+    let check = |g: &Option<outpost_proto::pb::v1::SignedGrant>| {
+        g.as_ref()
+            .map(|g| verify_grant(g, key, device_id))
+            .transpose()
+    };
+    Ok(Verified {
+        active: check(&status.active)?,
+        reserve: check(&status.reserve)?,
+        reason: status.reason.clone(),
+    })
+}
+
+impl Grants {
+    /// Opens the grants of a data directory, verifying what is stored.
+    pub fn open(data: &Path, device_id: &str, key: &[u8]) -> Grants {
+        let slot = SlotFile::new(&data.join("licence"));
+        let mem = slot
+            .read()
+            .and_then(|(_, b)| LicenceStatus::decode(b.as_slice()).ok())
+            .and_then(|s| match verify(&s, device_id, key) {
+                Ok(v) => Some(v),
+                Err(e) => {
+                    tracing::warn!(error = %e, "stored licence grant ignored");
+                    None
                 }
-            }
+            })
+            .unwrap_or_default();
+        Grants {
+            slot,
+            device_id: device_id.to_owned(),
+            key: key.to_vec(),
+            mem: Mutex::new(mem),
         }
     }
-    outpost_net::fsutil::write_atomic(&d.join("reason.txt"), status.reason.as_bytes(), false)?;
-    Ok(())
-}
 
-fn load(path: &Path, device_id: &str, grant_key: &[u8]) -> Option<GrantBody> {
-    let bytes = std::fs::read(path).ok()?;
-    let g = SignedGrant::decode(bytes.as_slice()).ok()?;
-    match verify_grant(&g, grant_key, device_id) {
-        Ok(b) => Some(b),
-        Err(e) => {
-            tracing::warn!(file = %path.display(), error = %e, "stored grant ignored");
-            None
+    /// Verifies and stores what the server sent; stores nothing if a grant does not verify.
+    pub fn store(&self, status: &LicenceStatus) -> anyhow::Result<()> {
+        let v = verify(status, &self.device_id, &self.key)?;
+        self.slot.write(&status.encode_to_vec())?;
+        *self.mem.lock().expect("grants lock") = v;
+        Ok(())
+    }
+
+    /// The licence state at `now`.
+    pub fn state(&self, now: i64) -> LicenceState {
+        let v = self.mem.lock().expect("grants lock").clone();
+        match effective_licence(v.active.as_ref(), v.reserve.as_ref(), now, &v.reason) {
+            LicenceView::Licensed {
+                grant,
+                promoted_reserve,
+            } => LicenceState {
+                state: "licensed".into(),
+                key: grant.key_id,
+                components: grant.components,
+                expires_at: grant.expires_at,
+                promoted_reserve,
+                reason: String::new(),
+            },
+            LicenceView::Unlicensed { reason } => LicenceState {
+                state: "unlicensed".into(),
+                reason,
+                ..Default::default()
+            },
         }
     }
 }
 
-/// The licence state at `now`, from the stored grants alone.
+/// The licence state of a data directory at `now`, read from disk (the `status` command).
 pub fn state(data: &Path, device_id: &str, grant_key: &[u8], now: i64) -> LicenceState {
-    let d = dir(data);
-    let active = load(&d.join("active.grant"), device_id, grant_key);
-    let reserve = load(&d.join("reserve.grant"), device_id, grant_key);
-    let reason = std::fs::read_to_string(d.join("reason.txt")).unwrap_or_default();
-    match effective_licence(active.as_ref(), reserve.as_ref(), now, &reason) {
-        LicenceView::Licensed {
-            grant,
-            promoted_reserve,
-        } => LicenceState {
-            state: "licensed".into(),
-            key: grant.key_id,
-            components: grant.components,
-            expires_at: grant.expires_at,
-            promoted_reserve,
-            reason: String::new(),
-        },
-        LicenceView::Unlicensed { reason } => LicenceState {
-            state: "unlicensed".into(),
-            reason,
-            ..Default::default()
-        },
-    }
+    Grants::open(data, device_id, grant_key).state(now)
 }

@@ -50,7 +50,12 @@ pub async fn enroll(
             EnrollVia::Server(addr)
         };
         match identity::enroll(data, via, token, Role::Agent, inv.clone()).await {
-            Ok(id) => return Ok(id),
+            Ok(id) => {
+                // Allocate the state files now, so connects never create files.
+                queue::Queue::open(data, 1)?;
+                outpost_net::fsutil::SlotFile::new(&data.join("licence")).create_slots()?;
+                return Ok(id);
+            }
             Err(e) => {
                 // A refusal from the server is final; an unreachable path is not.
                 if e.chain()

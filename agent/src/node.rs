@@ -27,7 +27,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, info, info_span, warn};
 
 use crate::config::AgentConfig;
-use crate::grants::{self, LicenceState};
+use crate::grants::{Grants, LicenceState};
 use crate::queue::{Queue, QueueError};
 use crate::status::{self, AgentStatus};
 
@@ -67,6 +67,9 @@ pub struct StartOptions {
     pub config: Option<AgentConfig>,
     /// Do not write `status.json` (benchmarks with thousands of agents).
     pub no_status_file: bool,
+    /// Hold the first connection attempt until this turns true (benchmarks start thousands of
+    /// agents, then release them at once).
+    pub hold: Option<watch::Receiver<bool>>,
 }
 
 struct Shared {
@@ -85,6 +88,8 @@ struct Shared {
     nudge: Notify,
     /// Wakes the licence clock (grants changed).
     grants_changed: Notify,
+    /// Stored grants.
+    grants: Grants,
     shutdown: CancellationToken,
     /// Gateway list sent by the server (replaces the configured one), with its revision.
     server_gateways: Mutex<(u64, Vec<String>)>,
@@ -191,12 +196,8 @@ pub fn start(data: &Path, opts: StartOptions) -> anyhow::Result<AgentHandle> {
         &format!("outpost-agent {}", outpost_proto::SOFTWARE_VERSION),
     );
     let saved_gateways = load_gateways(data);
-    let licence = grants::state(
-        data,
-        &identity.device_id,
-        &identity.grant_public_key,
-        outpost_net::unix_now(),
-    );
+    let grants = Grants::open(data, &identity.device_id, &identity.grant_public_key);
+    let licence = grants.state(outpost_net::unix_now());
     let initial = AgentStatus {
         device_id: identity.device_id.clone(),
         pid: std::process::id(),
@@ -221,12 +222,23 @@ pub fn start(data: &Path, opts: StartOptions) -> anyhow::Result<AgentHandle> {
         events: broadcast::channel(64).0,
         nudge: Notify::new(),
         grants_changed: Notify::new(),
+        grants,
         shutdown: CancellationToken::new(),
         server_gateways: Mutex::new(saved_gateways),
     });
     let tasks = tokio_util::task::TaskTracker::new();
     let span = info_span!("agent", device = %shared.identity.device_id);
-    tasks.spawn(connect_loop(shared.clone()).instrument(span.clone()));
+    let hold = opts.hold;
+    let sh = shared.clone();
+    tasks.spawn(
+        async move {
+            if let Some(mut h) = hold {
+                let _ = h.wait_for(|go| *go).await;
+            }
+            connect_loop(sh).await
+        }
+        .instrument(span.clone()),
+    );
     tasks.spawn(licence_clock(shared.clone()).instrument(span));
     if !opts.no_status_file {
         tasks.spawn(status_writer(shared.clone()));
@@ -267,12 +279,7 @@ async fn status_writer(shared: Arc<Shared>) {
 async fn licence_clock(shared: Arc<Shared>) {
     loop {
         let now = outpost_net::unix_now();
-        let st = grants::state(
-            &shared.data,
-            &shared.identity.device_id,
-            &shared.identity.grant_public_key,
-            now,
-        );
+        let st = shared.grants.state(now);
         let changed = shared.status.send_if_modified(|s| {
             if s.licence != st {
                 s.licence = st.clone();
@@ -578,7 +585,7 @@ where
             }
             while let Some(ev) = sm.poll_event() {
                 progressed = true;
-                on_event(shared, &mut sm, ev, label, &mut established);
+                on_event(shared, &mut sm, ev, label, &mut established).await;
             }
             if !progressed {
                 break;
@@ -655,7 +662,7 @@ async fn ended_by_peer(
     }
 }
 
-fn on_event(
+async fn on_event(
     shared: &Arc<Shared>,
     sm: &mut ClientSession,
     ev: ClientEvent,
@@ -682,20 +689,21 @@ fn on_event(
             });
         }
         ClientEvent::Licence(status) => {
-            match grants::store(
-                &shared.data,
-                &status,
-                &shared.identity.device_id,
-                &shared.identity.grant_public_key,
-            ) {
-                Ok(()) => shared.grants_changed.notify_one(),
-                Err(e) => warn!(error = %e, "licence status from the server not stored"),
+            // File I/O with fsync: off the async worker threads.
+            let sh = shared.clone();
+            let stored = tokio::task::spawn_blocking(move || sh.grants.store(&status)).await;
+            match stored {
+                Ok(Ok(())) => shared.grants_changed.notify_one(),
+                Ok(Err(e)) => warn!(error = %e, "licence status from the server not stored"),
+                Err(e) => warn!(error = %e, "licence store task failed"),
             }
         }
         ClientEvent::SyncDue => {
-            let events = shared
-                .queue
-                .peek(shared.config.queue.batch, MAX_FRAME / 2)
+            let (q, batch) = (shared.queue.clone(), shared.config.queue.batch);
+            let events = tokio::task::spawn_blocking(move || q.peek(batch, MAX_FRAME / 2))
+                .await
+                .ok()
+                .and_then(Result::ok)
                 .unwrap_or_default();
             let rev = shared.server_gateways.lock().expect("gateways lock").0;
             let req = SyncRequest {
@@ -710,10 +718,17 @@ fn on_event(
             sm.send_sync(req, Instant::now().into_std());
         }
         ClientEvent::Synced(resp) => {
-            let acked = shared.queue.ack(&resp.acked_event_ids).unwrap_or_else(|e| {
-                warn!(error = %e, "could not delete acknowledged events (they will be resent and de-duplicated)");
-                0
-            });
+            let q = shared.queue.clone();
+            let ids = resp.acked_event_ids.clone();
+            let (acked, depth) = tokio::task::spawn_blocking(move || {
+                let acked = q.ack(&ids).unwrap_or_else(|e| {
+                    warn!(error = %e, "could not delete acknowledged events (they will be resent and de-duplicated)");
+                    0
+                });
+                (acked, q.len())
+            })
+            .await
+            .unwrap_or((0, 0));
             if let Some(g) = resp.gateways {
                 let mut cur = shared.server_gateways.lock().expect("gateways lock");
                 *cur = (g.revision, g.addresses);
@@ -723,7 +738,6 @@ fn on_event(
                     false,
                 );
             }
-            let depth = shared.queue.len();
             if depth > 0 && acked > 0 {
                 // More waiting: keep draining.
                 sm.request_sync(Instant::now().into_std());

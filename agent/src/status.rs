@@ -43,12 +43,11 @@ pub struct AgentStatus {
 
 /// Writes the status file.
 pub fn write(data: &Path, s: &AgentStatus) {
-    let _ = outpost_net::fsutil::write_atomic(
+    let _ = outpost_net::fsutil::write_replace(
         &data.join(FILE),
         serde_json::to_string_pretty(s)
             .unwrap_or_default()
             .as_bytes(),
-        false,
     );
 }
 

@@ -137,6 +137,8 @@ pub struct StartOptions {
     pub tap: Option<Tap>,
     /// Override the config file's values.
     pub config: Option<GatewayConfig>,
+    /// Do not write `status.json` (benchmarks with thousands of gateways).
+    pub no_status_file: bool,
 }
 
 /// A running gateway.
@@ -262,7 +264,9 @@ pub async fn start(data: &Path, opts: StartOptions) -> anyhow::Result<GatewayHan
     shared
         .tasks
         .spawn(crate::relay::accept_loop(shared.clone(), ep.clone()));
-    shared.tasks.spawn(crate::status::writer(shared.clone()));
+    if !opts.no_status_file {
+        shared.tasks.spawn(crate::status::writer(shared.clone()));
+    }
     Ok(GatewayHandle {
         shared,
         endpoint: ep,

@@ -57,12 +57,11 @@ pub const FILE: &str = "status.json";
 pub async fn writer(shared: Arc<Shared>) {
     loop {
         let s = shared.status();
-        let _ = outpost_net::fsutil::write_atomic(
+        let _ = outpost_net::fsutil::write_replace(
             &shared.data.join(FILE),
             serde_json::to_string_pretty(&s)
                 .unwrap_or_default()
                 .as_bytes(),
-            false,
         );
         tokio::select! {
             _ = shared.status_changed.notified() => {
@@ -73,7 +72,7 @@ pub async fn writer(shared: Arc<Shared>) {
             _ = shared.shutdown.cancelled() => {
                 let mut s = shared.status();
                 s.uplink = "stopped".into();
-                let _ = outpost_net::fsutil::write_atomic(&shared.data.join(FILE), serde_json::to_string_pretty(&s).unwrap_or_default().as_bytes(), false);
+                let _ = outpost_net::fsutil::write_replace(&shared.data.join(FILE), serde_json::to_string_pretty(&s).unwrap_or_default().as_bytes());
                 return;
             }
         }

@@ -79,15 +79,6 @@ CREATE TABLE seats (
 );
 CREATE INDEX seats_device ON seats (device_id);
 
-CREATE TABLE grants (
-    device_id   TEXT NOT NULL REFERENCES devices(id) ON DELETE CASCADE,
-    slot        TEXT NOT NULL,               -- active | reserve
-    key_id      TEXT NOT NULL,
-    issued_at   BIGINT NOT NULL,
-    expires_at  BIGINT NOT NULL,
-    PRIMARY KEY (device_id, slot)
-);
-
 CREATE TABLE events (
     device_id      TEXT NOT NULL,
     id             TEXT NOT NULL,            -- chosen by the agent; de-duplication key (S5)

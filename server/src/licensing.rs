@@ -11,11 +11,12 @@ use crate::store::CheckOutcome;
 pub async fn check(
     shared: &Shared,
     device_id: &str,
+    path: Option<&str>,
 ) -> Result<LicenceStatus, crate::store::StoreError> {
     let now = outpost_net::unix_now();
     let outcome = shared
         .store
-        .check_licence(device_id, now, shared.grant_ttl())
+        .check_licence_via(device_id, path, now, shared.grant_ttl())
         .await?;
     Ok(match outcome {
         CheckOutcome::Licensed(l) => {

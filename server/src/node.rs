@@ -79,6 +79,9 @@ pub struct Shared {
     pub inner_enroll_tls: tokio_rustls::TlsAcceptor,
     /// Counters.
     pub stats: Stats,
+    /// Bumped by every change that can alter a device's licence (keys, assignments, seats
+    /// freed, devices moved); live sessions re-check at their next sync when it moved.
+    pub licence_epoch: AtomicU64,
     /// Root of shutdown.
     pub shutdown: CancellationToken,
     /// Every task of the server.
@@ -102,6 +105,11 @@ impl Shared {
     pub fn come_back_later(&self, code: RefusalCode, why: &str) -> Refused {
         let base = self.config.timing.retry_after;
         Refused::new(code, why.to_owned()).with_retry_after(outpost_net::jittered(base, base))
+    }
+
+    /// Records a change that can alter licences.
+    pub fn licence_changed(&self) {
+        self.licence_epoch.fetch_add(1, Ordering::AcqRel);
     }
 
     /// Grant TTL in seconds.
@@ -230,6 +238,7 @@ pub async fn start(data: DataDir) -> anyhow::Result<ServerHandle> {
         inner_session_tls: tokio_rustls::TlsAcceptor::from(Arc::new(inner_session)),
         inner_enroll_tls: tokio_rustls::TlsAcceptor::from(Arc::new(inner_enroll)),
         stats: Stats::default(),
+        licence_epoch: AtomicU64::new(0),
         shutdown: CancellationToken::new(),
         tasks: TaskTracker::new(),
         started: tokio::time::Instant::now(),

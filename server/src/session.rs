@@ -96,6 +96,8 @@ where
         registered: None,
         last_licence: None,
         gateways_revision: 0,
+        checked_epoch: 0,
+        last_touch: 0,
     };
     driver.run().instrument(span).await;
 }
@@ -111,7 +113,14 @@ struct Driver<S> {
     /// The licence state last sent: (licensed, key, reason, grant expiry).
     last_licence: Option<(bool, String, String, i64)>,
     gateways_revision: u64,
+    /// `Shared::licence_epoch` when this session last ran the licence check.
+    checked_epoch: u64,
+    /// When `last_seen` was last written for this device.
+    last_touch: i64,
 }
+
+/// How often a connected device's `last_seen` is refreshed when nothing else changes.
+const TOUCH_EVERY_SECS: i64 = 60;
 
 enum Step {
     Continue,
@@ -225,7 +234,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Driver<S> {
                     );
                     return Ok(());
                 }
-                let status = licensing::check(&self.shared, &self.device.id).await?;
+                let status = self.check().await?;
                 info!(
                     version,
                     software = %hello.software,
@@ -264,31 +273,67 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Driver<S> {
         self.last_licence = Some(licence_key(s));
     }
 
+    /// Runs the licence check (it also records `last_seen` and the path).
+    async fn check(&mut self) -> Result<LicenceStatus, crate::store::StoreError> {
+        // Read the epoch first: a change during the check triggers another one later.
+        let epoch = self.shared.licence_epoch.load(Ordering::Acquire);
+        let status = licensing::check(&self.shared, &self.device.id, Some(&self.path)).await?;
+        self.checked_epoch = epoch;
+        self.last_touch = outpost_net::unix_now();
+        self.device.path = self.path.clone();
+        Ok(status)
+    }
+
     async fn sync(&mut self, req: SyncRequest) -> anyhow::Result<SyncResponse> {
         let now = outpost_net::unix_now();
-        let store = &self.shared.store;
+        let store = self.shared.store.clone();
+        // Inventory: written when it changed; otherwise only last_seen, now and then.
         if let Some(inv) = &req.inventory {
-            store
-                .update_inventory(&self.device.id, inv, &self.path, now)
-                .await?;
+            let d = &self.device;
+            let changed = d.hostname != inv.hostname
+                || d.os != inv.os
+                || d.agent_version != inv.agent_version
+                || d.addresses != inv.addresses.join(",");
+            if changed {
+                store.update_inventory(&d.id, inv, &self.path, now).await?;
+                self.device.hostname = inv.hostname.clone();
+                self.device.os = inv.os.clone();
+                self.device.agent_version = inv.agent_version.clone();
+                self.device.addresses = inv.addresses.join(",");
+                self.last_touch = now;
+            }
         }
         let max = self.shared.config.limits.max_events_per_sync as usize;
         let events = &req.events[..req.events.len().min(max)];
         let acked = store.store_events(&self.device.id, events, now).await?;
-        // The licence can change while connected (key assigned, seat freed): re-check.
-        let status = licensing::check(&self.shared, &self.device.id).await?;
-        let key = licence_key(&status);
+        // The licence can change while connected (key assigned, seat freed, grant half-way to
+        // expiry): re-check when something licence-related changed on the server.
         let half_ttl = self.shared.grant_ttl() / 2;
-        let changed = match &self.last_licence {
-            Some(prev) => {
-                prev.0 != key.0 || prev.1 != key.1 || prev.2 != key.2 || prev.3 - now < half_ttl
+        let stale = self
+            .last_licence
+            .as_ref()
+            .is_none_or(|l| l.3 - now < half_ttl);
+        let epoch = self.shared.licence_epoch.load(Ordering::Acquire);
+        let licence = if stale || epoch != self.checked_epoch {
+            let status = self.check().await?;
+            let key = licence_key(&status);
+            let changed = match &self.last_licence {
+                Some(prev) => {
+                    prev.0 != key.0 || prev.1 != key.1 || prev.2 != key.2 || prev.3 - now < half_ttl
+                }
+                None => true,
+            };
+            changed.then(|| {
+                self.remember(&status);
+                status
+            })
+        } else {
+            if now - self.last_touch >= TOUCH_EVERY_SECS {
+                store.touch(&self.device.id, &self.path, now).await?;
+                self.last_touch = now;
             }
-            None => true,
+            None
         };
-        let licence = changed.then(|| {
-            self.remember(&status);
-            status
-        });
         let gw = &self.shared.config.gateways;
         let gw_rev = gateways_revision(gw);
         let known = req.known.unwrap_or_default();

@@ -6,6 +6,8 @@
 //! bounds; nothing sleeps for timing.
 #![forbid(unsafe_code)]
 
+pub mod bench;
+
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

@@ -127,8 +127,23 @@ pub async fn handle(shared: &Shared, admin: &str, req: AdminRequest) -> AdminRes
         );
     };
     let span = tracing::info_span!("admin", admin = %admin);
+    let licence_related = matches!(
+        op,
+        Op::KeyImport(_)
+            | Op::KeyAssign(_)
+            | Op::KeyUnassign(_)
+            | Op::KeyRemove(_)
+            | Op::DeviceRevoke(_)
+            | Op::DeviceRemove(_)
+            | Op::DeviceMove(_)
+    );
     match handle_op(shared, op).instrument(span).await {
-        Ok(r) => r,
+        Ok(r) => {
+            if licence_related {
+                shared.licence_changed();
+            }
+            r
+        }
         Err(e) => from_store(e),
     }
 }
@@ -429,12 +444,12 @@ async fn push(
     } else {
         Duration::from_millis(p.wait_ms.into())
     };
+    // Stored first: survives a restart, reaches an offline device at its next connect.
+    shared.store.queue_push(&targets, &push, expires).await?;
     let started = tokio::time::Instant::now();
     let mut waiting = vec![];
     let mut outcomes = vec![];
     for dev in targets {
-        // Stored first: survives a restart, reaches an offline device at its next connect.
-        shared.store.queue_push(&dev, &push, expires).await?;
         let rx = shared.registry.wait_ack(&dev, &push_id);
         match shared.registry.send(&dev, push.clone()) {
             Delivery::Sent => waiting.push((dev, rx)),
@@ -444,6 +459,7 @@ async fn push(
                     device_id: dev,
                     state: "queued".into(),
                     latency_ms: 0,
+                    latency_us: 0,
                 });
             }
         }
@@ -457,6 +473,7 @@ async fn push(
                 device_id: dev,
                 state: if lat.is_some() { "acked" } else { "sent" }.into(),
                 latency_ms: lat.map(|d| d.as_millis() as u32).unwrap_or(0),
+                latency_us: lat.map(|d| d.as_micros() as u64).unwrap_or(0),
             }
         }
     }))

@@ -347,10 +347,6 @@ impl Store {
             });
         }
         super::licence::release_all_seats(&mut tx, id).await?;
-        sqlx::query("DELETE FROM grants WHERE device_id = $1")
-            .bind(id)
-            .execute(&mut *tx)
-            .await?;
         tx.commit().await?;
         Ok(())
     }

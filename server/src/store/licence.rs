@@ -1,6 +1,6 @@
 //! The licence check at connect (S3, L6), executed in one write transaction: read the
 //! candidate keys, let `outpost_proto::licence::plan_seat` decide, apply the decision with
-//! conditional updates, record the grant and the result. Seat counts can never exceed a key's
+//! conditional updates, record the result with the device. Seat counts can never exceed a key's
 //! seats: the take is `UPDATE … WHERE seats_used + seats_leased_out < seats`, and the table's
 //! CHECK constraint backs it up.
 
@@ -85,6 +85,18 @@ impl Store {
     pub async fn check_licence(
         &self,
         device_id: &str,
+        now: i64,
+        grant_ttl: i64,
+    ) -> Result<CheckOutcome, StoreError> {
+        self.check_licence_via(device_id, None, now, grant_ttl)
+            .await
+    }
+
+    /// As [`Store::check_licence`], also recording how the device is connected (`path`).
+    pub async fn check_licence_via(
+        &self,
+        device_id: &str,
+        path: Option<&str>,
         now: i64,
         grant_ttl: i64,
     ) -> Result<CheckOutcome, StoreError> {
@@ -223,46 +235,24 @@ impl Store {
                 SeatDecision::Unlicensed(reason) => break CheckOutcome::Unlicensed(reason),
             }
         };
-        match &outcome {
-            CheckOutcome::Licensed(l) => {
-                sqlx::query(
-                    "INSERT INTO grants (device_id, slot, key_id, issued_at, expires_at)
-                     VALUES ($1, 'active', $2, $3, $4)
-                     ON CONFLICT (device_id, slot) DO UPDATE
-                     SET key_id = excluded.key_id, issued_at = excluded.issued_at, expires_at = excluded.expires_at",
-                )
-                .bind(device_id)
-                .bind(&l.key.id)
-                .bind(l.issued_at)
-                .bind(l.grant_expires_at)
-                .execute(&mut *tx)
-                .await?;
-                sqlx::query(
-                    "UPDATE devices SET licence_state = 'licensed', licence_key = $2, licence_reason = '',
-                            last_check_at = $3, last_seen = $3 WHERE id = $1",
-                )
-                .bind(device_id)
-                .bind(&l.key.id)
-                .bind(now)
-                .execute(&mut *tx)
-                .await?;
-            }
-            CheckOutcome::Unlicensed(reason) => {
-                sqlx::query("DELETE FROM grants WHERE device_id = $1 AND slot = 'active'")
-                    .bind(device_id)
-                    .execute(&mut *tx)
-                    .await?;
-                sqlx::query(
-                    "UPDATE devices SET licence_state = 'unlicensed', licence_key = NULL, licence_reason = $2,
-                            last_check_at = $3, last_seen = $3 WHERE id = $1",
-                )
-                .bind(device_id)
-                .bind(reason)
-                .bind(now)
-                .execute(&mut *tx)
-                .await?;
-            }
-        }
+        // The result is recorded with the device (S3); the grant itself is signed from it.
+        let (state, key, reason) = match &outcome {
+            CheckOutcome::Licensed(l) => ("licensed", Some(l.key.id.as_str()), ""),
+            CheckOutcome::Unlicensed(r) => ("unlicensed", None, r.as_str()),
+        };
+        sqlx::query(
+            "UPDATE devices SET licence_state = $2, licence_key = $3, licence_reason = $4,
+                    last_check_at = $5, last_seen = $5, path = COALESCE($6, path)
+             WHERE id = $1",
+        )
+        .bind(device_id)
+        .bind(state)
+        .bind(key)
+        .bind(reason)
+        .bind(now)
+        .bind(path)
+        .execute(&mut *tx)
+        .await?;
         tx.commit().await?;
         Ok(outcome)
     }

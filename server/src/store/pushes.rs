@@ -15,25 +15,30 @@ pub struct QueuedPush {
 }
 
 impl Store {
-    /// Queues a push for an offline device.
+    /// Stores a push for each of `devices` in one transaction (delivered live if they are
+    /// online, at their next connect otherwise; removed when acknowledged).
     pub async fn queue_push(
         &self,
-        device_id: &str,
+        devices: &[String],
         push: &Push,
         expires_at: i64,
     ) -> Result<(), StoreError> {
-        sqlx::query(
-            "INSERT INTO pushes (id, device_id, kind, payload, created_at_ms, expires_at)
-             VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (id, device_id) DO NOTHING",
-        )
-        .bind(&push.id)
-        .bind(device_id)
-        .bind(push.kind)
-        .bind(&push.payload)
-        .bind(push.created_at_ms)
-        .bind(expires_at)
-        .execute(&self.write)
-        .await?;
+        let mut tx = self.write.begin().await?;
+        for device_id in devices {
+            sqlx::query(
+                "INSERT INTO pushes (id, device_id, kind, payload, created_at_ms, expires_at)
+                 VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (id, device_id) DO NOTHING",
+            )
+            .bind(&push.id)
+            .bind(device_id)
+            .bind(push.kind)
+            .bind(&push.payload)
+            .bind(push.created_at_ms)
+            .bind(expires_at)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
         Ok(())
     }
 
