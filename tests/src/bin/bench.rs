@@ -54,14 +54,14 @@ struct Cli {
 #[derive(Subcommand)]
 enum ChildCmd {
     /// Run a gateway on an enrolled data directory.
-    #[command(hide = true)]
-    ChildGateway { data: PathBuf, server: String },
+    #[command(hide = true, name = "child-gateway")]
+    Gateway { data: PathBuf, server: String },
     /// Run a server on an initialised data directory.
-    #[command(hide = true)]
-    ChildServer { data: PathBuf },
+    #[command(hide = true, name = "child-server")]
+    Server { data: PathBuf },
     /// Run a bare quinn server with certificates from a directory.
-    #[command(hide = true)]
-    ChildBare { dir: PathBuf },
+    #[command(hide = true, name = "child-bare")]
+    Bare { dir: PathBuf },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -80,7 +80,7 @@ fn main() -> anyhow::Result<()> {
 
 async fn run_child(c: ChildCmd) -> anyhow::Result<()> {
     match c {
-        ChildCmd::ChildGateway { data, server } => {
+        ChildCmd::Gateway { data, server } => {
             let mut cfg = test_gateway_config(server.parse()?);
             cfg.uplink = Default::default();
             let gw = outpost_gateway::start(
@@ -97,13 +97,13 @@ async fn run_child(c: ChildCmd) -> anyhow::Result<()> {
             wait_stdin_closed().await;
             gw.shutdown().await;
         }
-        ChildCmd::ChildServer { data } => {
+        ChildCmd::Server { data } => {
             let s = outpost_server::start(outpost_server::DataDir::new(&data)).await?;
             println!("READY {}", s.addr());
             wait_stdin_closed().await;
             s.shutdown().await;
         }
-        ChildCmd::ChildBare { dir } => {
+        ChildCmd::Bare { dir } => {
             let (ca, id) = bench::BarePki::load_server(&dir);
             let ep = bench::bare_server(&ca, &id, "127.0.0.1:0".parse()?);
             println!("READY {}", ep.local_addr()?);
