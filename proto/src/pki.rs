@@ -436,6 +436,10 @@ pub fn server_config(
     };
     let mut cfg = builder.with_single_cert(identity.chain.clone(), identity.key.clone_key())?;
     cfg.alpn_protocols = alpn.iter().map(|a| a.to_vec()).collect();
+    // No session resumption: it buys little here (NOTES §3) and a ticket per connection is
+    // memory held per idle agent.
+    cfg.send_tls13_tickets = 0;
+    cfg.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
     Ok(cfg)
 }
 

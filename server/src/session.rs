@@ -262,8 +262,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Driver<S> {
                 self.sm.sync_done(resp);
             }
             ServerAction::PushAcked(id) => {
-                self.shared.store.delete_push(&self.device.id, &id).await?;
                 self.shared.registry.acked(&self.device.id, &id);
+                self.shared.store.push_acked(&self.device.id, &id).await;
             }
         }
         Ok(())

@@ -90,6 +90,10 @@ pub enum Durability {
 pub struct Store {
     write: SqlitePool,
     read: SqlitePool,
+    /// Licence checks go through the batch writer (group commit, see `licence::check_writer`).
+    checks: tokio::sync::mpsc::Sender<licence::CheckJob>,
+    /// Acknowledged pushes to delete (batched, see `pushes::ack_writer`).
+    acks: tokio::sync::mpsc::Sender<(String, String)>,
 }
 
 impl Store {
@@ -117,7 +121,16 @@ impl Store {
             .acquire_timeout(Duration::from_secs(60))
             .connect_with(opts.read_only(true))
             .await?;
-        Ok(Store { write, read })
+        let (checks, jobs) = tokio::sync::mpsc::channel(4096);
+        tokio::spawn(licence::check_writer(write.clone(), jobs));
+        let (acks, ack_rx) = tokio::sync::mpsc::channel(4096);
+        tokio::spawn(pushes::ack_writer(write.clone(), ack_rx));
+        Ok(Store {
+            write,
+            read,
+            checks,
+            acks,
+        })
     }
 
     /// Closes both pools (waits for running queries).

@@ -14,7 +14,42 @@ pub struct QueuedPush {
     pub expires_at: i64,
 }
 
+/// Deletes acknowledged pushes in batches (one transaction per batch). Delivery is at least
+/// once: a push whose deletion was not committed before a crash is delivered again.
+pub(crate) async fn ack_writer(
+    pool: sqlx::SqlitePool,
+    mut acks: tokio::sync::mpsc::Receiver<(String, String)>,
+) {
+    let mut batch = Vec::with_capacity(512);
+    while acks.recv_many(&mut batch, 512).await > 0 {
+        let r: Result<(), sqlx::Error> = async {
+            let mut tx = pool.begin().await?;
+            for (device, id) in &batch {
+                sqlx::query("DELETE FROM pushes WHERE id = $1 AND device_id = $2")
+                    .bind(id)
+                    .bind(device)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            tx.commit().await
+        }
+        .await;
+        if let Err(e) = r {
+            tracing::warn!(error = %e, pushes = batch.len(), "acknowledged pushes not deleted; they will be delivered again");
+        }
+        batch.clear();
+    }
+}
+
 impl Store {
+    /// Forgets an acknowledged push (batched; see `ack_writer`).
+    pub async fn push_acked(&self, device_id: &str, push_id: &str) {
+        let _ = self
+            .acks
+            .send((device_id.to_owned(), push_id.to_owned()))
+            .await;
+    }
+
     /// Stores a push for each of `devices` in one transaction (delivered live if they are
     /// online, at their next connect otherwise; removed when acknowledged).
     pub async fn queue_push(

@@ -126,6 +126,15 @@ struct Proc {
 
 impl Drop for Proc {
     fn drop(&mut self) {
+        // Closing stdin asks the child to shut down cleanly (profilers write their output at
+        // exit); kill it if it does not within a few seconds.
+        drop(self.child.stdin.take());
+        for _ in 0..100 {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
@@ -510,7 +519,7 @@ async fn seat_checks(seats: u32) -> anyhow::Result<ScenarioResult> {
         for _round in 0..2 {
             let store = Arc::new(store.clone());
             let mut set = tokio::task::JoinSet::new();
-            for chunk in devices.chunks(devices.len().div_ceil(64)) {
+            for chunk in devices.chunks(devices.len().div_ceil(256)) {
                 let store = store.clone();
                 let chunk = chunk.to_vec();
                 set.spawn(async move {
