@@ -11,6 +11,8 @@ use serde::{Deserialize, Serialize};
 
 /// Default office-side UDP port of `outpost-gateway`.
 pub const DEFAULT_PORT: u16 = 4701;
+/// Default UDP port a DMZ gateway listens on for the server.
+pub const DEFAULT_UPLINK_PORT: u16 = 4702;
 
 /// The whole configuration.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -28,10 +30,24 @@ pub struct GatewayConfig {
     pub socket: SocketOptions,
 }
 
-/// Uplink behaviour (T3, T6).
+/// Who opens the uplink connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum UplinkMode {
+    /// The gateway dials `server` (T3): nothing in the office needs an inbound port.
+    Dial,
+    /// The server dials the gateway at `uplink.listen` (a gateway in a DMZ, T4).
+    Listen,
+}
+
+/// Uplink behaviour (T3, T4, T6).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct UplinkConfig {
+    /// `dial` (default) or `listen` (DMZ).
+    pub mode: UplinkMode,
+    /// UDP address the server dials in `listen` mode (put it in the server's `dmz_gateways`).
+    pub listen: SocketAddr,
     /// QUIC keep-alive interval: below the office NAT's UDP mapping timeout.
     #[serde(with = "humantime_serde")]
     pub keep_alive: Duration,
@@ -79,6 +95,8 @@ impl Default for GatewayConfig {
 impl Default for UplinkConfig {
     fn default() -> Self {
         UplinkConfig {
+            mode: UplinkMode::Dial,
+            listen: SocketAddr::from(([0, 0, 0, 0], DEFAULT_UPLINK_PORT)),
             keep_alive: Duration::from_secs(15),
             idle_timeout: Duration::from_secs(45),
             reconnect_initial: Duration::from_secs(1),
@@ -113,7 +131,7 @@ impl GatewayConfig {
     /// Checks values that parse but make no sense.
     pub fn validate(&self) -> anyhow::Result<()> {
         anyhow::ensure!(
-            !self.server.is_empty(),
+            !self.server.is_empty() || self.uplink.mode == UplinkMode::Listen,
             "server is not set: give the server's host:port (e.g. hq.example.com:4700)"
         );
         anyhow::ensure!(

@@ -81,6 +81,8 @@ pub struct Shared {
     pub uplink_client: quinn::ClientConfig,
     /// Last known server address, for status.
     pub server_addr: Mutex<String>,
+    /// Where the DMZ uplink listener is bound (listen mode).
+    pub uplink_listen: Mutex<Option<std::net::SocketAddr>>,
 }
 
 impl std::fmt::Debug for Shared {
@@ -258,6 +260,7 @@ pub async fn start(data: &Path, opts: StartOptions) -> anyhow::Result<GatewayHan
         local_addr,
         uplink_client,
         server_addr: Mutex::new(String::new()),
+        uplink_listen: Mutex::new(None),
     });
     tracing::info!(device = %shared.identity.device_id, listen = %local_addr, server = %shared.config.server, "outpost-gateway starting");
     shared.tasks.spawn(crate::uplink::run(shared.clone()));

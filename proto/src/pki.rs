@@ -389,6 +389,19 @@ pub fn common_name(der: &[u8]) -> Result<String, PkiError> {
     Ok(cn)
 }
 
+/// Whether a certificate carries a DNS name (how a gateway in DMZ mode recognises the server).
+pub fn has_dns_name(der: &[u8], name: &str) -> bool {
+    let Ok((_, cert)) = x509_parser::parse_x509_certificate(der) else {
+        return false;
+    };
+    let Ok(Some(san)) = cert.subject_alternative_name() else {
+        return false;
+    };
+    san.value.general_names.iter().any(|g| {
+        matches!(g, x509_parser::extensions::GeneralName::DNSName(n) if n.eq_ignore_ascii_case(name))
+    })
+}
+
 /// The crypto provider every Outpost TLS configuration uses (ring).
 pub fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())

@@ -32,6 +32,8 @@ pub struct ServerConfig {
     pub public_address: String,
     /// Gateways agents should use, in order (T8), handed out at sync.
     pub gateways: Vec<String>,
+    /// Gateways in a DMZ that the server dials (T4): their `uplink.listen` addresses.
+    pub dmz_gateways: Vec<String>,
     /// Limits (T9).
     pub limits: Limits,
     /// Timing.
@@ -108,6 +110,7 @@ impl Default for ServerConfig {
             authority_public_key: String::new(),
             public_address: String::new(),
             gateways: vec![],
+            dmz_gateways: vec![],
             limits: Limits::default(),
             timing: Timing::default(),
             store: StoreConfig::default(),
@@ -188,7 +191,7 @@ impl ServerConfig {
             outpost_proto::licence::key::decode_public_key(&self.authority_public_key)
                 .context("authority_public_key")?;
         }
-        for g in &self.gateways {
+        for g in self.gateways.iter().chain(&self.dmz_gateways) {
             anyhow::ensure!(
                 g.rsplit_once(':')
                     .is_some_and(|(_, p)| p.parse::<u16>().is_ok()),

@@ -9,6 +9,7 @@ pub mod admin;
 pub mod authority;
 pub mod config;
 pub mod datadir;
+pub mod dmz;
 pub mod enroll;
 pub mod licensing;
 pub mod node;

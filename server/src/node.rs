@@ -46,6 +46,10 @@ pub struct Stats {
 pub struct GatewayLink {
     /// Its remote address (changes when its NAT rebinds, T5).
     pub connection: quinn::Connection,
+    /// When the uplink came up (unix seconds).
+    pub since: i64,
+    /// "dial-in" or "dmz".
+    pub direction: &'static str,
     /// Last report.
     pub report: outpost_proto::pb::v1::GatewayReport,
 }
@@ -245,6 +249,17 @@ pub async fn start(data: DataDir) -> anyhow::Result<ServerHandle> {
         local_addr,
     });
     info!(addr = %local_addr, "outpost-server listening");
+    if !shared.config.dmz_gateways.is_empty() {
+        let client = crate::dmz::client_config(&identity, &ca_der)?;
+        for target in shared.config.dmz_gateways.clone() {
+            shared.tasks.spawn(crate::dmz::run(
+                shared.clone(),
+                ep.clone(),
+                client.clone(),
+                target,
+            ));
+        }
+    }
     let accept = tokio::spawn(accept_loop(shared.clone(), ep.clone()));
     Ok(ServerHandle {
         shared,
@@ -298,7 +313,7 @@ async fn handle_incoming(shared: Arc<Shared>, incoming: quinn::Incoming) {
         }
         Some(a) if a == alpn::GATEWAY => {
             if let Some(dev) = authenticate(&shared, &conn, "gateway").await {
-                uplink::serve(shared, conn, dev).await
+                uplink::serve(shared, conn, dev, "dial-in").await
             }
         }
         Some(a) if a == alpn::ADMIN => {

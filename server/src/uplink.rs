@@ -20,8 +20,13 @@ use crate::node::{GatewayLink, Shared};
 use crate::session::{INNER_HANDSHAKE_TIMEOUT, refuse_stream};
 use crate::store::{DeviceRow, fp_hex};
 
-/// Serves a gateway's uplink connection until it closes.
-pub async fn serve(shared: Arc<Shared>, conn: quinn::Connection, gateway: DeviceRow) {
+/// Serves a gateway's uplink connection until it closes. `direction` says who dialed.
+pub async fn serve(
+    shared: Arc<Shared>,
+    conn: quinn::Connection,
+    gateway: DeviceRow,
+    direction: &'static str,
+) {
     outpost_net::transport::raise_for_uplink(&conn, shared.config.limits.max_sessions_per_gateway);
     let now = outpost_net::unix_now();
     let _ = shared
@@ -90,6 +95,8 @@ pub async fn serve(shared: Arc<Shared>, conn: quinn::Connection, gateway: Device
         gateway.id.clone(),
         GatewayLink {
             connection: conn.clone(),
+            since: outpost_net::unix_now(),
+            direction,
             report: Default::default(),
         },
     );

@@ -186,9 +186,14 @@ impl Server {
 
     /// Makes the next boot listen on `addr`.
     pub fn pin_listen(&self, addr: SocketAddr) {
+        self.edit_config(|c| c.listen = addr);
+    }
+
+    /// Edits `server.toml` (takes effect at the next boot).
+    pub fn edit_config(&self, f: impl FnOnce(&mut ServerConfig)) {
         let path = self.data.join("server.toml");
         let mut cfg = ServerConfig::load(&path).expect("config");
-        cfg.listen = addr;
+        f(&mut cfg);
         std::fs::write(&path, cfg.to_commented_toml()).expect("write config");
     }
 
@@ -339,7 +344,9 @@ impl Gateway {
         let handle = outpost_gateway::start(&data, so)
             .await
             .expect("gateway start");
-        within("gateway uplink", handle.wait_uplink()).await;
+        if config.uplink.mode == outpost_gateway::config::UplinkMode::Dial {
+            within("gateway uplink", handle.wait_uplink()).await;
+        }
         Gateway {
             handle: Some(handle),
             data,

@@ -304,7 +304,23 @@ async fn handle_op(shared: &Shared, op: Op) -> Result<AdminResponse, StoreError>
         })),
         Op::Push(p) => push(shared, p).await?,
         Op::ServerStatus(_) => {
-            let gateways_connected = shared.gateways.lock().expect("gateways lock").len() as u32;
+            let links: Vec<outpost_proto::pb::admin::GatewayLinkInfo> = shared
+                .gateways
+                .lock()
+                .expect("gateways lock")
+                .iter()
+                .map(|(id, l)| outpost_proto::pb::admin::GatewayLinkInfo {
+                    device_id: id.clone(),
+                    remote: l.connection.remote_address().to_string(),
+                    rtt_ms: l.connection.rtt().as_millis() as u32,
+                    agents_connected: l.report.agents_connected,
+                    sessions_relayed: l.report.sessions_relayed,
+                    connected_since: l.since,
+                    direction: l.direction.into(),
+                    connection_id: l.connection.stable_id() as u64,
+                })
+                .collect();
+            let gateways_connected = links.len() as u32;
             let devices = store.devices(None).await?.len() as u64;
             ok(R::ServerStatus(ServerStatusResult {
                 software: format!("outpost-server {}", outpost_proto::SOFTWARE_VERSION),
@@ -317,6 +333,7 @@ async fn handle_op(shared: &Shared, op: Op) -> Result<AdminResponse, StoreError>
                     .stats
                     .sessions_refused
                     .load(std::sync::atomic::Ordering::Relaxed),
+                gateways: links,
             }))
         }
     })

@@ -147,6 +147,40 @@ pub fn human(r: &R) -> String {
                 .collect(),
         ),
         R::KeyFile(k) => format!("key {} ({} bytes)\n", k.key_id, k.content.len()),
+        R::ServerStatus(s) if !s.gateways.is_empty() => {
+            let mut out = human(&R::ServerStatus(
+                outpost_proto::pb::admin::ServerStatusResult {
+                    gateways: vec![],
+                    ..s.clone()
+                },
+            ));
+            out.push_str(&table(
+                &[
+                    "GATEWAY",
+                    "REMOTE",
+                    "DIRECTION",
+                    "RTT",
+                    "AGENTS",
+                    "SESSIONS",
+                    "UP SINCE",
+                ],
+                s.gateways
+                    .iter()
+                    .map(|g| {
+                        vec![
+                            g.device_id.clone(),
+                            g.remote.clone(),
+                            g.direction.clone(),
+                            format!("{} ms", g.rtt_ms),
+                            g.agents_connected.to_string(),
+                            g.sessions_relayed.to_string(),
+                            when(g.connected_since),
+                        ]
+                    })
+                    .collect(),
+            ));
+            out
+        }
         R::ServerStatus(s) => format!(
             "{}\nlistening on {}\nagent sessions online: {}\ngateways connected: {}\ndevices: {}\nuptime: {}\nsessions refused (overload): {}\n",
             s.software,
