@@ -143,7 +143,35 @@ async fn run(cmd: Cmd) -> anyhow::Result<()> {
                         data_dir.display()
                     )
                 })?;
-                let id = outpost_agent::enroll(&data_dir, &cfg, &Token::parse(&token)?).await?;
+                let token = Token::parse(&token)?;
+                // Unreachable or busy paths are retried with backoff (a fleet enrolling at once
+                // must not fail); a refusal of the token itself is final.
+                let mut backoff =
+                    outpost_proto::backoff::Backoff::new(outpost_proto::backoff::BackoffConfig {
+                        initial: cfg.connect.reconnect_initial,
+                        max: cfg.connect.reconnect_max,
+                        healthy_after: cfg.connect.healthy_after,
+                    });
+                let id = loop {
+                    match outpost_agent::enroll(&data_dir, &cfg, &token).await {
+                        Ok(id) => break id,
+                        Err(e)
+                            if e.chain().any(|c| {
+                                c.downcast_ref::<outpost_proto::error::Refused>().is_some()
+                            }) =>
+                        {
+                            return Err(e);
+                        }
+                        Err(e) => {
+                            let d = backoff.next_delay(outpost_net::jitter_unit());
+                            eprintln!("enrollment not possible yet ({e:#}); retrying in {d:?}");
+                            tokio::select! {
+                                _ = tokio::time::sleep(d) => {}
+                                _ = wait_for_signal() => return Ok(()),
+                            }
+                        }
+                    }
+                };
                 eprintln!("enrolled as agent {} (group {})", id.device_id, id.group);
             }
             let agent = outpost_agent::start(&data_dir, StartOptions::default())?;

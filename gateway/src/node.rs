@@ -225,8 +225,14 @@ pub async fn start(data: &Path, opts: StartOptions) -> anyhow::Result<GatewayHan
             .idle_timeout
             .max(std::time::Duration::from_secs(30)),
     ));
-    let ep = endpoint::endpoint(config.listen, &config.socket, Some(server_cfg))
-        .with_context(|| format!("cannot listen on udp {}", config.listen))?;
+    let reset_key = endpoint::reset_key(data).context("stateless reset key")?;
+    let ep = endpoint::endpoint_with_reset_key(
+        config.listen,
+        &config.socket,
+        Some(server_cfg),
+        Some(&reset_key),
+    )
+    .with_context(|| format!("cannot listen on udp {}", config.listen))?;
     let local_addr = ep.local_addr()?;
 
     let up_tls = pki::client_config(

@@ -73,13 +73,50 @@ pub fn endpoint(
     opts: &SocketOptions,
     server: Option<quinn::ServerConfig>,
 ) -> std::io::Result<quinn::Endpoint> {
+    endpoint_with_reset_key(addr, opts, server, None)
+}
+
+/// As [`endpoint`], with the key stateless resets are derived from. A listener that keeps
+/// this key across restarts answers packets of connections it lost in a crash or restart
+/// with a stateless reset, so its peers notice at once instead of after their idle timeout.
+pub fn endpoint_with_reset_key(
+    addr: SocketAddr,
+    opts: &SocketOptions,
+    server: Option<quinn::ServerConfig>,
+    reset_key: Option<&[u8; 32]>,
+) -> std::io::Result<quinn::Endpoint> {
     let socket = udp_socket(addr, opts)?;
-    quinn::Endpoint::new(
-        quinn::EndpointConfig::default(),
-        server,
-        socket,
-        Arc::new(quinn::TokioRuntime),
-    )
+    let config = match reset_key {
+        Some(k) => {
+            let mut c = quinn::EndpointConfig::new(Arc::new(ring::hmac::Key::new(
+                ring::hmac::HMAC_SHA256,
+                k,
+            )));
+            // Connection ids are validated with a keyed hash: the key must survive the restart
+            // too, or packets of lost connections are dropped as invalid instead of reset.
+            let cid_key =
+                u64::from_be_bytes(k[..8].try_into().expect("8 bytes")) ^ 0x6f75_7470_6f73_7421;
+            c.cid_generator(move || {
+                Box::new(quinn_proto::HashedConnectionIdGenerator::from_key(cid_key))
+            });
+            c
+        }
+        None => quinn::EndpointConfig::default(),
+    };
+    quinn::Endpoint::new(config, server, socket, Arc::new(quinn::TokioRuntime))
+}
+
+/// Reads the stateless-reset key kept in a data directory, creating it on first use.
+pub fn reset_key(data: &std::path::Path) -> std::io::Result<[u8; 32]> {
+    let path = data.join("reset.key");
+    if let Ok(b) = std::fs::read(&path)
+        && let Ok(k) = <[u8; 32]>::try_from(b.as_slice())
+    {
+        return Ok(k);
+    }
+    let k: [u8; 32] = rand::random();
+    crate::fsutil::write_atomic(&path, &k, true)?;
+    Ok(k)
 }
 
 /// A client endpoint bound to an ephemeral port of the right address family for `remote`.

@@ -210,8 +210,14 @@ pub async fn start(data: DataDir) -> anyhow::Result<ServerHandle> {
     let quic_tls = quinn::crypto::rustls::QuicServerConfig::try_from(Arc::new(tls))?;
     let mut server_config = quinn::ServerConfig::with_crypto(Arc::new(quic_tls));
     server_config.transport_config(transport::listener(config.timing.idle_timeout));
-    let ep = endpoint::endpoint(config.listen, &config.socket, Some(server_config))
-        .with_context(|| format!("cannot listen on udp {}", config.listen))?;
+    let reset_key = endpoint::reset_key(data.root()).context("stateless reset key")?;
+    let ep = endpoint::endpoint_with_reset_key(
+        config.listen,
+        &config.socket,
+        Some(server_config),
+        Some(&reset_key),
+    )
+    .with_context(|| format!("cannot listen on udp {}", config.listen))?;
     let local_addr = ep.local_addr()?;
 
     let inner_session = pki::server_config(

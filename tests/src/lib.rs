@@ -7,6 +7,7 @@
 #![forbid(unsafe_code)]
 
 pub mod bench;
+pub mod netbed;
 
 use std::future::Future;
 use std::net::SocketAddr;
