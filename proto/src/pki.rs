@@ -353,6 +353,24 @@ fn random_serial() -> rcgen::SerialNumber {
     rcgen::SerialNumber::from_slice(&b)
 }
 
+/// A self-signed certificate and key for `name` (the licence authority service, which is
+/// trusted by pinning its certificate rather than through a CA).
+pub fn self_signed(name: &str, now_unix: i64) -> Result<IdentityPem, PkiError> {
+    let key = KeyPair::generate()?;
+    let mut params = CertificateParams::new(vec![name.to_owned()])?;
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::CommonName, name);
+    params.distinguished_name = dn;
+    params.not_before = offset(now_unix, -1);
+    params.not_after = offset(now_unix, LEAF_VALIDITY_DAYS);
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+    let cert = params.self_signed(&key)?;
+    Ok(IdentityPem {
+        chain_pem: cert.pem(),
+        key_pem: key.serialize_pem(),
+    })
+}
+
 /// A key pair generated on the device and the CSR carrying its public key (S6).
 pub struct CsrPair {
     /// PKCS#8 private key PEM; never leaves the device.
@@ -464,6 +482,8 @@ pub enum Trust {
     /// Only the SHA-256 of the CA certificate, from an enrollment token: the server's chain
     /// must contain a CA certificate with this hash, and the leaf must verify against it.
     PinnedCa([u8; 32]),
+    /// The SHA-256 of the peer's own (self-signed) certificate: the licence authority service.
+    PinnedLeaf([u8; 32]),
 }
 
 /// A TLS 1.3 client configuration presenting `identity` (if any).
@@ -482,6 +502,14 @@ pub fn client_config(
             .with_custom_certificate_verifier(Arc::new(PinnedCaVerifier {
                 pin: *hash,
                 provider: provider.clone(),
+                leaf: false,
+            })),
+        Trust::PinnedLeaf(hash) => builder
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(PinnedCaVerifier {
+                pin: *hash,
+                provider: provider.clone(),
+                leaf: true,
             })),
     };
     let mut cfg = match identity {
@@ -498,6 +526,9 @@ pub fn client_config(
 struct PinnedCaVerifier {
     pin: [u8; 32],
     provider: Arc<CryptoProvider>,
+    /// Pin the end-entity certificate itself (the handshake signature still proves the peer
+    /// holds its key).
+    leaf: bool,
 }
 
 impl ServerCertVerifier for PinnedCaVerifier {
@@ -509,6 +540,15 @@ impl ServerCertVerifier for PinnedCaVerifier {
         ocsp_response: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
+        if self.leaf {
+            return if fingerprint(end_entity) == self.pin {
+                Ok(ServerCertVerified::assertion())
+            } else {
+                Err(rustls::Error::General(
+                    "the licence authority's certificate does not match licensing.authority_tls_sha256".to_owned(),
+                ))
+            };
+        }
         let ca = intermediates
             .iter()
             .find(|c| fingerprint(c) == self.pin)

@@ -81,6 +81,8 @@ pub fn msg_name(msg: &Msg) -> &'static str {
         Msg::GatewayDirective(_) => "GatewayDirective",
         Msg::AdminRequest(_) => "AdminRequest",
         Msg::AdminResponse(_) => "AdminResponse",
+        Msg::RenewalQuery(_) => "RenewalQuery",
+        Msg::RenewalOffer(_) => "RenewalOffer",
     }
 }
 

@@ -108,3 +108,185 @@ pub fn issue(auth: &Authority, spec: &IssueSpec) -> anyhow::Result<LicenceKey> {
         renews: spec.renews.clone(),
     })?)
 }
+
+/// Directory inside an authority directory holding renewal keys until a server fetches them.
+pub const RENEWALS_DIR: &str = "renewals";
+
+/// The running licence authority service (L11).
+pub struct AuthorityService {
+    /// Address it listens on.
+    pub addr: std::net::SocketAddr,
+    /// SHA-256 (hex) of its TLS certificate: servers pin it (`licensing.authority_tls_sha256`).
+    pub tls_sha256: String,
+    endpoint: quinn::Endpoint,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl std::fmt::Debug for AuthorityService {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AuthorityService")
+            .field("addr", &self.addr)
+            .finish()
+    }
+}
+
+impl AuthorityService {
+    /// Stops serving.
+    pub async fn shutdown(self) {
+        self.endpoint
+            .close(quinn::VarInt::from_u32(0), b"authority shutting down");
+        self.task.abort();
+        let _ = self.task.await;
+    }
+}
+
+/// Places a renewal key file in the authority's renewal store, where it waits until the
+/// server that owns the key it renews fetches it.
+pub fn offer(dir: &Path, file: &Path) -> anyhow::Result<String> {
+    let auth = load(dir)?;
+    let bytes = read(file)?;
+    let key = outpost_proto::licence::verify_key_file(&bytes, auth.public_key())
+        .with_context(|| format!("{}", file.display()))?;
+    let renews = key.body.renews.clone().ok_or_else(|| {
+        anyhow::anyhow!(
+            "{}: key {} renews no key (issue it with --renews)",
+            file.display(),
+            key.body.key_id
+        )
+    })?;
+    write_atomic(
+        &dir.join(RENEWALS_DIR)
+            .join(format!("{}.key", key.body.key_id)),
+        &bytes,
+        false,
+    )?;
+    Ok(format!("{} (renews {renews})", key.body.key_id))
+}
+
+/// Starts the authority service on `listen` with the authority in `dir`. Its TLS certificate
+/// is created on first start and kept in `dir`.
+pub async fn serve(dir: &Path, listen: std::net::SocketAddr) -> anyhow::Result<AuthorityService> {
+    use std::sync::Arc;
+    let auth = Arc::new(load(dir)?);
+    let cert_path = dir.join("authority-tls.pem");
+    let key_path = dir.join("authority-tls.key");
+    if !cert_path.exists() {
+        let id = outpost_proto::pki::self_signed("outpost-authority", outpost_net::unix_now())?;
+        write_atomic(&key_path, id.key_pem.as_bytes(), true)?;
+        write_atomic(&cert_path, id.chain_pem.as_bytes(), false)?;
+    }
+    let identity = outpost_proto::pki::Identity::from_pem(
+        &outpost_proto::pki::IdentityPem {
+            chain_pem: read_string(&cert_path)?,
+            key_pem: read_string(&key_path)?,
+        },
+        "authority TLS certificate",
+    )?;
+    let tls_sha256 = hex::encode(outpost_proto::pki::fingerprint(identity.leaf()));
+    let tls = outpost_proto::pki::server_config(
+        &identity,
+        identity.leaf(),
+        &[outpost_proto::alpn::AUTHORITY],
+        outpost_proto::pki::ClientAuth::None,
+    )?;
+    let cfg = quinn::ServerConfig::with_crypto(Arc::new(
+        quinn::crypto::rustls::QuicServerConfig::try_from(Arc::new(tls))?,
+    ));
+    let endpoint = outpost_net::endpoint::endpoint(listen, &Default::default(), Some(cfg))?;
+    let addr = endpoint.local_addr()?;
+    std::fs::create_dir_all(dir.join(RENEWALS_DIR))?;
+    let ep = endpoint.clone();
+    let dir = dir.to_owned();
+    let task = tokio::spawn(async move {
+        while let Some(inc) = ep.accept().await {
+            let (auth, dir) = (auth.clone(), dir.clone());
+            tokio::spawn(async move {
+                let Ok(conn) = inc.await else { return };
+                while let Ok((send, recv)) = conn.accept_bi().await {
+                    let (auth, dir) = (auth.clone(), dir.clone());
+                    tokio::spawn(answer(auth, dir, send, recv));
+                }
+            });
+        }
+    });
+    Ok(AuthorityService {
+        addr,
+        tls_sha256,
+        endpoint,
+        task,
+    })
+}
+
+async fn answer(
+    auth: std::sync::Arc<Authority>,
+    dir: PathBuf,
+    send: quinn::SendStream,
+    recv: quinn::RecvStream,
+) {
+    use futures_util::{SinkExt, StreamExt};
+    use outpost_proto::pb::v1::{RenewalFile, RenewalOffer, envelope::Msg};
+    let mut f = outpost_net::stream::framed(outpost_net::stream::bi(send, recv), 16 << 20);
+    let Some(Ok(Msg::RenewalQuery(q))) = f.next().await else {
+        return;
+    };
+    // Only holders of a key learn about its renewal: every file must be a key we signed.
+    let mut owned = vec![];
+    for file in &q.key_files {
+        match outpost_proto::licence::verify_key_file(file, auth.public_key()) {
+            Ok(k) => owned.push(k.body.key_id),
+            Err(e) => {
+                let r = outpost_proto::error::refusal(
+                    outpost_proto::error::RefusalCode::InvalidArgument,
+                    format!("a key file in the query does not verify: {e}"),
+                );
+                let _ = f.send(Msg::Refusal(r)).await;
+                return;
+            }
+        }
+    }
+    let mut files = vec![];
+    let store = dir.join(RENEWALS_DIR);
+    if let Ok(entries) = std::fs::read_dir(&store) {
+        for e in entries.flatten() {
+            let p = e.path();
+            if p.extension().is_none_or(|x| x != "key") {
+                continue;
+            }
+            let Ok(bytes) = std::fs::read(&p) else {
+                continue;
+            };
+            // The service is a store: it hands out what it holds for the keys asked about;
+            // the server verifies every file before it stores anything.
+            if let Some(renews) = renews_of(&bytes)
+                && owned.contains(&renews)
+            {
+                files.push(RenewalFile {
+                    renews,
+                    file_name: e.file_name().to_string_lossy().into_owned(),
+                    content: bytes,
+                });
+            }
+        }
+    }
+    let _ = f
+        .send(Msg::RenewalOffer(RenewalOffer {
+            files: files.clone(),
+        }))
+        .await;
+    let _ = f.close().await;
+    // Held until fetched: what was handed out moves to fetched/.
+    let fetched = store.join("fetched");
+    let _ = std::fs::create_dir_all(&fetched);
+    for r in files {
+        let _ = std::fs::rename(store.join(&r.file_name), fetched.join(&r.file_name));
+    }
+}
+
+/// The `renews` field of a key file, read as plain text (not verified).
+fn renews_of(bytes: &[u8]) -> Option<String> {
+    let text = std::str::from_utf8(bytes).ok()?;
+    text.lines().find_map(|l| {
+        l.strip_prefix("renews = ")
+            .map(|v| v.trim().trim_matches('"').to_owned())
+    })
+}

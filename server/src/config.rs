@@ -40,6 +40,10 @@ pub struct ServerConfig {
     pub timing: Timing,
     /// Store.
     pub store: StoreConfig,
+    /// Licence manager.
+    pub licensing: Licensing,
+    /// Notification delivery (L14).
+    pub notifications: Notifications,
     /// UDP socket (T10).
     pub socket: SocketOptions,
 }
@@ -93,6 +97,71 @@ pub struct Timing {
     pub shutdown_grace: Duration,
 }
 
+/// Licence manager settings (L5, L8, L9, L11).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Licensing {
+    /// A device whose active key expires within this window gets a reserve key (L5, L8), and
+    /// the key's "expiring soon" notification goes out.
+    #[serde(with = "humantime_serde")]
+    pub expiring_soon: Duration,
+    /// Seats of agents not seen for this long are freed for others (L9); "0s" never.
+    #[serde(with = "humantime_serde")]
+    pub reclaim_after: Duration,
+    /// How often the licence clock runs (expiry notifications, reclaim, scheduled renewal).
+    #[serde(with = "humantime_serde")]
+    pub check_interval: Duration,
+    /// Licence authority service (`outpost-server authority serve`), host:port; empty: none.
+    pub authority: String,
+    /// SHA-256 (hex) of the authority service's TLS certificate, printed by `authority serve`.
+    pub authority_tls_sha256: String,
+    /// The scheduled repository-update task also updates licence keys (L11).
+    pub update_licence_keys: bool,
+    /// How often the repository-update task runs.
+    #[serde(with = "humantime_serde")]
+    pub repository_update_interval: Duration,
+}
+
+impl Default for Licensing {
+    fn default() -> Self {
+        Licensing {
+            expiring_soon: Duration::from_secs(14 * 86_400),
+            reclaim_after: Duration::from_secs(30 * 86_400),
+            check_interval: Duration::from_secs(60),
+            authority: String::new(),
+            authority_tls_sha256: String::new(),
+            update_licence_keys: true,
+            repository_update_interval: Duration::from_secs(86_400),
+        }
+    }
+}
+
+/// Where notifications go (L14). Every notification is stored in the server's log first.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Notifications {
+    /// Executable run after each notification, given the event as JSON on stdin; empty: none.
+    pub hook: String,
+    /// The hook is killed after this long; a failure is logged, never fatal.
+    #[serde(with = "humantime_serde")]
+    pub hook_timeout: Duration,
+    /// Channels per event kind ("log", "hook"); kinds not listed use `default_channels`.
+    pub channels: std::collections::BTreeMap<String, Vec<String>>,
+    /// Channels for kinds not listed in `channels`.
+    pub default_channels: Vec<String>,
+}
+
+impl Default for Notifications {
+    fn default() -> Self {
+        Notifications {
+            hook: String::new(),
+            hook_timeout: Duration::from_secs(10),
+            channels: Default::default(),
+            default_channels: vec!["log".into(), "hook".into()],
+        }
+    }
+}
+
 /// Store settings.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -114,6 +183,8 @@ impl Default for ServerConfig {
             limits: Limits::default(),
             timing: Timing::default(),
             store: StoreConfig::default(),
+            licensing: Licensing::default(),
+            notifications: Notifications::default(),
             socket: SocketOptions::default(),
         }
     }
@@ -187,6 +258,25 @@ impl ServerConfig {
             self.timing.idle_timeout >= Duration::from_secs(2),
             "timing.idle_timeout must be at least 2s"
         );
+        for ch in self
+            .notifications
+            .channels
+            .values()
+            .flatten()
+            .chain(&self.notifications.default_channels)
+        {
+            anyhow::ensure!(
+                ch == "log" || ch == "hook",
+                "notifications: unknown channel {ch:?} (use \"log\" or \"hook\")"
+            );
+        }
+        if !self.licensing.authority.is_empty() {
+            anyhow::ensure!(
+                self.licensing.authority_tls_sha256.len() == 64
+                    && hex::decode(&self.licensing.authority_tls_sha256).is_ok(),
+                "licensing.authority_tls_sha256 must be the 64 hex digits printed by `outpost-server authority serve`"
+            );
+        }
         if !self.authority_public_key.is_empty() {
             outpost_proto::licence::key::decode_public_key(&self.authority_public_key)
                 .context("authority_public_key")?;

@@ -1,13 +1,41 @@
-//! The licence check as the session sees it (S3, L6, L7): run the store's seat decision, sign
-//! the grant for what was committed, and describe the result for the agent.
+//! The licence check as the session sees it (S3, L5, L6, L7, L8): run the store's seat
+//! decision, sign the grants for what was committed, and describe the result for the agent.
 
-use outpost_proto::pb::v1::{GrantBody, GrantSlot, LicenceStatus};
+use outpost_proto::pb::v1::{GrantBody, GrantSlot, KeyKind, LicenceStatus, SignedGrant};
 
 use crate::node::Shared;
-use crate::store::CheckOutcome;
+use crate::store::{CheckOutcome, GrantKey, Policy};
 
-/// Checks a device's licence and returns the status to send it. The seat and the grant are
-/// committed before this returns (P3).
+/// The licensing policy from the configuration.
+pub fn policy(shared: &Shared) -> Policy {
+    Policy {
+        grant_ttl: shared.grant_ttl(),
+        expiring_soon: shared.config.licensing.expiring_soon.as_secs() as i64,
+    }
+}
+
+fn sign(shared: &Shared, device_id: &str, g: &GrantKey, slot: GrantSlot, now: i64) -> SignedGrant {
+    shared.grants.sign(&GrantBody {
+        device_id: device_id.to_owned(),
+        key_id: g.key_id.clone(),
+        components: g.components.clone(),
+        issued_at: now,
+        expires_at: g.expires_at,
+        key_expires_at: g.key_expires_at,
+        slot: slot as i32,
+        licensee: g.licensee.clone(),
+        product: g.product.clone(),
+        kind: if g.kind == "demo" {
+            KeyKind::Demo
+        } else {
+            KeyKind::Commercial
+        } as i32,
+        valid_from: g.valid_from,
+    })
+}
+
+/// Checks a device's licence and returns the status to send it. Seats are committed before
+/// this returns (P3).
 pub async fn check(
     shared: &Shared,
     device_id: &str,
@@ -16,31 +44,19 @@ pub async fn check(
     let now = outpost_net::unix_now();
     let outcome = shared
         .store
-        .check_licence_via(device_id, path, now, shared.grant_ttl())
+        .check_licence_via(device_id, path, now, &policy(shared))
         .await?;
     Ok(match outcome {
-        CheckOutcome::Licensed(l) => {
-            let body = GrantBody {
-                device_id: device_id.to_owned(),
-                key_id: l.key.id.clone(),
-                components: l.key.component_list(),
-                issued_at: l.issued_at,
-                expires_at: l.grant_expires_at,
-                key_expires_at: l.key.expires_at,
-                slot: GrantSlot::Active as i32,
-                licensee: l.key.licensee.clone(),
-                product: l.key.product.clone(),
-                kind: l.key.key_kind() as i32,
-                valid_from: l.issued_at.min(l.key.valid_from.max(l.issued_at)),
-            };
-            LicenceStatus {
-                licensed: true,
-                active: Some(shared.grants.sign(&body)),
-                reserve: None,
-                reason: String::new(),
-                checked_at: now,
-            }
-        }
+        CheckOutcome::Licensed(l) => LicenceStatus {
+            licensed: true,
+            active: Some(sign(shared, device_id, &l.active, GrantSlot::Active, now)),
+            reserve: l
+                .reserve
+                .as_ref()
+                .map(|r| sign(shared, device_id, r, GrantSlot::Reserve, now)),
+            reason: String::new(),
+            checked_at: now,
+        },
         CheckOutcome::Unlicensed(reason) => LicenceStatus {
             licensed: false,
             active: None,

@@ -72,6 +72,23 @@ enum AuthorityCmd {
     },
     /// Issue a signed licence key file.
     Issue(Box<IssueArgs>),
+    /// Hold a renewal key file for the server that owns the key it renews (L11).
+    Offer {
+        /// Authority directory.
+        #[arg(long)]
+        dir: PathBuf,
+        /// The renewal key file (issued with --renews).
+        file: PathBuf,
+    },
+    /// Serve renewal keys to servers over QUIC (prints the TLS pin servers configure).
+    Serve {
+        /// Authority directory.
+        #[arg(long)]
+        dir: PathBuf,
+        /// UDP address to listen on.
+        #[arg(long, default_value = "0.0.0.0:4710")]
+        listen: std::net::SocketAddr,
+    },
 }
 
 #[derive(Args)]
@@ -160,6 +177,20 @@ enum AdminCmd {
     },
     /// Push a message to one agent or all.
     Push(PushArgs),
+    /// The notification log (newest first).
+    Notifications {
+        /// Only this kind (e.g. key-renewed, usage-100).
+        #[arg(long)]
+        kind: Option<String>,
+        /// At most this many.
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+    },
+    /// Seats.
+    Seats {
+        #[command(subcommand)]
+        cmd: SeatsCmd,
+    },
     /// Server status.
     Status,
 }
@@ -222,6 +253,16 @@ enum KeyCmd {
         /// Key id.
         key: String,
     },
+    /// Check the licence authority for renewals of the keys this server owns, now (L11).
+    Renew,
+    /// Mark a key for automatic distribution (L8), or unmark it.
+    AutoDistribute {
+        /// Key id.
+        key: String,
+        /// on or off.
+        #[arg(value_parser = ["on", "off"])]
+        state: String,
+    },
     /// Write the signed key file, byte-identical.
     Export {
         /// Key id.
@@ -230,6 +271,12 @@ enum KeyCmd {
         #[arg(long)]
         out: PathBuf,
     },
+}
+
+#[derive(Subcommand)]
+enum SeatsCmd {
+    /// Free the seats of agents inactive longer than licensing.reclaim_after now (L9).
+    Reclaim,
 }
 
 #[derive(Subcommand)]
@@ -327,7 +374,7 @@ async fn run(cmd: Cmd) -> anyhow::Result<()> {
             server.shutdown().await;
             Ok(())
         }
-        Cmd::Authority { cmd } => authority_cmd(cmd),
+        Cmd::Authority { cmd } => authority_cmd(cmd).await,
         Cmd::Admin(a) => admin(a).await,
     }
 }
@@ -361,8 +408,25 @@ async fn wait_for_signal() {
     }
 }
 
-fn authority_cmd(cmd: AuthorityCmd) -> anyhow::Result<()> {
+async fn authority_cmd(cmd: AuthorityCmd) -> anyhow::Result<()> {
     match cmd {
+        AuthorityCmd::Offer { dir, file } => {
+            let what = authority::offer(&dir, &file)?;
+            println!("holding renewal key {what} until the server that owns the key fetches it");
+            Ok(())
+        }
+        AuthorityCmd::Serve { dir, listen } => {
+            let svc = authority::serve(&dir, listen).await?;
+            println!(
+                "licence authority serving renewals on udp {}\nservers need in server.toml:\n  [licensing]\n  authority = \"<this host>:{}\"\n  authority_tls_sha256 = \"{}\"",
+                svc.addr,
+                svc.addr.port(),
+                svc.tls_sha256
+            );
+            wait_for_signal().await;
+            svc.shutdown().await;
+            Ok(())
+        }
         AuthorityCmd::Init { dir } => {
             let (_, public) = authority::init(&dir)?;
             println!(
@@ -456,6 +520,13 @@ async fn admin(a: AdminArgs) -> anyhow::Result<()> {
                 object,
             }),
             KeyCmd::Remove { key } => Op::KeyRemove(KeyRef { key_id: key }),
+            KeyCmd::Renew => Op::KeyRenew(Empty {}),
+            KeyCmd::AutoDistribute { key, state } => {
+                Op::KeyAutoDistribute(outpost_proto::pb::admin::KeyAutoDistribute {
+                    key_id: key,
+                    on: state == "on",
+                })
+            }
             KeyCmd::Export { key, out } => {
                 export_to = Some(out);
                 Op::KeyExport(KeyRef { key_id: key })
@@ -486,6 +557,15 @@ async fn admin(a: AdminArgs) -> anyhow::Result<()> {
             wait_ms: Duration::from(p.wait).as_millis().min(u32::MAX as u128) as u32,
         }),
         AdminCmd::Status => Op::ServerStatus(Empty {}),
+        AdminCmd::Notifications { kind, limit } => {
+            Op::NotificationList(outpost_proto::pb::admin::NotificationList {
+                kind: kind.unwrap_or_default(),
+                limit,
+            })
+        }
+        AdminCmd::Seats {
+            cmd: SeatsCmd::Reclaim,
+        } => Op::SeatsReclaim(Empty {}),
     };
     let client = AdminClient::from_bundle(&bundle, a.server.as_deref())
         .await

@@ -266,6 +266,12 @@ pub async fn start(data: DataDir) -> anyhow::Result<ServerHandle> {
             ));
         }
     }
+    if let Some(rx) = shared.store.take_notice_receiver() {
+        shared.tasks.spawn(crate::notify::run(shared.clone(), rx));
+    }
+    shared
+        .tasks
+        .spawn(crate::licence_tasks::run(shared.clone()));
     let accept = tokio::spawn(accept_loop(shared.clone(), ep.clone()));
     Ok(ServerHandle {
         shared,

@@ -4,8 +4,10 @@
 
 pub mod grant;
 pub mod key;
+pub mod renewal;
 pub mod seat;
+pub mod usage;
 
 pub use grant::{GrantError, GrantSigner, LicenceView, effective_licence, verify_grant};
 pub use key::{Authority, KeyBody, KeyError, LicenceKey, verify_key_file};
-pub use seat::{Candidate, SeatDecision, SeatPlan, plan_seat};
+pub use seat::{Candidate, SeatDecision, SeatPlan, Slot, Source, plan_seat};

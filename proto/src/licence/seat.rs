@@ -1,11 +1,37 @@
-//! The seat decision at connect (L6), as a pure function.
+//! The seat decision at connect (L5, L6, L8), as a pure function.
 //!
-//! Input: the keys that could license a device, nearest assignment first (device, its group,
-//! the group's ancestors, "everyone"), each with its seat counts and whether the device already
-//! holds a seat on it. Output: keep a seat, take one (and which seats to give back), or
-//! unlicensed with the reason. The caller executes a `Take` as a conditional update
-//! (`seats_used + leased_out < seats`) inside a transaction; if that update changes nothing
-//! (another server took the last seat first), it re-reads and asks again.
+//! Input: the keys that could license a device — assigned to it, to its group or the group's
+//! ancestors, or to "everyone" (nearest first); keys marked for automatic distribution; and
+//! keys it still holds a seat on — each with its seat counts and the seat the device holds.
+//! Output: the active seat (keep, take, or unlicensed with the reason), the reserve seat when
+//! the active key expires soon, and the seats to give back.
+//!
+//! A reserve seat is a real seat: the device can switch to its reserve key offline the moment
+//! its active key expires (L5) without any count being exceeded.
+//!
+//! The caller executes every `Take` as a conditional update (`seats_used + leased_out <
+//! seats`) inside a transaction; if that update changes nothing (another server took the
+//! last seat first, P2), it re-reads and asks again.
+
+/// Which seat a device holds on a key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Slot {
+    /// The seat licensing the device now.
+    Active,
+    /// The seat that takes over when the active key expires.
+    Reserve,
+}
+
+/// Why a key is a candidate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    /// Assigned to the device or one of its groups (candidates come nearest first).
+    Assigned,
+    /// Marked for automatic distribution (L8) and not assigned to the device's groups.
+    Auto,
+    /// Neither: the device only still holds a seat on it, which is given back.
+    Stale,
+}
 
 /// One key that could license the device.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -14,7 +40,7 @@ pub struct Candidate {
     pub key_id: String,
     /// Seats on the key.
     pub seats_total: u32,
-    /// Seats held by devices.
+    /// Seats held by devices (active and reserve).
     pub seats_used: u32,
     /// Seats leased to neighbour servers (H5).
     pub seats_leased_out: u32,
@@ -22,8 +48,10 @@ pub struct Candidate {
     pub valid_from: i64,
     /// Key expiry, unix seconds.
     pub expires_at: i64,
-    /// The device already holds a seat on this key.
-    pub held: bool,
+    /// The seat the device holds on this key, if any.
+    pub held: Option<Slot>,
+    /// Why it is a candidate.
+    pub source: Source,
 }
 
 impl Candidate {
@@ -32,12 +60,20 @@ impl Candidate {
             .saturating_sub(self.seats_used)
             .saturating_sub(self.seats_leased_out)
     }
+
+    fn usable_at(&self, t: i64) -> bool {
+        self.source != Source::Stale && self.valid_from <= t && t < self.expires_at
+    }
+
+    fn obtainable(&self) -> bool {
+        self.held.is_some() || self.free() > 0
+    }
 }
 
-/// What to do with the device's seat.
+/// What to do with a seat.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SeatDecision {
-    /// The device keeps the seat it holds on this key.
+    /// The device keeps the seat it holds on this key (a held reserve seat becomes active).
     Keep(String),
     /// Take a free seat on this key.
     Take(String),
@@ -45,59 +81,136 @@ pub enum SeatDecision {
     Unlicensed(String),
 }
 
-/// The decision plus the seats the device holds on other keys and must give back.
+/// The whole decision for one device.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SeatPlan {
-    /// Keep, take or unlicensed.
+    /// The active seat.
     pub decision: SeatDecision,
+    /// The reserve seat, when the active key expires within the "expiring soon" window and
+    /// another key can take over (L5, L8). Never `Unlicensed`.
+    pub reserve: Option<SeatDecision>,
     /// Keys on which the device's seat is released.
     pub release: Vec<String>,
+    /// When unlicensed because a key was full: that key (counts towards its 110 % attempted
+    /// usage, L10).
+    pub wanted: Option<String>,
 }
 
-/// Decides the seat for a device at `now` (L6). The nearest usable key wins: a device keeps
-/// its seat on it, or takes a free one; if the nearest is full, farther keys are tried. Seats
-/// held on keys that no longer apply (expired, unassigned, or farther than the winner) are
-/// released, so a device never holds two.
-pub fn plan_seat(candidates: &[Candidate], now: i64) -> SeatPlan {
-    let usable = |c: &&Candidate| c.valid_from <= now && now < c.expires_at;
-    let winner = candidates
-        .iter()
-        .filter(usable)
-        .find(|c| c.held || c.free() > 0);
-    let release = |keep: Option<&str>| {
+impl SeatPlan {
+    /// The key licensing the device, if any.
+    pub fn active_key(&self) -> Option<&str> {
+        match &self.decision {
+            SeatDecision::Keep(k) | SeatDecision::Take(k) => Some(k),
+            SeatDecision::Unlicensed(_) => None,
+        }
+    }
+
+    /// The reserve key, if any.
+    pub fn reserve_key(&self) -> Option<&str> {
+        match &self.reserve {
+            Some(SeatDecision::Keep(k) | SeatDecision::Take(k)) => Some(k),
+            _ => None,
+        }
+    }
+}
+
+fn seat(c: &Candidate) -> SeatDecision {
+    if c.held.is_some() {
+        SeatDecision::Keep(c.key_id.clone())
+    } else {
+        SeatDecision::Take(c.key_id.clone())
+    }
+}
+
+/// Decides a device's seats at `now` (L5, L6, L8).
+///
+/// Active: the nearest assigned key usable now on which the device holds a seat or a seat is
+/// free; failing that, an automatically distributed key. Reserve: when the active key expires
+/// within `expiring_soon` seconds, the next assigned (then auto-distributed) key that is valid
+/// when the active one expires and lasts beyond it. Everything else held is released, so a
+/// device never holds more than one active and one reserve seat.
+pub fn plan_seat(candidates: &[Candidate], now: i64, expiring_soon: i64) -> SeatPlan {
+    let pick = |source: Source| {
         candidates
             .iter()
-            .filter(|c| c.held && Some(c.key_id.as_str()) != keep)
-            .map(|c| c.key_id.clone())
-            .collect()
+            .filter(|c| c.source == source && c.usable_at(now))
+            .find(|c| c.obtainable())
     };
-    match winner {
-        Some(c) if c.held => SeatPlan {
-            decision: SeatDecision::Keep(c.key_id.clone()),
-            release: release(Some(&c.key_id)),
+    let active = pick(Source::Assigned).or_else(|| pick(Source::Auto));
+    let reserve = active.and_then(|a| {
+        if a.expires_at - now > expiring_soon {
+            return None;
+        }
+        let follows = |c: &&Candidate| {
+            c.key_id != a.key_id
+                && c.source != Source::Stale
+                && c.valid_from <= a.expires_at
+                && c.expires_at > a.expires_at
+                && c.obtainable()
+        };
+        candidates
+            .iter()
+            .filter(|c| c.source == Source::Assigned)
+            .find(follows)
+            .or_else(|| {
+                candidates
+                    .iter()
+                    .filter(|c| c.source == Source::Auto)
+                    .find(follows)
+            })
+    });
+    let keep: Vec<&str> = active
+        .iter()
+        .chain(reserve.iter())
+        .map(|c| c.key_id.as_str())
+        .collect();
+    let release = candidates
+        .iter()
+        .filter(|c| c.held.is_some() && !keep.contains(&c.key_id.as_str()))
+        .map(|c| c.key_id.clone())
+        .collect();
+    match active {
+        Some(a) => SeatPlan {
+            decision: seat(a),
+            reserve: reserve.map(seat),
+            release,
+            wanted: None,
         },
-        Some(c) => SeatPlan {
-            decision: SeatDecision::Take(c.key_id.clone()),
-            release: release(Some(&c.key_id)),
-        },
-        None => SeatPlan {
-            decision: SeatDecision::Unlicensed(unlicensed_reason(candidates, now)),
-            release: release(None),
-        },
+        None => {
+            let (reason, wanted) = unlicensed_reason(candidates, now);
+            SeatPlan {
+                decision: SeatDecision::Unlicensed(reason),
+                reserve: None,
+                release,
+                wanted,
+            }
+        }
     }
 }
 
-fn unlicensed_reason(candidates: &[Candidate], now: i64) -> String {
+fn unlicensed_reason(candidates: &[Candidate], now: i64) -> (String, Option<String>) {
     use super::key::format_time;
-    if candidates.is_empty() {
-        return "no licence key is assigned to this device, its groups or \"everyone\"".into();
-    }
-    if let Some(full) = candidates
+    let assigned: Vec<&Candidate> = candidates
         .iter()
-        .find(|c| c.valid_from <= now && now < c.expires_at)
-    {
+        .filter(|c| c.source == Source::Assigned)
+        .collect();
+    let full = assigned
+        .iter()
+        .copied()
+        .find(|c| c.usable_at(now))
+        .or_else(|| {
+            candidates
+                .iter()
+                .find(|c| c.source == Source::Auto && c.usable_at(now))
+        });
+    if let Some(full) = full {
         let mut s = format!(
-            "no free seat on key {}, {} of {} used",
+            "no free seat on {}key {}, {} of {} used",
+            if full.source == Source::Auto {
+                "auto-distributed "
+            } else {
+                ""
+            },
             full.key_id,
             full.seats_used + full.seats_leased_out,
             full.seats_total
@@ -105,10 +218,15 @@ fn unlicensed_reason(candidates: &[Candidate], now: i64) -> String {
         if full.seats_leased_out > 0 {
             s.push_str(&format!(" ({} leased out)", full.seats_leased_out));
         }
-        return s;
+        return (s, Some(full.key_id.clone()));
     }
-    let c = &candidates[0];
-    if now >= c.expires_at {
+    let Some(c) = assigned.first() else {
+        return (
+            "no licence key is assigned to this device, its groups or \"everyone\"".into(),
+            None,
+        );
+    };
+    let reason = if now >= c.expires_at {
         format!("key {} expired at {}", c.key_id, format_time(c.expires_at))
     } else {
         format!(
@@ -116,12 +234,15 @@ fn unlicensed_reason(candidates: &[Candidate], now: i64) -> String {
             c.key_id,
             format_time(c.valid_from)
         )
-    }
+    };
+    (reason, None)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const SOON: i64 = 100;
 
     fn key(id: &str, total: u32, used: u32, held: bool) -> Candidate {
         Candidate {
@@ -130,34 +251,42 @@ mod tests {
             seats_used: used,
             seats_leased_out: 0,
             valid_from: 0,
-            expires_at: 1000,
-            held,
+            expires_at: 10_000,
+            held: held.then_some(Slot::Active),
+            source: Source::Assigned,
         }
+    }
+
+    fn plan(c: &[Candidate], now: i64) -> SeatPlan {
+        plan_seat(c, now, SOON)
     }
 
     #[test]
     fn l6_holder_keeps_its_seat_even_when_key_is_full() {
-        let p = plan_seat(&[key("K", 2, 2, true)], 10);
+        let p = plan(&[key("K", 2, 2, true)], 10);
         assert_eq!(p.decision, SeatDecision::Keep("K".into()));
         assert!(p.release.is_empty());
     }
 
     #[test]
     fn l6_free_seat_is_taken() {
-        let p = plan_seat(&[key("K", 2, 1, false)], 10);
-        assert_eq!(p.decision, SeatDecision::Take("K".into()));
+        assert_eq!(
+            plan(&[key("K", 2, 1, false)], 10).decision,
+            SeatDecision::Take("K".into())
+        );
     }
 
     #[test]
     fn l6_full_key_gives_reason_with_counts() {
-        let p = plan_seat(&[key("K", 40, 40, false)], 10);
+        let p = plan(&[key("K", 40, 40, false)], 10);
         assert_eq!(
             p.decision,
             SeatDecision::Unlicensed("no free seat on key K, 40 of 40 used".into())
         );
+        assert_eq!(p.wanted.as_deref(), Some("K"));
         let mut leased = key("K", 40, 30, false);
         leased.seats_leased_out = 10;
-        match plan_seat(&[leased], 10).decision {
+        match plan(&[leased], 10).decision {
             SeatDecision::Unlicensed(r) => {
                 assert_eq!(r, "no free seat on key K, 40 of 40 used (10 leased out)")
             }
@@ -167,14 +296,14 @@ mod tests {
 
     #[test]
     fn l6_nearest_key_wins_and_farther_seat_is_released() {
-        let p = plan_seat(&[key("NEAR", 5, 0, false), key("FAR", 5, 3, true)], 10);
+        let p = plan(&[key("NEAR", 5, 0, false), key("FAR", 5, 3, true)], 10);
         assert_eq!(p.decision, SeatDecision::Take("NEAR".into()));
         assert_eq!(p.release, vec!["FAR".to_string()]);
     }
 
     #[test]
     fn l6_full_nearest_falls_back_to_farther() {
-        let p = plan_seat(&[key("NEAR", 5, 5, false), key("FAR", 5, 3, false)], 10);
+        let p = plan(&[key("NEAR", 5, 5, false), key("FAR", 5, 3, false)], 10);
         assert_eq!(p.decision, SeatDecision::Take("FAR".into()));
     }
 
@@ -182,10 +311,10 @@ mod tests {
     fn l6_expired_key_is_not_used_and_its_seat_released() {
         let mut k = key("OLD", 5, 1, true);
         k.expires_at = 5;
-        let p = plan_seat(&[k], 10);
+        let p = plan(&[k], 10);
         assert!(matches!(p.decision, SeatDecision::Unlicensed(ref r) if r.contains("expired")));
         assert_eq!(p.release, vec!["OLD".to_string()]);
-        let p = plan_seat(&[], 10);
+        let p = plan(&[], 10);
         assert!(
             matches!(p.decision, SeatDecision::Unlicensed(ref r) if r.contains("no licence key is assigned"))
         );
@@ -193,12 +322,11 @@ mod tests {
 
     #[test]
     fn l6_never_over_allocates_in_a_simulated_storm() {
-        // 2 x S devices ask one after another against the running counts: exactly S win.
         let seats = 37u32;
         let mut used = 0u32;
         let mut licensed = 0;
         for _ in 0..(2 * seats) {
-            match plan_seat(&[key("K", seats, used, false)], 10).decision {
+            match plan(&[key("K", seats, used, false)], 10).decision {
                 SeatDecision::Take(_) => {
                     used += 1;
                     licensed += 1;
@@ -208,5 +336,82 @@ mod tests {
             }
         }
         assert_eq!(licensed, seats);
+    }
+
+    #[test]
+    fn l5_reserve_seat_taken_only_when_active_expires_soon() {
+        let mut active = key("K1", 5, 1, true);
+        active.expires_at = 1000;
+        let mut next = key("K2", 5, 0, false);
+        next.valid_from = 1000; // starts when K1 ends
+        next.expires_at = 5000;
+        let far = plan(&[active.clone(), next.clone()], 10);
+        assert_eq!(far.decision, SeatDecision::Keep("K1".into()));
+        assert_eq!(far.reserve, None, "not yet within the expiring-soon window");
+        let soon = plan(&[active.clone(), next.clone()], 950);
+        assert_eq!(soon.reserve, Some(SeatDecision::Take("K2".into())));
+        // Held reserve is kept; once K1 expired the reserve seat becomes the active one.
+        next.held = Some(Slot::Reserve);
+        next.seats_used = 1;
+        assert_eq!(
+            plan(&[active.clone(), next.clone()], 960).reserve,
+            Some(SeatDecision::Keep("K2".into()))
+        );
+        let after = plan(&[active, next], 1000);
+        assert_eq!(after.decision, SeatDecision::Keep("K2".into()));
+        assert_eq!(after.release, vec!["K1".to_string()]);
+        assert_eq!(after.reserve, None);
+    }
+
+    #[test]
+    fn l5_reserve_must_cover_the_time_after_expiry() {
+        let mut active = key("K1", 5, 1, true);
+        active.expires_at = 1000;
+        let mut short = key("K2", 5, 0, false);
+        short.expires_at = 1000; // ends with K1: useless as reserve
+        let mut gap = key("K3", 5, 0, false);
+        gap.valid_from = 1200; // starts after a gap: not a reserve
+        gap.expires_at = 9000;
+        assert_eq!(plan(&[active, short, gap], 950).reserve, None);
+    }
+
+    #[test]
+    fn l8_auto_key_licenses_a_device_without_valid_active_key() {
+        let mut auto = key("AUTO", 3, 0, false);
+        auto.source = Source::Auto;
+        let p = plan(&[auto.clone()], 10);
+        assert_eq!(p.decision, SeatDecision::Take("AUTO".into()));
+        // An assigned key with a free seat comes first.
+        assert_eq!(
+            plan(&[key("K", 1, 0, false), auto.clone()], 10).decision,
+            SeatDecision::Take("K".into())
+        );
+        // A full assigned key: the auto key fills in.
+        assert_eq!(
+            plan(&[key("K", 1, 1, false), auto.clone()], 10).decision,
+            SeatDecision::Take("AUTO".into())
+        );
+        // As reserve for a device whose active key expires soon and has no reserve.
+        let mut active = key("K", 1, 1, true);
+        active.expires_at = 1000;
+        let p = plan(&[active, auto], 950);
+        assert_eq!(p.decision, SeatDecision::Keep("K".into()));
+        assert_eq!(p.reserve, Some(SeatDecision::Take("AUTO".into())));
+    }
+
+    #[test]
+    fn l5_never_more_than_one_active_and_one_reserve() {
+        let mut a = key("A", 5, 1, true);
+        a.expires_at = 1000;
+        let mut r1 = key("R1", 5, 1, false);
+        r1.held = Some(Slot::Reserve);
+        let mut r2 = key("R2", 5, 1, false);
+        r2.held = Some(Slot::Reserve);
+        let mut stale = key("S", 5, 1, true);
+        stale.source = Source::Stale;
+        let p = plan(&[a, r1, r2, stale], 950);
+        assert_eq!(p.decision, SeatDecision::Keep("A".into()));
+        assert_eq!(p.reserve, Some(SeatDecision::Keep("R1".into())));
+        assert_eq!(p.release, vec!["R2".to_string(), "S".to_string()]);
     }
 }

@@ -136,6 +136,9 @@ pub async fn handle(shared: &Shared, admin: &str, req: AdminRequest) -> AdminRes
             | Op::DeviceRevoke(_)
             | Op::DeviceRemove(_)
             | Op::DeviceMove(_)
+            | Op::KeyAutoDistribute(_)
+            | Op::KeyRenew(_)
+            | Op::SeatsReclaim(_)
     );
     match handle_op(shared, op).instrument(span).await {
         Ok(r) => {
@@ -303,6 +306,57 @@ async fn handle_op(shared: &Shared, op: Op) -> Result<AdminResponse, StoreError>
                 .collect(),
         })),
         Op::Push(p) => push(shared, p).await?,
+        Op::KeyRenew(_) => {
+            let reports = crate::renewal::run(shared)
+                .await
+                .map_err(|e| StoreError::Invalid(format!("{e:#}")))?;
+            ok(R::Renewals(outpost_proto::pb::admin::RenewalResult {
+                reports,
+            }))
+        }
+        Op::NotificationList(n) => ok(R::Notifications(
+            outpost_proto::pb::admin::NotificationListResult {
+                notifications: store
+                    .notices(
+                        (!n.kind.is_empty()).then_some(n.kind.as_str()),
+                        if n.limit == 0 { 50 } else { n.limit.into() },
+                    )
+                    .await?
+                    .into_iter()
+                    .map(|n| outpost_proto::pb::admin::NotificationInfo {
+                        id: n.id,
+                        at_ms: n.at_ms,
+                        kind: n.kind,
+                        key_id: n.key_id.unwrap_or_default(),
+                        message: n.message,
+                    })
+                    .collect(),
+            },
+        )),
+        Op::KeyAutoDistribute(k) => {
+            store.set_auto_distribute(&k.key_id, k.on).await?;
+            done(format!(
+                "key {} is {} distributed automatically",
+                k.key_id,
+                if k.on { "now" } else { "no longer" }
+            ))
+        }
+        Op::SeatsReclaim(_) => {
+            let after = shared.config.licensing.reclaim_after;
+            if after.is_zero() {
+                return Ok(error(
+                    RefusalCode::InvalidArgument,
+                    "licensing.reclaim_after is 0s: reclaiming is off",
+                ));
+            }
+            let n = crate::licence_tasks::reclaim(shared, now - after.as_secs() as i64, now)
+                .await
+                .map_err(|e| StoreError::Invalid(e.to_string()))?;
+            done(format!(
+                "{n} seat(s) of devices inactive for {} freed",
+                humantime::format_duration(after)
+            ))
+        }
         Op::ServerStatus(_) => {
             let links: Vec<outpost_proto::pb::admin::GatewayLinkInfo> = shared
                 .gateways

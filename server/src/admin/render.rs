@@ -147,6 +147,36 @@ pub fn human(r: &R) -> String {
                 .collect(),
         ),
         R::KeyFile(k) => format!("key {} ({} bytes)\n", k.key_id, k.content.len()),
+        R::Renewals(r) if r.reports.is_empty() => "no keys owned by this server to renew\n".into(),
+        R::Renewals(r) => table(
+            &["KEY", "OUTCOME", "RENEWAL", "DETAIL"],
+            r.reports
+                .iter()
+                .map(|r| {
+                    vec![
+                        r.key_id.clone(),
+                        r.outcome.clone(),
+                        r.renewal_key.clone(),
+                        r.detail.clone(),
+                    ]
+                })
+                .collect(),
+        ),
+        R::Notifications(n) if n.notifications.is_empty() => "no notifications\n".into(),
+        R::Notifications(n) => table(
+            &["WHEN", "KIND", "KEY", "MESSAGE"],
+            n.notifications
+                .iter()
+                .map(|n| {
+                    vec![
+                        when(n.at_ms / 1000),
+                        n.kind.clone(),
+                        n.key_id.clone(),
+                        n.message.clone(),
+                    ]
+                })
+                .collect(),
+        ),
         R::ServerStatus(s) if !s.gateways.is_empty() => {
             let mut out = human(&R::ServerStatus(
                 outpost_proto::pb::admin::ServerStatusResult {

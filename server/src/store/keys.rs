@@ -254,11 +254,28 @@ impl Store {
     /// the file in the data directory stays (the caller does not delete it).
     pub async fn remove_key(&self, id: &str) -> Result<(), StoreError> {
         let mut tx = self.write.begin().await?;
+        // L8: devices that received an auto-distributed key keep it.
+        sqlx::query(
+            "INSERT INTO kept_keys (device_id, key_id, licensee, product, components, kind, expires_at)
+             SELECT s.device_id, k.id, k.licensee, k.product, k.components, k.kind, k.expires_at
+             FROM seats s JOIN licence_keys k ON k.id = s.key_id
+             WHERE k.id = $1 AND k.auto_distribute = 1 AND s.slot = 'active'
+             ON CONFLICT (device_id) DO UPDATE SET key_id = excluded.key_id, licensee = excluded.licensee,
+                 product = excluded.product, components = excluded.components, kind = excluded.kind,
+                 expires_at = excluded.expires_at",
+        )
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
         sqlx::query("DELETE FROM seats WHERE key_id = $1")
             .bind(id)
             .execute(&mut *tx)
             .await?;
         sqlx::query("UPDATE devices SET licence_state = 'unknown', licence_key = NULL WHERE licence_key = $1")
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("DELETE FROM key_state WHERE key_id = $1")
             .bind(id)
             .execute(&mut *tx)
             .await?;
@@ -273,5 +290,43 @@ impl Store {
         }
         tx.commit().await?;
         Ok(())
+    }
+
+    /// Marks a key for automatic distribution (L8) or not.
+    pub async fn set_auto_distribute(&self, id: &str, on: bool) -> Result<(), StoreError> {
+        let origin: Option<(String,)> =
+            sqlx::query_as("SELECT origin FROM licence_keys WHERE id = $1")
+                .bind(id)
+                .fetch_optional(&self.read)
+                .await?;
+        match origin {
+            None => {
+                return Err(StoreError::NotFound(format!(
+                    "no key {id} in the repository"
+                )));
+            }
+            Some((o,)) if on && o == "activation" => {
+                return Err(StoreError::Invalid(format!(
+                    "key {id} was added as reserve through an activation code and is never distributed"
+                )));
+            }
+            _ => {}
+        }
+        sqlx::query("UPDATE licence_keys SET auto_distribute = $2 WHERE id = $1")
+            .bind(id)
+            .bind(i64::from(on))
+            .execute(&self.write)
+            .await?;
+        Ok(())
+    }
+
+    /// Keys this server owns (imported by hand or obtained by auto-renewal, L11), with files.
+    pub async fn owned_keys(&self) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        let rows: Vec<(String, String)> = sqlx::query_as(
+            "SELECT id, file FROM licence_keys WHERE origin IN ('imported', 'renewal') ORDER BY id",
+        )
+        .fetch_all(&self.read)
+        .await?;
+        Ok(rows.into_iter().map(|(i, f)| (i, f.into_bytes())).collect())
     }
 }

@@ -15,6 +15,7 @@ mod devices;
 mod events;
 mod keys;
 mod licence;
+mod notices;
 mod pushes;
 mod tokens;
 
@@ -28,7 +29,8 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, S
 pub use devices::{DeviceRow, EnrollOutcome, NewDevice};
 pub use events::StoredEvent;
 pub use keys::{KeyRow, object_label, parse_object};
-pub use licence::{CheckOutcome, LicensedKey};
+pub use licence::{CheckOutcome, GrantKey, Licensed, Policy};
+pub use notices::Notice;
 pub use pushes::QueuedPush;
 pub use tokens::{TokenRow, TokenSpec};
 
@@ -94,6 +96,9 @@ pub struct Store {
     checks: tokio::sync::mpsc::Sender<licence::CheckJob>,
     /// Acknowledged pushes to delete (batched, see `pushes::ack_writer`).
     acks: tokio::sync::mpsc::Sender<(String, String)>,
+    /// Stored notifications waiting for delivery (L14).
+    notices_tx: tokio::sync::mpsc::Sender<Notice>,
+    notices_rx: std::sync::Arc<std::sync::Mutex<Option<tokio::sync::mpsc::Receiver<Notice>>>>,
 }
 
 impl Store {
@@ -121,8 +126,13 @@ impl Store {
             .acquire_timeout(Duration::from_secs(60))
             .connect_with(opts.read_only(true))
             .await?;
+        let (notices_tx, notices_rx) = tokio::sync::mpsc::channel(1024);
         let (checks, jobs) = tokio::sync::mpsc::channel(4096);
-        tokio::spawn(licence::check_writer(write.clone(), jobs));
+        tokio::spawn(licence::check_writer(
+            write.clone(),
+            jobs,
+            notices_tx.clone(),
+        ));
         let (acks, ack_rx) = tokio::sync::mpsc::channel(4096);
         tokio::spawn(pushes::ack_writer(write.clone(), ack_rx));
         Ok(Store {
@@ -130,6 +140,8 @@ impl Store {
             read,
             checks,
             acks,
+            notices_tx,
+            notices_rx: std::sync::Arc::new(std::sync::Mutex::new(Some(notices_rx))),
         })
     }
 

@@ -517,6 +517,10 @@ async fn seat_checks(seats: u32) -> anyhow::Result<ScenarioResult> {
         let started = Instant::now();
         let mut checks = 0usize;
         for _round in 0..2 {
+            const POLICY: outpost_server::store::Policy = outpost_server::store::Policy {
+                grant_ttl: 86_400,
+                expiring_soon: 14 * 86_400,
+            };
             let store = Arc::new(store.clone());
             let mut set = tokio::task::JoinSet::new();
             for chunk in devices.chunks(devices.len().div_ceil(256)) {
@@ -526,7 +530,7 @@ async fn seat_checks(seats: u32) -> anyhow::Result<ScenarioResult> {
                     let mut licensed = 0;
                     for d in chunk {
                         if let outpost_server::store::CheckOutcome::Licensed(_) = store
-                            .check_licence(&d, outpost_net::unix_now(), 86_400)
+                            .check_licence(&d, outpost_net::unix_now(), &POLICY)
                             .await
                             .unwrap()
                         {
