@@ -29,6 +29,9 @@ pub struct LicenceState {
     pub expires_at: i64,
     /// True when the reserve grant took over.
     pub promoted_reserve: bool,
+    /// The reserve key waiting to take over when the active one expires (L5); empty: none.
+    #[serde(default)]
+    pub reserve_key: String,
     /// Why unlicensed.
     pub reason: String,
 }
@@ -111,6 +114,10 @@ impl Grants {
                 components: grant.components,
                 expires_at: grant.expires_at,
                 promoted_reserve,
+                reserve_key: match (&v.reserve, promoted_reserve) {
+                    (Some(r), false) => r.key_id.clone(),
+                    _ => String::new(),
+                },
                 reason: String::new(),
             },
             LicenceView::Unlicensed { reason } => LicenceState {

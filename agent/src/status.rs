@@ -96,9 +96,11 @@ pub fn human(s: &AgentStatus, running: bool) -> String {
             s.licence.key,
             when(s.licence.expires_at),
             if s.licence.promoted_reserve {
-                " (reserve key, now active)"
+                " (reserve key, now active)".to_owned()
+            } else if !s.licence.reserve_key.is_empty() {
+                format!("; reserve key {} takes over then", s.licence.reserve_key)
             } else {
-                ""
+                String::new()
             }
         )
     } else {

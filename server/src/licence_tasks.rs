@@ -29,6 +29,7 @@ async fn once(shared: &Shared, last_update: &mut Instant) -> anyhow::Result<()> 
     let cfg = &shared.config.licensing;
     let now = outpost_net::unix_now();
     expiry_notices(shared, now).await?;
+    promote_expired(shared, now).await?;
     if !cfg.reclaim_after.is_zero() {
         reclaim(shared, now - cfg.reclaim_after.as_secs() as i64, now).await?;
     }
@@ -79,6 +80,22 @@ pub async fn expiry_notices(shared: &Shared, now: i64) -> anyhow::Result<()> {
             // Devices may now get a reserve (L5, L8).
             shared.licence_changed();
         }
+    }
+    Ok(())
+}
+
+/// Switches devices whose active key expired to their reserve key (L5) on the server, the
+/// same moment their agents do it offline from their reserve grant.
+pub async fn promote_expired(shared: &Shared, now: i64) -> anyhow::Result<()> {
+    let changed = shared.store.promote_expired(now).await?;
+    for (device, old, new) in &changed {
+        match new {
+            Some(new) => info!(%device, expired = %old, active = %new, "reserve key now active"),
+            None => info!(%device, expired = %old, "key expired; no reserve"),
+        }
+    }
+    if !changed.is_empty() {
+        shared.licence_changed();
     }
     Ok(())
 }

@@ -231,6 +231,10 @@ enum KeyCmd {
         /// Assign to "everyone" right away.
         #[arg(long)]
         assign_everyone: bool,
+        /// The key was obtained as a reserve key through an activation code: it is never
+        /// distributed automatically (L8).
+        #[arg(long, conflicts_with = "auto_distribute")]
+        activation_reserve: bool,
     },
     /// List keys with seats total/used/leased/free, validity, components, objects.
     List,
@@ -501,6 +505,7 @@ async fn admin(a: AdminArgs) -> anyhow::Result<()> {
                 file,
                 auto_distribute,
                 assign_everyone,
+                activation_reserve,
             } => Op::KeyImport(KeyImport {
                 file_name: file
                     .file_name()
@@ -509,6 +514,7 @@ async fn admin(a: AdminArgs) -> anyhow::Result<()> {
                 content: outpost_net::fsutil::read(&file)?,
                 auto_distribute,
                 assign_everyone,
+                activation_reserve,
             }),
             KeyCmd::List => Op::KeyList(Empty {}),
             KeyCmd::Assign { key, object } => Op::KeyAssign(KeyAssign {

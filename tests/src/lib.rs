@@ -240,6 +240,7 @@ impl Server {
                 content: key.file.clone(),
                 auto_distribute: false,
                 assign_everyone,
+                activation_reserve: false,
             }))
             .await?
         {

@@ -83,7 +83,13 @@ pub async fn import(
     content: &[u8],
     auto_distribute: bool,
     assign_everyone: bool,
+    activation_reserve: bool,
 ) -> Result<Vec<String>, StoreError> {
+    if activation_reserve && auto_distribute {
+        return Err(StoreError::Invalid(
+            "a key added as reserve through an activation code is never distributed automatically (L8): drop --auto-distribute".into(),
+        ));
+    }
     let file_name = sanitize(file_name);
     let keys = verify_upload(&file_name, content, &shared.authority_public)?;
     let dir = shared.data.keys();
@@ -103,7 +109,17 @@ pub async fn import(
     let now = outpost_net::unix_now();
     if let Err(e) = shared
         .store
-        .insert_keys(&stored, auto_distribute, assign_everyone, "imported", now)
+        .insert_keys(
+            &stored,
+            auto_distribute,
+            assign_everyone,
+            if activation_reserve {
+                "activation"
+            } else {
+                "imported"
+            },
+            now,
+        )
         .await
     {
         for p in written {

@@ -202,6 +202,7 @@ async fn handle_op(shared: &Shared, op: Op) -> Result<AdminResponse, StoreError>
                 &k.content,
                 k.auto_distribute,
                 k.assign_everyone,
+                k.activation_reserve,
             )
             .await?;
             info!(keys = ?ids, file = %k.file_name, "licence keys imported");

@@ -275,6 +275,10 @@ impl Store {
             .bind(id)
             .execute(&mut *tx)
             .await?;
+        sqlx::query("UPDATE devices SET licence_reserve_key = NULL WHERE licence_reserve_key = $1")
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
         sqlx::query("DELETE FROM key_state WHERE key_id = $1")
             .bind(id)
             .execute(&mut *tx)

@@ -718,3 +718,74 @@ impl Store {
         Ok(stale)
     }
 }
+
+impl Store {
+    /// Moves devices off keys that have expired (L5), without waiting for their next
+    /// connect: a device holding a reserve seat on a key valid now switches to it (the seat
+    /// becomes its active seat); a device without one is recorded unlicensed. The expired
+    /// seat is released either way. Returns (device, expired key, new key if promoted).
+    pub async fn promote_expired(
+        &self,
+        now: i64,
+    ) -> Result<Vec<(String, String, Option<String>)>, StoreError> {
+        let mut tx = self.write.begin().await?;
+        /// (device, expired key, reserve key, reserve valid from, reserve expiry)
+        type Row = (String, String, Option<String>, Option<i64>, Option<i64>);
+        let rows: Vec<Row> = sqlx::query_as(
+            "SELECT d.id, d.licence_key, d.licence_reserve_key, r.valid_from, r.expires_at
+             FROM devices d
+             JOIN licence_keys k ON k.id = d.licence_key
+             LEFT JOIN licence_keys r ON r.id = d.licence_reserve_key
+             WHERE d.licence_state = 'licensed' AND k.expires_at <= $1",
+        )
+        .bind(now)
+        .fetch_all(&mut *tx)
+        .await?;
+        let mut changed = vec![];
+        for (device, old, reserve, r_from, r_until) in rows {
+            release_seat(&mut tx, &old, &device).await?;
+            let usable = matches!((r_from, r_until), (Some(f), Some(u)) if f <= now && now < u);
+            let holds_reserve = match &reserve {
+                Some(r) if usable => {
+                    sqlx::query_scalar::<_, i64>(
+                        "SELECT COUNT(*) FROM seats WHERE key_id = $1 AND device_id = $2 AND slot = 'reserve'",
+                    )
+                    .bind(r)
+                    .bind(&device)
+                    .fetch_one(&mut *tx)
+                    .await?
+                        == 1
+                }
+                _ => false,
+            };
+            if holds_reserve {
+                let r = reserve.expect("checked above");
+                set_slot(&mut tx, &r, &device, "active").await?;
+                sqlx::query(
+                    "UPDATE devices SET licence_key = $2, licence_reserve_key = NULL WHERE id = $1",
+                )
+                .bind(&device)
+                .bind(&r)
+                .execute(&mut *tx)
+                .await?;
+                changed.push((device, old, Some(r)));
+            } else {
+                if let Some(r) = &reserve {
+                    release_seat(&mut tx, r, &device).await?;
+                }
+                sqlx::query(
+                    "UPDATE devices SET licence_state = 'unlicensed', licence_key = NULL,
+                            licence_reserve_key = NULL, licence_reason = $2
+                     WHERE id = $1",
+                )
+                .bind(&device)
+                .bind(format!("key {old} expired and no reserve key took over"))
+                .execute(&mut *tx)
+                .await?;
+                changed.push((device, old, None));
+            }
+        }
+        tx.commit().await?;
+        Ok(changed)
+    }
+}

@@ -63,6 +63,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             content: key.file.clone(),
             auto_distribute: false,
             assign_everyone: true,
+            activation_reserve: false,
         }))
         .await?;
     let gw = Gateway::start(&server, |_, _| {}).await;
