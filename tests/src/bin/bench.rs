@@ -260,7 +260,13 @@ fn start_agents(
     dirs.iter()
         .enumerate()
         .map(|(i, d)| {
-            let cfg = test_agent_config(vec![gateway.to_string()], None, &format!("a{i}"));
+            let mut cfg = test_agent_config(vec![gateway.to_string()], None, &format!("a{i}"));
+            // Thousands of handshakes at once queue up on a small machine: an agent that gave
+            // up after the tests' 2 s would abandon a half-done handshake and start another,
+            // and the gateway would hold both (churn without progress). Be as patient as a
+            // deployed agent would be in a mass restart.
+            cfg.connect.dial_timeout = Duration::from_secs(60);
+            cfg.connect.idle_timeout = Duration::from_secs(120);
             outpost_agent::start(
                 d,
                 outpost_agent::StartOptions {

@@ -39,8 +39,13 @@ fn main() -> anyhow::Result<()> {
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
     let auth = Authority::new();
+    // The licence authority's renewal service (L11), so `admin key renew` works here too.
+    let authority =
+        outpost_server::authority::serve(auth.dir.path(), "127.0.0.1:0".parse()?).await?;
     let server = Server::start(&auth, |c| {
         c.timing.sync_interval = Duration::from_secs(30);
+        c.licensing.authority = authority.addr.to_string();
+        c.licensing.authority_tls_sha256 = authority.tls_sha256.clone();
     })
     .await;
     let key = outpost_server::authority::issue(
@@ -80,8 +85,18 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         cli.seats
     );
     println!(
+        "  authority {} (renewal service on udp {})",
+        auth.dir.path().display(),
+        authority.addr
+    );
+    println!(
         "  try:     cargo run -p outpost-server -- admin --data-dir {} device list",
         server.data.display()
+    );
+    println!(
+        "  (README \"Licence workflow\": D={} A={})",
+        server.data.display(),
+        auth.dir.path().display()
     );
     println!();
 
@@ -123,6 +138,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     gw.stop().await;
     let mut server = server;
     server.stop().await;
+    authority.shutdown().await;
     println!("stopped cleanly");
     Ok(())
 }
@@ -148,13 +164,18 @@ async fn summary(server: &Server, gw: &Gateway, agents: &[Agent]) -> (bool, Stri
             _ => {}
         }
     }
-    let key = match server.try_admin(Op::KeyList(Empty {})).await {
-        Ok(R::Keys(k)) => k.keys.into_iter().next(),
-        _ => None,
+    let keys = match server.try_admin(Op::KeyList(Empty {})).await {
+        Ok(R::Keys(k)) => k
+            .keys
+            .iter()
+            .map(|k| format!("{} {}/{}", k.key_id, k.seats_used, k.seats_total))
+            .collect::<Vec<_>>()
+            .join(", "),
+        _ => String::new(),
     };
     let g = gw.h().shared.status();
     let mut out = format!(
-        "[{}] gateway uplink {}, {} agent(s) connected, {} relayed session(s) | agents: {} connected, {} licensed, {} unlicensed | key DEMO-1: {} of {} seats used\n",
+        "[{}] gateway uplink {}, {} agent(s) connected, {} relayed session(s) | agents: {} connected, {} licensed, {} unlicensed | seats used: {}\n",
         outpost_proto::licence::key::format_time(outpost_net::unix_now()),
         g.uplink,
         g.agents_connected,
@@ -162,8 +183,7 @@ async fn summary(server: &Server, gw: &Gateway, agents: &[Agent]) -> (bool, Stri
         connected,
         licensed,
         unlicensed.len(),
-        key.as_ref().map(|k| k.seats_used).unwrap_or(0),
-        key.as_ref().map(|k| k.seats_total).unwrap_or(0),
+        if keys.is_empty() { "no keys" } else { &keys },
     );
     for (id, reason) in unlicensed.iter().take(5) {
         out.push_str(&format!("    {id} unlicensed: {reason}\n"));
