@@ -27,7 +27,11 @@ pub async fn serve(
     gateway: DeviceRow,
     direction: &'static str,
 ) {
-    outpost_net::transport::raise_for_uplink(&conn, shared.config.limits.max_sessions_per_gateway);
+    let credit = Arc::new(outpost_net::transport::raise_for_uplink(
+        &conn,
+        shared.config.limits.max_sessions_per_gateway,
+    ));
+    let control_guard = credit.opened();
     let now = outpost_net::unix_now();
     let _ = shared
         .store
@@ -128,15 +132,21 @@ pub async fn serve(
             };
             let shared2 = shared.clone();
             let gw = gateway.id.clone();
-            shared
-                .tasks
-                .spawn(relayed(shared2, gw, send, recv).in_current_span());
+            let guard = credit.opened();
+            shared.tasks.spawn(
+                async move {
+                    relayed(shared2, gw, send, recv).await;
+                    drop(guard);
+                }
+                .in_current_span(),
+            );
         }
     };
     tokio::select! {
         _ = control_task => {}
         _ = streams => {}
     }
+    drop(control_guard);
     let mut gws = shared.gateways.lock().expect("gateways lock");
     if gws
         .get(&gateway.id)
