@@ -123,6 +123,18 @@ async fn apply(
 ) -> anyhow::Result<RenewalReport> {
     let store = &shared.store;
     let old_id = &old.body.key_id;
+    let refused = async |renewal: &str, msg: String| {
+        warn!("{msg}");
+        store
+            .notify(
+                "renewal-refused",
+                Some(old_id),
+                &msg,
+                serde_json::json!({ "file": offer.file_name }),
+            )
+            .await?;
+        anyhow::Ok(report(old_id, "refused", renewal, msg))
+    };
     let new = match verify_key_file(&offer.content, &shared.authority_public) {
         Ok(k) if k.body.renews.as_deref() == Some(old_id) => k,
         Ok(k) => {
@@ -130,32 +142,14 @@ async fn apply(
                 "renewal {} does not say it renews {old_id}; not stored",
                 k.body.key_id
             );
-            warn!("{msg}");
-            store
-                .notify(
-                    "renewal-refused",
-                    Some(old_id),
-                    &msg,
-                    serde_json::json!({ "file": offer.file_name }),
-                )
-                .await?;
-            return Ok(report(old_id, "refused", &k.body.key_id, msg));
+            return refused(&k.body.key_id, msg).await;
         }
         Err(e) => {
             let msg = format!(
                 "renewal file {} for key {old_id} refused: {e}; nothing was stored",
                 offer.file_name
             );
-            warn!("{msg}");
-            store
-                .notify(
-                    "renewal-refused",
-                    Some(old_id),
-                    &msg,
-                    serde_json::json!({ "file": offer.file_name }),
-                )
-                .await?;
-            return Ok(report(old_id, "refused", "", msg));
+            return refused("", msg).await;
         }
     };
     let new_id = new.body.key_id.clone();

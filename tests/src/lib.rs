@@ -251,9 +251,15 @@ impl Server {
 
     /// Creates an enrollment token.
     pub async fn token(&self, role: &str, uses: u32) -> String {
+        self.token_in(role, "", uses).await
+    }
+
+    /// Creates an enrollment token whose devices land in `group` ("" = everyone).
+    pub async fn token_in(&self, role: &str, group: &str, uses: u32) -> String {
         match self
             .admin(Op::TokenCreate(TokenCreate {
                 role: role.into(),
+                group: group.into(),
                 uses,
                 ttl_secs: 3600,
                 ..Default::default()

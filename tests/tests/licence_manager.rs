@@ -70,6 +70,25 @@ async fn refused(server: &Server, op: Op) -> String {
     }
 }
 
+/// Imports a plain commercial key (antivirus, firewall), optionally assigned to everyone.
+async fn add_key(
+    server: &Server,
+    auth: &Authority,
+    id: &str,
+    seats: u32,
+    valid_for: i64,
+    everyone: bool,
+) {
+    import(
+        server,
+        &issue(auth, id, seats, valid_for, AV_FW, false, None),
+        false,
+        everyone,
+        false,
+    )
+    .await;
+}
+
 async fn assign(server: &Server, key: &str, object: &str) {
     let r = server
         .admin(Op::KeyAssign(KeyAssign {
@@ -103,22 +122,6 @@ async fn notices(server: &Server, kind: &str) -> Vec<NotificationInfo> {
         .await
     {
         R::Notifications(n) => n.notifications,
-        other => panic!("unexpected {other:?}"),
-    }
-}
-
-async fn token_for(server: &Server, group: &str, uses: u32) -> String {
-    match server
-        .admin(Op::TokenCreate(TokenCreate {
-            role: "agent".into(),
-            group: group.into(),
-            uses,
-            ttl_secs: 3600,
-            ..Default::default()
-        }))
-        .await
-    {
-        R::TokenCreated(t) => t.token,
         other => panic!("unexpected {other:?}"),
     }
 }
@@ -342,7 +345,7 @@ async fn l4_group_tree_nearest_assignment_wins() {
             assign(&server, id, obj).await;
         }
     }
-    let token = token_for(&server, "everyone/berlin/floor2", 1).await;
+    let token = server.token_in("agent", "everyone/berlin/floor2", 1).await;
     let mut a = agent(&server, &token, "l4").await;
     assert_eq!(
         a.wait_checked().await.licence.key,
@@ -387,15 +390,8 @@ async fn l5_reserve_takes_over_on_server_and_agent_without_connection() {
     let old = issue(&auth, "K-OLD", 5, 8, AV_FW, false, None);
     import(&server, &old, false, false, false).await;
     assign(&server, "K-OLD", "group:everyone/l5").await;
-    import(
-        &server,
-        &issue(&auth, "K-NEXT", 5, 30 * DAY, AV_FW, false, None),
-        false,
-        true,
-        false,
-    )
-    .await;
-    let token = token_for(&server, "everyone/l5", 2).await;
+    add_key(&server, &auth, "K-NEXT", 5, 30 * DAY, true).await;
+    let token = server.token_in("agent", "everyone/l5", 2).await;
     let mut a = agent(&server, &token, "l5a").await;
     let mut b = agent(&server, &token, "l5b").await;
     for x in [&a, &b] {
@@ -450,17 +446,10 @@ async fn l5_reserve_takes_over_on_server_and_agent_without_connection() {
     let server2 = Server::start(&auth, |_| {}).await;
     let short = issue(&auth, "K-SHORT", 1, 5, AV_FW, false, None);
     import(&server2, &short, false, false, false).await;
-    import(
-        &server2,
-        &issue(&auth, "K-LONG", 1, 30 * DAY, AV_FW, false, None),
-        false,
-        true,
-        false,
-    )
-    .await;
+    add_key(&server2, &auth, "K-LONG", 1, 30 * DAY, true).await;
     group(&server2, "everyone/short").await;
     assign(&server2, "K-SHORT", "group:everyone/short").await;
-    let token = token_for(&server2, "everyone/short", 1).await;
+    let token = server2.token_in("agent", "everyone/short", 1).await;
     let mut c = agent(&server2, &token, "l5c").await;
     assert_eq!(c.wait_checked().await.licence.reserve_key, "K-LONG");
     let mut server2 = server2;
@@ -499,23 +488,9 @@ async fn l8_auto_distribution_window_activation_reserve_and_kept_after_removal()
     import(&server, &act, false, false, true).await;
     group(&server, "everyone/soon").await;
     group(&server, "everyone/later").await;
-    import(
-        &server,
-        &issue(&auth, "K-SOON", 5, 1800, AV_FW, false, None),
-        false,
-        false,
-        false,
-    )
-    .await;
+    add_key(&server, &auth, "K-SOON", 5, 1800, false).await;
     assign(&server, "K-SOON", "group:everyone/soon").await;
-    import(
-        &server,
-        &issue(&auth, "K-LATER", 5, 2 * 3600, AV_FW, false, None),
-        false,
-        false,
-        false,
-    )
-    .await;
+    add_key(&server, &auth, "K-LATER", 5, 2 * 3600, false).await;
     assign(&server, "K-LATER", "group:everyone/later").await;
 
     // No key assigned: the auto key becomes active (a newly connecting device).
@@ -528,7 +503,7 @@ async fn l8_auto_distribution_window_activation_reserve_and_kept_after_removal()
     // Active key expires within the window: the auto key becomes its reserve.
     let mut y = agent(
         &server,
-        &token_for(&server, "everyone/soon", 1).await,
+        &server.token_in("agent", "everyone/soon", 1).await,
         "l8y",
     )
     .await;
@@ -540,7 +515,7 @@ async fn l8_auto_distribution_window_activation_reserve_and_kept_after_removal()
     // Outside the window: no reserve.
     let z = agent(
         &server,
-        &token_for(&server, "everyone/later", 1).await,
+        &server.token_in("agent", "everyone/later", 1).await,
         "l8z",
     )
     .await;
@@ -612,14 +587,7 @@ async fn l9_freed_seats_go_to_unlicensed_devices_at_next_connect() {
     init_logs();
     let auth = Authority::new();
     let server = Server::start(&auth, |_| {}).await;
-    import(
-        &server,
-        &issue(&auth, "K-L9", 1, 30 * DAY, AV_FW, false, None),
-        false,
-        true,
-        false,
-    )
-    .await;
+    add_key(&server, &auth, "K-L9", 1, 30 * DAY, true).await;
     let token = server.token("agent", 4).await;
     let mut holder = agent(&server, &token, "l9-a").await;
     assert_eq!(holder.wait_checked().await.licence.state, "licensed");
@@ -687,14 +655,7 @@ async fn l10_usage_thresholds_notify_at_90_100_and_110_percent() {
     init_logs();
     let auth = Authority::new();
     let server = Server::start(&auth, |_| {}).await;
-    import(
-        &server,
-        &issue(&auth, "K-L10", 10, 30 * DAY, AV_FW, false, None),
-        false,
-        true,
-        false,
-    )
-    .await;
+    add_key(&server, &auth, "K-L10", 10, 30 * DAY, true).await;
     let store = server.h().store();
     let policy = Policy {
         grant_ttl: DAY,
@@ -745,14 +706,7 @@ async fn l11_outcome_1_no_renewal_nothing_happens() {
     init_logs();
     let auth = Authority::new();
     let (svc, server) = with_authority(&auth, |_| {}).await;
-    import(
-        &server,
-        &issue(&auth, "K-R1", 5, 30 * DAY, AV_FW, false, None),
-        false,
-        true,
-        false,
-    )
-    .await;
+    add_key(&server, &auth, "K-R1", 5, 30 * DAY, true).await;
     let before = server.key_info("K-R1").await;
     let reports = renew(&server).await;
     assert_eq!(reports.len(), 1);
@@ -850,16 +804,14 @@ async fn l11_outcome_3_renewal_distributed_to_all_objects_and_old_key_removed() 
     let auth = Authority::new();
     let (svc, server) = with_authority(&auth, |_| {}).await;
     group(&server, "everyone/hq").await;
-    import(
+    add_key(&server, &auth, "K-OLD", 5, 10 * DAY, true).await;
+    assign(&server, "K-OLD", "group:everyone/hq").await;
+    let mut a = agent(
         &server,
-        &issue(&auth, "K-OLD", 5, 10 * DAY, AV_FW, false, None),
-        false,
-        true,
-        false,
+        &server.token_in("agent", "everyone/hq", 1).await,
+        "l11",
     )
     .await;
-    assign(&server, "K-OLD", "group:everyone/hq").await;
-    let mut a = agent(&server, &token_for(&server, "everyone/hq", 1).await, "l11").await;
     assert_eq!(a.wait_checked().await.licence.key, "K-OLD");
     let new = issue(
         &auth,
@@ -924,14 +876,7 @@ async fn l11_only_owned_keys_renewed_and_bad_signature_refused() {
         &issue(&auth, "K-NB2", 5, 400 * DAY, AV_FW, false, Some("K-NB")),
     );
     // An owned key whose renewal file was tampered with on the way.
-    import(
-        &server,
-        &issue(&auth, "K-OWN", 5, 30 * DAY, AV_FW, false, None),
-        false,
-        true,
-        false,
-    )
-    .await;
+    add_key(&server, &auth, "K-OWN", 5, 30 * DAY, true).await;
     let good = issue(&auth, "K-OWN2", 9, 400 * DAY, AV_FW, false, Some("K-OWN"));
     let tampered = String::from_utf8(good.file.clone())
         .unwrap()
@@ -969,14 +914,7 @@ async fn l12_a_renewal_added_by_hand_on_all_objects_no_change() {
     init_logs();
     let auth = Authority::new();
     let (svc, server) = with_authority(&auth, |_| {}).await;
-    import(
-        &server,
-        &issue(&auth, "K-OLD", 5, 10 * DAY, AV_FW, false, None),
-        false,
-        true,
-        false,
-    )
-    .await;
+    add_key(&server, &auth, "K-OLD", 5, 10 * DAY, true).await;
     let new = issue(&auth, "K-NEW", 5, 400 * DAY, AV_FW, false, Some("K-OLD"));
     import(&server, &new, false, true, false).await;
     offer(&auth, &new);
@@ -1004,16 +942,9 @@ async fn l12_b_renewal_added_by_hand_given_to_remaining_objects_leftovers_unlice
     let (svc, server) = with_authority(&auth, |_| {}).await;
     group(&server, "everyone/g1").await;
     group(&server, "everyone/g2").await;
-    import(
-        &server,
-        &issue(&auth, "K-OLD", 3, 10 * DAY, AV_FW, false, None),
-        false,
-        false,
-        false,
-    )
-    .await;
+    add_key(&server, &auth, "K-OLD", 3, 10 * DAY, false).await;
     assign(&server, "K-OLD", "group:everyone/g1").await;
-    let token = token_for(&server, "everyone/g1", 3).await;
+    let token = server.token_in("agent", "everyone/g1", 3).await;
     let mut agents = vec![];
     for m in ["l12-1", "l12-2", "l12-3"] {
         let a = agent(&server, &token, m).await;
@@ -1105,14 +1036,7 @@ async fn l13_scheduled_renewal_creates_no_key_file_export_and_hook_do() {
         c.notifications.hook = hook;
     })
     .await;
-    import(
-        &server,
-        &issue(&auth, "K-OLD", 5, 10 * DAY, AV_FW, false, None),
-        false,
-        true,
-        false,
-    )
-    .await;
+    add_key(&server, &auth, "K-OLD", 5, 10 * DAY, true).await;
     let new = issue(&auth, "K-NEW", 5, 400 * DAY, AV_FW, false, Some("K-OLD"));
     offer(&auth, &new);
     until("scheduled renewal", || async {
@@ -1184,14 +1108,7 @@ async fn l14_notification_log_channels_and_hook_killed_at_time_limit() {
     .await;
     // A key expiring within the window (hook hangs), then a full key (usage-100: log only),
     // then one more check attempt over the limit (usage-110: log and hook).
-    import(
-        &server,
-        &issue(&auth, "K-SOON", 1, 1800, AV_FW, false, None),
-        false,
-        true,
-        false,
-    )
-    .await;
+    add_key(&server, &auth, "K-SOON", 1, 1800, true).await;
     until("expiring-soon notified", || async {
         !notices(&server, "key-expiring-soon").await.is_empty()
     })
