@@ -56,6 +56,10 @@ enum ChildCmd {
     /// Run a gateway on an enrolled data directory.
     #[command(hide = true, name = "child-gateway")]
     Gateway { data: PathBuf, server: String },
+    /// Run many gateways (data directories listed one per line in a file); when stdin closes,
+    /// write how many held their first uplink throughout to `<list>.held`.
+    #[command(hide = true, name = "child-gateways")]
+    Gateways { list: PathBuf, server: String },
     /// Run a server on an initialised data directory.
     #[command(hide = true, name = "child-server")]
     Server { data: PathBuf },
@@ -96,6 +100,40 @@ async fn run_child(c: ChildCmd) -> anyhow::Result<()> {
             println!("READY {}", gw.addr());
             wait_stdin_closed().await;
             gw.shutdown().await;
+        }
+        ChildCmd::Gateways { list, server } => {
+            let mut gws = vec![];
+            for d in std::fs::read_to_string(&list)?.lines() {
+                let mut cfg = test_gateway_config(server.parse()?);
+                cfg.uplink = Default::default(); // default 15 s keep-alive
+                gws.push(
+                    outpost_gateway::start(
+                        Path::new(d),
+                        outpost_gateway::StartOptions {
+                            config: Some(cfg),
+                            no_status_file: true,
+                            ..Default::default()
+                        },
+                    )
+                    .await?,
+                );
+            }
+            for g in &gws {
+                g.wait_uplink().await;
+            }
+            println!("READY {}", gws.len());
+            wait_stdin_closed().await;
+            let held = gws
+                .iter()
+                .filter(|g| {
+                    let st = g.shared.status();
+                    st.uplink == "up" && st.uplink_connects == 1
+                })
+                .count();
+            std::fs::write(list.with_extension("held"), held.to_string())?;
+            for g in gws {
+                g.shutdown().await;
+            }
         }
         ChildCmd::Server { data } => {
             let s = outpost_server::start(outpost_server::DataDir::new(&data)).await?;
@@ -635,24 +673,22 @@ async fn uplinks_held(n: usize, window_secs: u64) -> anyhow::Result<ScenarioResu
         r??;
     }
     let rss_before = bench::rss_kib(pid);
-    let mut gws = vec![];
-    for d in &dirs {
-        let mut cfg = test_gateway_config(addr);
-        cfg.uplink = Default::default(); // default 15 s keep-alive
-        gws.push(
-            outpost_gateway::start(
-                d,
-                outpost_gateway::StartOptions {
-                    config: Some(cfg),
-                    no_status_file: true,
-                    ..Default::default()
-                },
-            )
-            .await?,
-        );
-    }
-    for g in &gws {
-        g.wait_uplink().await;
+    // The simulated gateways run in child processes of at most GATEWAYS_PER_PROCESS each: a
+    // gateway holds two UDP sockets, and one process may not have enough descriptors for
+    // 10,000 of them (20,000 here).
+    const GATEWAYS_PER_PROCESS: usize = 3000;
+    let mut procs = vec![];
+    let mut lists = vec![];
+    for (i, chunk) in dirs.chunks(GATEWAYS_PER_PROCESS).enumerate() {
+        let list = root.path().join(format!("gateways-{i}.list"));
+        let text: Vec<String> = chunk.iter().map(|d| d.display().to_string()).collect();
+        std::fs::write(&list, text.join("\n"))?;
+        procs.push(spawn_child(&[
+            "child-gateways",
+            list.to_str().unwrap(),
+            &addr.to_string(),
+        ])?);
+        lists.push(list);
     }
     tokio::time::sleep(Duration::from_secs(2)).await;
     let rss_after = bench::rss_kib(pid);
@@ -661,16 +697,26 @@ async fn uplinks_held(n: usize, window_secs: u64) -> anyhow::Result<ScenarioResu
     tokio::time::sleep(Duration::from_secs(window_secs)).await;
     let cpu = bench::cpu_time(pid).saturating_sub(cpu0);
     let wall = t0.elapsed();
-    let held = gws
-        .iter()
-        .filter(|g| g.shared.status().uplink == "up" && g.shared.status().uplink_connects == 1)
-        .count();
     let R::ServerStatus(st) = admin.request(Op::ServerStatus(Default::default())).await? else {
         anyhow::bail!("status")
     };
-    for g in gws {
-        g.shutdown().await;
+    // Closing their stdin makes the children report how many uplinks held throughout.
+    for p in &mut procs {
+        drop(p.child.stdin.take());
     }
+    let mut held = 0usize;
+    for l in &lists {
+        let f = l.with_extension("held");
+        let t0 = Instant::now();
+        while !f.exists() && t0.elapsed() < Duration::from_secs(60) {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        held += std::fs::read_to_string(&f)
+            .with_context(|| format!("{} not written", f.display()))?
+            .trim()
+            .parse::<usize>()?;
+    }
+    drop(procs);
     drop(srv);
     let per_uplink_kib = rss_after.saturating_sub(rss_before) as f64 / n as f64;
     let cpu_pct = cpu.as_secs_f64() / wall.as_secs_f64() * 100.0;
