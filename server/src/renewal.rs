@@ -112,7 +112,13 @@ pub async fn run(shared: &Shared) -> anyhow::Result<Vec<RenewalReport>> {
             reports.push(apply(shared, &old, offer).await?);
         }
     }
-    shared.licence_changed();
+    // Sessions re-check their licence only when keys were added, moved or removed.
+    if reports
+        .iter()
+        .any(|r| r.outcome != "none" && r.outcome != "refused")
+    {
+        shared.licence_changed();
+    }
     Ok(reports)
 }
 

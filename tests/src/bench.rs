@@ -93,17 +93,18 @@ pub fn write_results(
             r.name,
             r.value,
             r.unit,
-            r.baseline
-                .map(|b| format!("{b:.2}"))
-                .unwrap_or_else(|| "-".into()),
-            r.ratio
-                .map(|b| format!("{b:.2}"))
-                .unwrap_or_else(|| "-".into()),
+            figure(r.baseline),
+            figure(r.ratio),
             format!("{} {}", r.target_kind, r.target),
             if r.meets { "yes" } else { "NO" }
         ));
     }
     Ok(t)
+}
+
+/// An optional figure with two decimals, "-" when absent.
+pub fn figure(v: Option<f64>) -> String {
+    v.map(|b| format!("{b:.2}")).unwrap_or_else(|| "-".into())
 }
 
 /// A short description of this machine for the results.

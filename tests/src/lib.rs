@@ -442,8 +442,7 @@ pub struct Agent {
 impl Agent {
     /// Enrolls (through the config's paths) with `token` and starts.
     pub async fn start(config: AgentConfig, token: &str) -> Agent {
-        let a = Agent::enroll(config, token).await;
-        let mut a = a;
+        let mut a = Agent::enroll(config, token).await;
         a.boot();
         a
     }

@@ -137,9 +137,9 @@ pub async fn handle(shared: &Shared, admin: &str, req: AdminRequest) -> AdminRes
             | Op::DeviceRemove(_)
             | Op::DeviceMove(_)
             | Op::KeyAutoDistribute(_)
-            | Op::KeyRenew(_)
-            | Op::SeatsReclaim(_)
     );
+    // `key renew` and `seats reclaim` move the licence epoch themselves, only when they change
+    // something (the scheduled tasks share that code).
     match handle_op(shared, op).instrument(span).await {
         Ok(r) => {
             if licence_related {

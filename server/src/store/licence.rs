@@ -724,6 +724,9 @@ impl Store {
     /// connect: a device holding a reserve seat on a key valid now switches to it (the seat
     /// becomes its active seat); a device without one is recorded unlicensed. The expired
     /// seat is released either way. Returns (device, expired key, new key if promoted).
+    ///
+    /// Not the connect-time check: a device that is away must not be recorded as seen (that
+    /// would hide it from reclaiming, L9) nor take new seats; its next connect does the rest.
     pub async fn promote_expired(
         &self,
         now: i64,

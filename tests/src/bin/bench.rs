@@ -249,12 +249,8 @@ fn one(r: &ScenarioResult) -> String {
         r.name,
         r.value,
         r.unit,
-        r.baseline
-            .map(|b| format!("{b:.2}"))
-            .unwrap_or_else(|| "-".into()),
-        r.ratio
-            .map(|b| format!("{b:.2}"))
-            .unwrap_or_else(|| "-".into()),
+        bench::figure(r.baseline),
+        bench::figure(r.ratio),
         serde_json::Value::Object(r.extra.clone())
     )
 }
