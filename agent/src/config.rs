@@ -4,7 +4,7 @@
 use std::path::Path;
 use std::time::Duration;
 
-use anyhow::Context;
+use outpost_net::config::{ConfigError, Validate, ensure};
 use serde::{Deserialize, Serialize};
 
 /// The whole configuration.
@@ -87,51 +87,42 @@ impl Default for QueueConfig {
     }
 }
 
+impl Validate for AgentConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        ensure(!self.server.is_empty() || !self.gateways.is_empty(), || {
+            "neither server nor gateways is set: give at least one address to connect to".into()
+        })?;
+        outpost_net::config::check_addresses("gateways", &self.gateways)?;
+        outpost_net::config::check_addresses(
+            "server",
+            std::iter::once(&self.server).filter(|s| !s.is_empty()),
+        )?;
+        ensure(self.connect.keep_alive < self.connect.idle_timeout, || {
+            "connect.keep_alive must be shorter than connect.idle_timeout".into()
+        })?;
+        ensure(self.queue.batch > 0 && self.queue.max_events > 0, || {
+            "queue sizes must be at least 1".into()
+        })
+    }
+}
+
 impl AgentConfig {
     /// Reads and validates.
-    pub fn load(path: &Path) -> anyhow::Result<AgentConfig> {
-        let text = outpost_net::fsutil::read_string(path)?;
-        let cfg: AgentConfig = toml::from_str(&text)
-            .with_context(|| format!("{}: invalid configuration", path.display()))?;
-        cfg.validate()
-            .with_context(|| format!("{}: invalid configuration", path.display()))?;
-        Ok(cfg)
+    pub fn load(path: &Path) -> Result<AgentConfig, ConfigError> {
+        outpost_net::config::load(path)
     }
 
     /// Checks values that parse but make no sense.
-    pub fn validate(&self) -> anyhow::Result<()> {
-        anyhow::ensure!(
-            !self.server.is_empty() || !self.gateways.is_empty(),
-            "neither server nor gateways is set: give at least one address to connect to"
-        );
-        for a in self
-            .gateways
-            .iter()
-            .chain(std::iter::once(&self.server).filter(|s| !s.is_empty()))
-        {
-            anyhow::ensure!(
-                a.rsplit_once(':')
-                    .is_some_and(|(_, p)| p.parse::<u16>().is_ok()),
-                "{a:?} is not host:port"
-            );
-        }
-        anyhow::ensure!(
-            self.connect.keep_alive < self.connect.idle_timeout,
-            "connect.keep_alive must be shorter than connect.idle_timeout"
-        );
-        anyhow::ensure!(
-            self.queue.batch > 0 && self.queue.max_events > 0,
-            "queue sizes must be at least 1"
-        );
-        Ok(())
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        Validate::validate(self)
     }
 
     /// The file as written at first start.
     pub fn to_commented_toml(&self) -> String {
-        format!(
-            "# outpost-agent configuration. Shown values are defaults unless set at first start.\n\
-             # Durations: \"5s\", \"1m\". See README \"Configuration\".\n{}",
-            toml::to_string_pretty(self).expect("config serializes")
-        )
+        outpost_net::config::commented(HEADER, self)
     }
 }
+
+/// The comment at the top of `agent.toml`.
+pub const HEADER: &str = "outpost-agent configuration. Shown values are defaults unless set at first start.\n\
+     Durations: \"5s\", \"1m\". See README \"Configuration\".";

@@ -5,7 +5,8 @@
 //!
 //! On disk: one `LicenceStatus` in a [`SlotFile`] (`<data>/licence.a`/`.b`), rewritten in place
 //! at every check; in memory: the verified grant bodies, so deciding the state costs no I/O
-//! and no signature check.
+//! and no signature check. The licence clock ([`licence_clock`]) re-derives the state at the
+//! moment a grant expires.
 
 use std::path::Path;
 use std::sync::Mutex;
@@ -41,6 +42,18 @@ struct Verified {
     active: Option<GrantBody>,
     reserve: Option<GrantBody>,
     reason: String,
+}
+
+/// Why grants from the server were not stored.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// A grant does not verify (wrong signature, another device): nothing was stored.
+    #[error(transparent)]
+    Invalid(#[from] outpost_proto::licence::GrantError),
+    /// The licence file could not be written.
+    #[error("cannot write the licence file: {0}")]
+    Write(#[from] std::io::Error),
 }
 
 /// The stored grants of one device.
@@ -94,7 +107,7 @@ impl Grants {
     }
 
     /// Verifies and stores what the server sent; stores nothing if a grant does not verify.
-    pub fn store(&self, status: &LicenceStatus) -> anyhow::Result<()> {
+    pub fn store(&self, status: &LicenceStatus) -> Result<(), StoreError> {
         let v = verify(status, &self.device_id, &self.key)?;
         self.slot.write(&status.encode_to_vec())?;
         *self.mem.lock().expect("grants lock") = v;
@@ -132,4 +145,40 @@ impl Grants {
 /// The licence state of a data directory at `now`, read from disk (the `status` command).
 pub fn state(data: &Path, device_id: &str, grant_key: &[u8], now: i64) -> LicenceState {
     Grants::open(data, device_id, grant_key).state(now)
+}
+
+/// Re-derives the licence state from the stored grants whenever a grant may have expired, so
+/// the active → reserve promotion (L5) and expiry (L7) happen without any connection.
+pub(crate) async fn licence_clock(shared: std::sync::Arc<crate::node::Shared>) {
+    loop {
+        let now = outpost_net::unix_now();
+        let st = shared.grants.state(now);
+        let changed = shared.status.send_if_modified(|s| {
+            if s.licence != st {
+                s.licence = st.clone();
+                s.updated_at = now;
+                true
+            } else {
+                false
+            }
+        });
+        if changed {
+            tracing::info!(state = %st.state, key = %st.key, reason = %st.reason, "licence state");
+            let _ = shared
+                .events
+                .send(crate::node::AgentEvent::Licence(st.clone()));
+        }
+        // Next moment the state can change by itself: the grant in force expires.
+        let wait = if st.state == "licensed" {
+            std::time::Duration::from_secs((st.expires_at - now).max(0) as u64)
+                + std::time::Duration::from_millis(50)
+        } else {
+            std::time::Duration::from_secs(3600)
+        };
+        tokio::select! {
+            _ = tokio::time::sleep(wait.min(std::time::Duration::from_secs(3600))) => {}
+            _ = shared.grants_changed.notified() => {}
+            _ = shared.shutdown.cancelled() => return,
+        }
+    }
 }

@@ -5,9 +5,11 @@
 #![forbid(unsafe_code)]
 
 pub mod config;
+mod connect;
 pub mod grants;
 pub mod node;
 pub mod queue;
+mod session;
 pub mod status;
 
 pub use config::AgentConfig;
@@ -15,16 +17,18 @@ pub use node::{AgentEvent, AgentHandle, StartOptions, start};
 
 use std::path::Path;
 
-use outpost_net::identity::{self, DeviceIdentity, EnrollVia};
+use outpost_net::identity::{self, DeviceIdentity, EnrollError, EnrollVia};
 use outpost_proto::pb::v1::Role;
 use outpost_proto::token::Token;
 
-/// Enrolls through the first gateway that answers, else directly with the server (S6, T8).
+/// Enrolls through the first gateway that answers, else directly with the server (S6, T8). A
+/// final refusal ends the attempt at once; when every path failed in a way worth retrying, the
+/// error is [`EnrollError::Unreachable`] naming each.
 pub async fn enroll(
     data: &Path,
     config: &AgentConfig,
     token: &Token,
-) -> anyhow::Result<DeviceIdentity> {
+) -> Result<DeviceIdentity, EnrollError> {
     let inv = identity::inventory(
         (!config.hostname.is_empty()).then_some(config.hostname.as_str()),
         (!config.machine_id.is_empty()).then_some(config.machine_id.as_str()),
@@ -52,20 +56,23 @@ pub async fn enroll(
         match identity::enroll(data, via, token, Role::Agent, inv.clone()).await {
             Ok(id) => {
                 // Allocate the state files now, so connects never create files.
-                queue::Queue::open(data, 1)?;
-                outpost_net::fsutil::SlotFile::new(&data.join("licence")).create_slots()?;
+                let local = |e: std::io::Error| EnrollError::Local(e.to_string());
+                queue::Queue::open(data, 1).map_err(local)?;
+                outpost_net::fsutil::SlotFile::new(&data.join("licence"))
+                    .create_slots()
+                    .map_err(local)?;
                 return Ok(id);
             }
-            Err(e) => {
-                // A refusal from the server is final; an unreachable path is not.
-                if e.chain()
-                    .any(|c| c.downcast_ref::<outpost_proto::error::Refused>().is_some())
-                {
-                    return Err(e);
-                }
-                errors.push(format!("{target}: {e:#}"));
-            }
+            Err(e) if !e.is_retryable() => return Err(e),
+            Err(e) => errors.push(format!("{target}: {e}")),
         }
     }
-    anyhow::bail!("could not enroll: {}", errors.join("; "))
+    Err(EnrollError::Unreachable {
+        addr: "every path".into(),
+        why: if errors.is_empty() {
+            "no gateway or server configured".into()
+        } else {
+            errors.join("; ")
+        },
+    })
 }

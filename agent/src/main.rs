@@ -2,9 +2,11 @@
 
 use std::path::PathBuf;
 
+use anyhow::Context;
 use clap::{Parser, Subcommand};
-use outpost_agent::{AgentConfig, StartOptions, node, status};
+use outpost_agent::{AgentConfig, StartOptions, config, node, status};
 use outpost_net::identity::DeviceIdentity;
+use outpost_net::signal::{run_main, wait_for_signal};
 use outpost_proto::token::Token;
 
 #[derive(Parser)]
@@ -77,12 +79,7 @@ enum Cmd {
 
 fn main() {
     let cli = Cli::parse();
-    outpost_net::logging::init(cli.log_level.as_deref());
-    let rt = tokio::runtime::Runtime::new().expect("tokio runtime");
-    if let Err(e) = rt.block_on(run(cli.cmd)) {
-        eprintln!("error: {e:#}");
-        std::process::exit(1);
-    }
+    run_main(cli.log_level.as_deref(), run(cli.cmd));
 }
 
 async fn run(cmd: Cmd) -> anyhow::Result<()> {
@@ -118,24 +115,22 @@ async fn run(cmd: Cmd) -> anyhow::Result<()> {
             hostname,
         } => {
             let cfg_path = node::config_path(&data_dir);
-            if !cfg_path.exists() {
-                let cfg = AgentConfig {
-                    server: server.unwrap_or_default(),
-                    gateways,
-                    machine_id: machine_id.unwrap_or_default(),
-                    hostname: hostname.unwrap_or_default(),
-                    ..Default::default()
-                };
-                cfg.validate().map_err(|e| {
-                    anyhow::anyhow!("{e}: pass --gateway <host:port> and/or --server <host:port>")
+            let cfg: AgentConfig =
+                outpost_net::config::load_or_create(&cfg_path, config::HEADER, || {
+                    let cfg = AgentConfig {
+                        server: server.unwrap_or_default(),
+                        gateways,
+                        machine_id: machine_id.unwrap_or_default(),
+                        hostname: hostname.unwrap_or_default(),
+                        ..Default::default()
+                    };
+                    cfg.validate().map_err(|e| {
+                        outpost_net::config::ConfigError::invalid(format!(
+                            "{e}: pass --gateway <host:port> and/or --server <host:port>"
+                        ))
+                    })?;
+                    Ok(cfg)
                 })?;
-                outpost_net::fsutil::write_atomic(
-                    &cfg_path,
-                    cfg.to_commented_toml().as_bytes(),
-                    false,
-                )?;
-            }
-            let cfg = AgentConfig::load(&cfg_path)?;
             if DeviceIdentity::load(&data_dir)?.is_none() {
                 let token = token.ok_or_else(|| {
                     anyhow::anyhow!(
@@ -143,7 +138,7 @@ async fn run(cmd: Cmd) -> anyhow::Result<()> {
                         data_dir.display()
                     )
                 })?;
-                let token = Token::parse(&token)?;
+                let token = Token::parse(&token).context("--token")?;
                 // Unreachable or busy paths are retried with backoff (a fleet enrolling at once
                 // must not fail); a refusal of the token itself is final.
                 let mut backoff =
@@ -155,16 +150,10 @@ async fn run(cmd: Cmd) -> anyhow::Result<()> {
                 let id = loop {
                     match outpost_agent::enroll(&data_dir, &cfg, &token).await {
                         Ok(id) => break id,
-                        Err(e)
-                            if e.chain().any(|c| {
-                                c.downcast_ref::<outpost_proto::error::Refused>().is_some()
-                            }) =>
-                        {
-                            return Err(e);
-                        }
+                        Err(e) if !e.is_retryable() => return Err(e.into()),
                         Err(e) => {
                             let d = backoff.next_delay(outpost_net::jitter_unit());
-                            eprintln!("enrollment not possible yet ({e:#}); retrying in {d:?}");
+                            eprintln!("enrollment not possible yet ({e}); retrying in {d:?}");
                             tokio::select! {
                                 _ = tokio::time::sleep(d) => {}
                                 _ = wait_for_signal() => return Ok(()),
@@ -180,14 +169,5 @@ async fn run(cmd: Cmd) -> anyhow::Result<()> {
             agent.shutdown().await;
             Ok(())
         }
-    }
-}
-
-async fn wait_for_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
     }
 }

@@ -5,12 +5,10 @@
 
 use std::path::Path;
 
+use outpost_net::status_file::{self, StatusError};
 use serde::{Deserialize, Serialize};
 
 use crate::grants::LicenceState;
-
-/// File name.
-pub const FILE: &str = "status.json";
 
 /// What `outpost-agent status` shows.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -43,28 +41,35 @@ pub struct AgentStatus {
 
 /// Writes the status file.
 pub fn write(data: &Path, s: &AgentStatus) {
-    let _ = outpost_net::fsutil::write_replace(
-        &data.join(FILE),
-        serde_json::to_string_pretty(s)
-            .unwrap_or_default()
-            .as_bytes(),
-    );
+    status_file::write(data, s);
+}
+
+/// Why `status` could not show anything.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ReadError {
+    /// The data directory holds no enrolled agent.
+    #[error("{0} holds no agent identity (not enrolled yet)")]
+    NotEnrolled(String),
+    /// The identity is unreadable.
+    #[error(transparent)]
+    Identity(#[from] outpost_net::identity::IdentityError),
+    /// The status file is damaged.
+    #[error(transparent)]
+    Status(#[from] StatusError),
 }
 
 /// Reads the status, refreshing licence and queue from disk. Returns whether the agent runs.
-pub fn read(data: &Path) -> anyhow::Result<(AgentStatus, bool)> {
-    let id = outpost_net::identity::DeviceIdentity::load(data)?.ok_or_else(|| {
-        anyhow::anyhow!(
-            "{} holds no agent identity (not enrolled yet)",
-            data.display()
-        )
-    })?;
-    let mut s: AgentStatus = match std::fs::read_to_string(data.join(FILE)) {
-        Ok(t) => serde_json::from_str(&t)?,
-        Err(_) => AgentStatus {
+pub fn read(data: &Path) -> Result<(AgentStatus, bool), ReadError> {
+    let id = outpost_net::identity::DeviceIdentity::load(data)?
+        .ok_or_else(|| ReadError::NotEnrolled(data.display().to_string()))?;
+    let mut s: AgentStatus = match status_file::read(data, "agent") {
+        Ok(s) => s,
+        Err(StatusError::Missing { .. }) => AgentStatus {
             state: "never started".into(),
             ..Default::default()
         },
+        Err(e) => return Err(e.into()),
     };
     s.device_id = id.device_id.clone();
     s.licence = crate::grants::state(
@@ -76,8 +81,7 @@ pub fn read(data: &Path) -> anyhow::Result<(AgentStatus, bool)> {
     s.queue_depth = crate::queue::Queue::open(data, usize::MAX)
         .map(|q| q.len())
         .unwrap_or(0);
-    let running =
-        s.pid != 0 && Path::new(&format!("/proc/{}", s.pid)).exists() && s.state != "stopped";
+    let running = status_file::process_running(s.pid) && s.state != "stopped";
     Ok((s, running))
 }
 

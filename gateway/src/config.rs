@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
-use anyhow::Context;
+use outpost_net::config::{ConfigError, Validate, ensure};
 use outpost_net::endpoint::SocketOptions;
 use serde::{Deserialize, Serialize};
 
@@ -26,8 +26,42 @@ pub struct GatewayConfig {
     pub uplink: UplinkConfig,
     /// Limits (T9).
     pub limits: Limits,
+    /// Waits and grace periods.
+    pub timing: Timing,
     /// UDP socket of the office listener (T10).
     pub socket: SocketOptions,
+}
+
+/// Waits and grace periods of the gateway.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Timing {
+    /// How long the server has to answer the uplink's hello before the uplink is re-dialled.
+    #[serde(with = "humantime_serde")]
+    pub uplink_hello_timeout: Duration,
+    /// How long an agent's stream waits for a stream on the uplink (flow control) before it
+    /// is refused as "no uplink".
+    #[serde(with = "humantime_serde")]
+    pub relay_open_timeout: Duration,
+    /// Base of the retry-after an agent is told when the gateway is at a limit (plus up to
+    /// the same again at random, so agents spread out, T6).
+    #[serde(with = "humantime_serde")]
+    pub retry_after: Duration,
+    /// At shutdown, relayed sessions get this long to end, then the endpoints this long
+    /// again to deliver their closes.
+    #[serde(with = "humantime_serde")]
+    pub shutdown_grace: Duration,
+}
+
+impl Default for Timing {
+    fn default() -> Self {
+        Timing {
+            uplink_hello_timeout: Duration::from_secs(30),
+            relay_open_timeout: Duration::from_secs(10),
+            retry_after: Duration::from_secs(5),
+            shutdown_grace: Duration::from_secs(5),
+        }
+    }
 }
 
 /// Who opens the uplink connection.
@@ -87,6 +121,7 @@ impl Default for GatewayConfig {
             listen: SocketAddr::from(([0, 0, 0, 0], DEFAULT_PORT)),
             uplink: UplinkConfig::default(),
             limits: Limits::default(),
+            timing: Timing::default(),
             socket: SocketOptions::default(),
         }
     }
@@ -117,53 +152,60 @@ impl Default for Limits {
     }
 }
 
+impl Validate for GatewayConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        ensure(
+            !self.server.is_empty() || self.uplink.mode == UplinkMode::Listen,
+            || "server is not set: give the server's host:port (e.g. hq.example.com:4700)".into(),
+        )?;
+        if !self.server.is_empty() {
+            outpost_net::config::check_addresses("server", std::iter::once(&self.server))?;
+        }
+        ensure(self.uplink.keep_alive < self.uplink.idle_timeout, || {
+            format!(
+                "uplink.keep_alive ({:?}) must be shorter than uplink.idle_timeout ({:?})",
+                self.uplink.keep_alive, self.uplink.idle_timeout
+            )
+        })?;
+        ensure(self.uplink.keep_alive >= Duration::from_millis(100), || {
+            "uplink.keep_alive must be at least 100ms".into()
+        })?;
+        ensure(
+            self.uplink.reconnect_initial <= self.uplink.reconnect_max,
+            || "uplink.reconnect_initial must not exceed uplink.reconnect_max".into(),
+        )?;
+        ensure(
+            self.limits.max_sessions > 0 && self.limits.max_agents > 0,
+            || "limits must be at least 1".into(),
+        )?;
+        ensure(
+            !self.timing.uplink_hello_timeout.is_zero()
+                && !self.timing.relay_open_timeout.is_zero(),
+            || "timing.uplink_hello_timeout and timing.relay_open_timeout must be above 0s".into(),
+        )
+    }
+}
+
 impl GatewayConfig {
     /// Reads and validates.
-    pub fn load(path: &Path) -> anyhow::Result<GatewayConfig> {
-        let text = outpost_net::fsutil::read_string(path)?;
-        let cfg: GatewayConfig = toml::from_str(&text)
-            .with_context(|| format!("{}: invalid configuration", path.display()))?;
-        cfg.validate()
-            .with_context(|| format!("{}: invalid configuration", path.display()))?;
-        Ok(cfg)
+    pub fn load(path: &Path) -> Result<GatewayConfig, ConfigError> {
+        outpost_net::config::load(path)
     }
 
     /// Checks values that parse but make no sense.
-    pub fn validate(&self) -> anyhow::Result<()> {
-        anyhow::ensure!(
-            !self.server.is_empty() || self.uplink.mode == UplinkMode::Listen,
-            "server is not set: give the server's host:port (e.g. hq.example.com:4700)"
-        );
-        anyhow::ensure!(
-            self.uplink.keep_alive < self.uplink.idle_timeout,
-            "uplink.keep_alive ({:?}) must be shorter than uplink.idle_timeout ({:?})",
-            self.uplink.keep_alive,
-            self.uplink.idle_timeout
-        );
-        anyhow::ensure!(
-            self.uplink.keep_alive >= Duration::from_millis(100),
-            "uplink.keep_alive must be at least 100ms"
-        );
-        anyhow::ensure!(
-            self.uplink.reconnect_initial <= self.uplink.reconnect_max,
-            "uplink.reconnect_initial must not exceed uplink.reconnect_max"
-        );
-        anyhow::ensure!(
-            self.limits.max_sessions > 0 && self.limits.max_agents > 0,
-            "limits must be at least 1"
-        );
-        Ok(())
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        Validate::validate(self)
     }
 
     /// The file as written at first start.
     pub fn to_commented_toml(&self) -> String {
-        format!(
-            "# outpost-gateway configuration. Shown values are defaults unless set at first start.\n\
-             # Durations: \"15s\", \"1m\". See README \"Configuration\".\n{}",
-            toml::to_string_pretty(self).expect("config serializes")
-        )
+        outpost_net::config::commented(HEADER, self)
     }
 }
+
+/// The comment at the top of `gateway.toml`.
+pub const HEADER: &str = "outpost-gateway configuration. Shown values are defaults unless set at first start.\n\
+     Durations: \"15s\", \"1m\". See README \"Configuration\".";
 
 #[cfg(test)]
 mod tests {

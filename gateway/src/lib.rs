@@ -6,6 +6,7 @@
 
 pub mod config;
 pub mod node;
+pub mod office;
 pub mod relay;
 pub mod status;
 pub mod uplink;

@@ -2,9 +2,11 @@
 
 use std::path::PathBuf;
 
+use anyhow::Context;
 use clap::{Parser, Subcommand};
-use outpost_gateway::{GatewayConfig, StartOptions, node, status};
+use outpost_gateway::{GatewayConfig, StartOptions, config, node, status};
 use outpost_net::identity::{self, DeviceIdentity, EnrollVia};
+use outpost_net::signal::{run_main, wait_for_signal};
 use outpost_proto::pb::v1::Role;
 use outpost_proto::token::Token;
 
@@ -60,12 +62,7 @@ enum Cmd {
 
 fn main() {
     let cli = Cli::parse();
-    outpost_net::logging::init(cli.log_level.as_deref());
-    let rt = tokio::runtime::Runtime::new().expect("tokio runtime");
-    if let Err(e) = rt.block_on(run(cli.cmd)) {
-        eprintln!("error: {e:#}");
-        std::process::exit(1);
-    }
+    run_main(cli.log_level.as_deref(), run(cli.cmd));
 }
 
 async fn run(cmd: Cmd) -> anyhow::Result<()> {
@@ -88,25 +85,26 @@ async fn run(cmd: Cmd) -> anyhow::Result<()> {
             listen,
         } => {
             let cfg_path = node::config_path(&data_dir);
-            if !cfg_path.exists() {
-                let server = server.clone().ok_or_else(|| {
-                    anyhow::anyhow!("{} has no gateway.toml: the first start needs --server <host:port> and --token <token>", data_dir.display())
-                })?;
-                let mut cfg = GatewayConfig {
-                    server,
-                    ..Default::default()
-                };
-                if let Some(l) = listen {
-                    cfg.listen = l;
-                }
-                cfg.validate()?;
-                outpost_net::fsutil::write_atomic(
-                    &cfg_path,
-                    cfg.to_commented_toml().as_bytes(),
-                    false,
-                )?;
-            }
-            let cfg = GatewayConfig::load(&cfg_path)?;
+            let cfg: GatewayConfig = outpost_net::config::load_or_create(
+                &cfg_path,
+                config::HEADER,
+                || {
+                    let server = server.clone().ok_or_else(|| {
+                        outpost_net::config::ConfigError::invalid(format!(
+                            "{} has no gateway.toml: the first start needs --server <host:port> and --token <token>",
+                            data_dir.display()
+                        ))
+                    })?;
+                    let mut cfg = GatewayConfig {
+                        server,
+                        ..Default::default()
+                    };
+                    if let Some(l) = listen {
+                        cfg.listen = l;
+                    }
+                    Ok(cfg)
+                },
+            )?;
             if DeviceIdentity::load(&data_dir)?.is_none() {
                 let token = token.ok_or_else(|| {
                     anyhow::anyhow!(
@@ -114,7 +112,7 @@ async fn run(cmd: Cmd) -> anyhow::Result<()> {
                         data_dir.display()
                     )
                 })?;
-                let token = Token::parse(&token)?;
+                let token = Token::parse(&token).context("--token")?;
                 let addr = outpost_net::endpoint::resolve(&cfg.server).await?;
                 let inv = identity::inventory(
                     None,
@@ -138,14 +136,5 @@ async fn run(cmd: Cmd) -> anyhow::Result<()> {
             gw.shutdown().await;
             Ok(())
         }
-    }
-}
-
-async fn wait_for_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
     }
 }

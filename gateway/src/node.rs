@@ -1,102 +1,112 @@
-//! The running gateway: the office listener, the uplink task, the status writer, shutdown.
+//! The running gateway: one [`Node`] holding a handle per concept, built by [`start`] and
+//! shared by every task; the [`GatewayHandle`]; shutdown.
+//!
+//! | handle | what it holds | who writes |
+//! |---|---|---|
+//! | `Runtime` | root of shutdown, every task | `start`, `shutdown` |
+//! | [`Uplink`] | the uplink's state and how to dial | the uplink task |
+//! | [`Office`] | agent/session/enrollment bounds, counters, relayed bytes | relay tasks |
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
-use anyhow::Context;
-use outpost_net::identity::DeviceIdentity;
-use outpost_net::splice::{Counters, Tap};
+use outpost_net::identity::{DeviceIdentity, IdentityError};
+use outpost_net::runtime::Runtime;
+use outpost_net::splice::Tap;
 use outpost_net::{endpoint, transport};
 use outpost_proto::alpn;
+use outpost_proto::pb::v1::GatewayReport;
 use outpost_proto::pki::{self, ClientAuth};
-use tokio::sync::{Notify, Semaphore, watch};
-use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
+use tokio::sync::{Notify, watch};
 
 use crate::config::GatewayConfig;
+use crate::office::Office;
 use crate::status::GatewayStatus;
+use crate::uplink::{Uplink, UplinkState};
 
-/// Counters and state shown by `outpost-gateway status`.
-#[derive(Debug, Default)]
-pub struct Stats {
-    /// Agent connections open now.
-    pub agents_connected: AtomicU32,
-    /// Relayed sessions open now.
-    pub sessions_active: AtomicU32,
-    /// Relayed sessions since start.
-    pub sessions_total: AtomicU64,
-    /// Agent streams refused because the uplink was down.
-    pub refused_no_uplink: AtomicU64,
-    /// Agent streams or connections refused by limits.
-    pub refused_overload: AtomicU64,
-    /// Uplink connections established since start.
-    pub uplink_connects: AtomicU64,
-}
-
-/// The uplink as the rest of the gateway sees it.
-#[derive(Debug, Clone, Default)]
-pub struct UplinkState {
-    /// The live connection, if up.
-    pub conn: Option<quinn::Connection>,
-    /// Unix seconds since when it is up.
-    pub since: i64,
-    /// Why it is down / the last failure.
-    pub last_error: String,
-    /// Next attempt, unix ms, while down.
-    pub retry_at_ms: i64,
-}
-
-/// State shared by the gateway's tasks.
-pub struct Shared {
-    /// Configuration (read-only).
-    pub config: Arc<GatewayConfig>,
-    /// Data directory.
-    pub data: PathBuf,
-    /// Credentials.
-    pub identity: DeviceIdentity,
-    /// Current uplink; written only by the uplink task.
-    pub uplink: watch::Sender<UplinkState>,
-    /// Relayed byte counters.
-    pub bytes: Arc<Counters>,
-    /// Counters.
-    pub stats: Stats,
-    /// Bounds agent connections.
-    pub agent_slots: Arc<Semaphore>,
-    /// Bounds relayed sessions.
-    pub session_slots: Arc<Semaphore>,
-    /// Bounds relayed enrollments.
-    pub enroll_slots: Arc<Semaphore>,
-    /// Observes relayed bytes (tests).
-    pub tap: Option<Tap>,
-    /// Root of shutdown.
-    pub shutdown: CancellationToken,
-    /// Every task.
-    pub tasks: TaskTracker,
+/// Everything the gateway's tasks share. Immutable after start except behind each handle's own
+/// locks and atomics.
+pub struct Node {
+    config: Arc<GatewayConfig>,
+    data: PathBuf,
+    identity: DeviceIdentity,
+    runtime: Runtime,
+    uplink: Uplink,
+    office: Office,
     /// Wakes the status writer.
-    pub status_changed: Notify,
+    status_changed: Notify,
     /// Address of the office listener.
-    pub local_addr: std::net::SocketAddr,
-    /// Client configuration for the uplink.
-    pub uplink_client: quinn::ClientConfig,
-    /// Last known server address, for status.
-    pub server_addr: Mutex<String>,
-    /// Where the DMZ uplink listener is bound (listen mode).
-    pub uplink_listen: Mutex<Option<std::net::SocketAddr>>,
+    local_addr: std::net::SocketAddr,
 }
 
-impl std::fmt::Debug for Shared {
+impl std::fmt::Debug for Node {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Shared")
+        f.debug_struct("Node")
             .field("local_addr", &self.local_addr)
             .finish_non_exhaustive()
     }
 }
 
-impl Shared {
+impl Node {
+    /// Configuration (read-only).
+    pub fn config(&self) -> &GatewayConfig {
+        &self.config
+    }
+
+    /// The data directory.
+    pub fn data(&self) -> &Path {
+        &self.data
+    }
+
+    /// This gateway's credentials.
+    pub fn identity(&self) -> &DeviceIdentity {
+        &self.identity
+    }
+
+    /// Shutdown and tasks.
+    pub fn runtime(&self) -> &Runtime {
+        &self.runtime
+    }
+
+    /// The uplink.
+    pub fn uplink(&self) -> &Uplink {
+        &self.uplink
+    }
+
+    /// The office side.
+    pub fn office(&self) -> &Office {
+        &self.office
+    }
+
+    /// Tells the status writer something changed.
+    pub fn status_changed(&self) {
+        self.status_changed.notify_one();
+    }
+
+    /// Resolves when the status writer should look again.
+    pub async fn status_notified(&self) {
+        self.status_changed.notified().await
+    }
+
+    /// The report sent up the uplink.
+    pub fn report(&self) -> GatewayReport {
+        let s = self.status();
+        GatewayReport {
+            agents_connected: s.agents_connected,
+            sessions_relayed: s.sessions_active,
+            sessions_refused: s.refused_no_uplink + s.refused_overload,
+            bytes_up: s.bytes_up,
+            bytes_down: s.bytes_down,
+            software: format!("outpost-gateway {}", outpost_proto::SOFTWARE_VERSION),
+        }
+    }
+
     /// The current status.
     pub fn status(&self) -> GatewayStatus {
-        let up = self.uplink.borrow().clone();
+        let up = self.uplink.state();
+        let st = self.office.stats();
+        let bytes = self.office.bytes();
         GatewayStatus {
             device_id: self.identity.device_id.clone(),
             pid: std::process::id(),
@@ -120,14 +130,14 @@ impl Shared {
                 .map(|c| c.rtt().as_millis() as u64)
                 .unwrap_or(0),
             uplink_last_error: up.last_error,
-            uplink_connects: self.stats.uplink_connects.load(Ordering::Relaxed),
-            agents_connected: self.stats.agents_connected.load(Ordering::Relaxed),
-            sessions_active: self.stats.sessions_active.load(Ordering::Relaxed),
-            sessions_total: self.stats.sessions_total.load(Ordering::Relaxed),
-            refused_no_uplink: self.stats.refused_no_uplink.load(Ordering::Relaxed),
-            refused_overload: self.stats.refused_overload.load(Ordering::Relaxed),
-            bytes_up: self.bytes.up.load(Ordering::Relaxed),
-            bytes_down: self.bytes.down.load(Ordering::Relaxed),
+            uplink_connects: self.uplink.connects(),
+            agents_connected: st.agents_connected.load(Ordering::Relaxed),
+            sessions_active: st.sessions_active.load(Ordering::Relaxed),
+            sessions_total: st.sessions_total.load(Ordering::Relaxed),
+            refused_no_uplink: st.refused_no_uplink.load(Ordering::Relaxed),
+            refused_overload: st.refused_overload.load(Ordering::Relaxed),
+            bytes_up: bytes.up.load(Ordering::Relaxed),
+            bytes_down: bytes.down.load(Ordering::Relaxed),
         }
     }
 }
@@ -143,10 +153,41 @@ pub struct StartOptions {
     pub no_status_file: bool,
 }
 
+/// Why the gateway could not start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StartError {
+    /// `gateway.toml` is unreadable or invalid.
+    #[error(transparent)]
+    Config(#[from] outpost_net::config::ConfigError),
+    /// The stored identity is unreadable.
+    #[error(transparent)]
+    Identity(#[from] IdentityError),
+    /// The gateway never enrolled.
+    #[error(
+        "{0} holds no gateway identity: start once with --token <enrollment token> --server <host:port>"
+    )]
+    NotEnrolled(String),
+    /// The office port could not be bound.
+    #[error("cannot listen on udp {addr}: {source}")]
+    Listen {
+        /// The address.
+        addr: std::net::SocketAddr,
+        /// What the system said.
+        source: std::io::Error,
+    },
+    /// TLS could not be set up from the stored certificates.
+    #[error("TLS set-up: {0}")]
+    Tls(String),
+}
+
+fn tls(e: impl std::fmt::Display) -> StartError {
+    StartError::Tls(e.to_string())
+}
+
 /// A running gateway.
 pub struct GatewayHandle {
-    /// Shared state.
-    pub shared: Arc<Shared>,
+    node: Arc<Node>,
     endpoint: quinn::Endpoint,
 }
 
@@ -161,12 +202,22 @@ impl std::fmt::Debug for GatewayHandle {
 impl GatewayHandle {
     /// Office-side address.
     pub fn addr(&self) -> std::net::SocketAddr {
-        self.shared.local_addr
+        self.node.local_addr
+    }
+
+    /// The current status (what `status.json` holds).
+    pub fn status(&self) -> GatewayStatus {
+        self.node.status()
+    }
+
+    /// Where a listen-mode (DMZ) gateway waits for the server, once bound.
+    pub fn uplink_listen_addr(&self) -> Option<std::net::SocketAddr> {
+        self.node.uplink.listen_addr()
     }
 
     /// Watches the uplink.
     pub fn uplink(&self) -> watch::Receiver<UplinkState> {
-        self.shared.uplink.subscribe()
+        self.node.uplink.subscribe()
     }
 
     /// Waits until the uplink is up.
@@ -177,17 +228,15 @@ impl GatewayHandle {
 
     /// Stops: no new agents, uplink closed, tasks waited for.
     pub async fn shutdown(self) {
-        self.shared.shutdown.cancel();
-        self.shared.tasks.close();
-        let _ =
-            tokio::time::timeout(std::time::Duration::from_secs(5), self.shared.tasks.wait()).await;
+        let grace = self.node.config.timing.shutdown_grace;
+        self.node.runtime.begin_shutdown();
+        let _ = tokio::time::timeout(grace, self.node.runtime.wait()).await;
         self.endpoint
             .close(quinn::VarInt::from_u32(0), b"gateway shutting down");
-        if let Some(c) = self.shared.uplink.borrow().conn.clone() {
+        if let Some(c) = self.node.uplink.conn() {
             c.close(quinn::VarInt::from_u32(0), b"gateway shutting down");
         }
-        let _ = tokio::time::timeout(std::time::Duration::from_secs(2), self.endpoint.wait_idle())
-            .await;
+        let _ = tokio::time::timeout(grace, self.endpoint.wait_idle()).await;
     }
 }
 
@@ -197,27 +246,25 @@ pub fn config_path(data: &Path) -> PathBuf {
 }
 
 /// Starts an enrolled gateway.
-pub async fn start(data: &Path, opts: StartOptions) -> anyhow::Result<GatewayHandle> {
+pub async fn start(data: &Path, opts: StartOptions) -> Result<GatewayHandle, StartError> {
     let config = match opts.config {
         Some(c) => c,
         None => GatewayConfig::load(&config_path(data))?,
     };
     config.validate()?;
-    let identity = DeviceIdentity::load(data)?.ok_or_else(|| {
-        anyhow::anyhow!(
-            "{} holds no gateway identity: start once with --token <enrollment token> --server <host:port>",
-            data.display()
-        )
-    })?;
+    let identity = DeviceIdentity::load(data)?
+        .ok_or_else(|| StartError::NotEnrolled(data.display().to_string()))?;
 
-    let mut tls = pki::server_config(
+    let mut office_tls = pki::server_config(
         &identity.identity,
         &identity.ca,
         &[alpn::RELAY, alpn::ENROLL],
         ClientAuth::OptionalForEnrollment,
-    )?;
-    tls.max_early_data_size = 0;
-    let quic = quinn::crypto::rustls::QuicServerConfig::try_from(Arc::new(tls))?;
+    )
+    .map_err(tls)?;
+    office_tls.max_early_data_size = 0;
+    let quic =
+        quinn::crypto::rustls::QuicServerConfig::try_from(Arc::new(office_tls)).map_err(tls)?;
     let mut server_cfg = quinn::ServerConfig::with_crypto(Arc::new(quic));
     server_cfg.transport_config(transport::listener(
         config
@@ -225,59 +272,52 @@ pub async fn start(data: &Path, opts: StartOptions) -> anyhow::Result<GatewayHan
             .idle_timeout
             .max(std::time::Duration::from_secs(30)),
     ));
-    let reset_key = endpoint::reset_key(data).context("stateless reset key")?;
+    let reset_key = endpoint::reset_key(data).map_err(|e| tls(format!("reset.key: {e}")))?;
     let ep = endpoint::endpoint_with_reset_key(
         config.listen,
         &config.socket,
         Some(server_cfg),
         Some(&reset_key),
     )
-    .with_context(|| format!("cannot listen on udp {}", config.listen))?;
-    let local_addr = ep.local_addr()?;
+    .map_err(|source| StartError::Listen {
+        addr: config.listen,
+        source,
+    })?;
+    let local_addr = ep.local_addr().map_err(|source| StartError::Listen {
+        addr: config.listen,
+        source,
+    })?;
 
     let up_tls = pki::client_config(
         Some(&identity.identity),
         &pki::Trust::Ca(identity.ca.clone()),
         &[alpn::GATEWAY],
-    )?;
+    )
+    .map_err(tls)?;
     let mut uplink_client = quinn::ClientConfig::new(Arc::new(
-        quinn::crypto::rustls::QuicClientConfig::try_from(Arc::new(up_tls))?,
+        quinn::crypto::rustls::QuicClientConfig::try_from(Arc::new(up_tls)).map_err(tls)?,
     ));
     uplink_client.transport_config(transport::uplink(
         config.uplink.keep_alive,
         config.uplink.idle_timeout,
     ));
 
-    let (uplink, _) = watch::channel(UplinkState::default());
-    let shared = Arc::new(Shared {
-        agent_slots: Arc::new(Semaphore::new(config.limits.max_agents as usize)),
-        session_slots: Arc::new(Semaphore::new(config.limits.max_sessions as usize)),
-        enroll_slots: Arc::new(Semaphore::new(config.limits.max_enrollments as usize)),
+    let node = Arc::new(Node {
+        office: Office::new(&config.limits, opts.tap),
+        uplink: Uplink::new(uplink_client),
         config: Arc::new(config),
         data: data.to_owned(),
         identity,
-        uplink,
-        bytes: Arc::new(Counters::default()),
-        stats: Stats::default(),
-        tap: opts.tap,
-        shutdown: CancellationToken::new(),
-        tasks: TaskTracker::new(),
+        runtime: Runtime::default(),
         status_changed: Notify::new(),
         local_addr,
-        uplink_client,
-        server_addr: Mutex::new(String::new()),
-        uplink_listen: Mutex::new(None),
     });
-    tracing::info!(device = %shared.identity.device_id, listen = %local_addr, server = %shared.config.server, "outpost-gateway starting");
-    shared.tasks.spawn(crate::uplink::run(shared.clone()));
-    shared
-        .tasks
-        .spawn(crate::relay::accept_loop(shared.clone(), ep.clone()));
+    tracing::info!(device = %node.identity.device_id, listen = %local_addr, server = %node.config.server, "outpost-gateway starting");
+    node.runtime.spawn(crate::uplink::run(node.clone()));
+    node.runtime
+        .spawn(crate::relay::accept_loop(node.clone(), ep.clone()));
     if !opts.no_status_file {
-        shared.tasks.spawn(crate::status::writer(shared.clone()));
+        node.runtime.spawn(crate::status::writer(node.clone()));
     }
-    Ok(GatewayHandle {
-        shared,
-        endpoint: ep,
-    })
+    Ok(GatewayHandle { node, endpoint: ep })
 }

@@ -14,35 +14,37 @@ use outpost_proto::pki;
 use quinn::VarInt;
 use tracing::{Instrument, debug, info_span};
 
-use crate::node::Shared;
+use crate::node::Node;
+use crate::office::StreamKind;
 
 /// Accepts agent connections until shutdown.
-pub async fn accept_loop(shared: Arc<Shared>, ep: quinn::Endpoint) {
+pub async fn accept_loop(node: Arc<Node>, ep: quinn::Endpoint) {
     loop {
         let incoming = tokio::select! {
             i = ep.accept() => match i { Some(i) => i, None => return },
-            _ = shared.shutdown.cancelled() => return,
+            _ = node.runtime().cancelled() => return,
         };
         let span =
             info_span!("agent_conn", peer = %incoming.remote_address(), id = tracing::field::Empty);
-        shared
-            .tasks
-            .spawn(serve_agent(shared.clone(), incoming).instrument(span));
+        node.runtime()
+            .spawn(serve_agent(node.clone(), incoming).instrument(span));
     }
 }
 
-struct Connected<'a>(&'a Shared);
+/// Counts an agent connection for as long as it lives.
+struct Connected<'a>(&'a Node);
 impl Drop for Connected<'_> {
     fn drop(&mut self) {
         self.0
-            .stats
+            .office()
+            .stats()
             .agents_connected
             .fetch_sub(1, Ordering::Relaxed);
-        self.0.status_changed.notify_one();
+        self.0.status_changed();
     }
 }
 
-async fn serve_agent(shared: Arc<Shared>, incoming: quinn::Incoming) {
+async fn serve_agent(node: Arc<Node>, incoming: quinn::Incoming) {
     let conn = match incoming.accept() {
         Ok(c) => match c.await {
             Ok(c) => c,
@@ -54,12 +56,8 @@ async fn serve_agent(shared: Arc<Shared>, incoming: quinn::Incoming) {
         Err(_) => return,
     };
     tracing::Span::current().record("id", conn.stable_id());
-    let Ok(_slot) = shared.agent_slots.clone().try_acquire_owned() else {
-        shared
-            .stats
-            .refused_overload
-            .fetch_add(1, Ordering::Relaxed);
-        let base = std::time::Duration::from_secs(5);
+    let Some(_slot) = node.office().admit_agent() else {
+        let base = node.config().timing.retry_after;
         refuse::close(
             &conn,
             &Refused::new(RefusalCode::Overloaded, "gateway is at its agent limit")
@@ -83,17 +81,17 @@ async fn serve_agent(shared: Arc<Shared>, incoming: quinn::Incoming) {
             return;
         }
     };
-    shared
-        .stats
+    node.office()
+        .stats()
         .agents_connected
         .fetch_add(1, Ordering::Relaxed);
-    shared.status_changed.notify_one();
-    let _connected = Connected(&shared);
+    node.status_changed();
+    let _connected = Connected(&node);
     let agent_addr = conn.remote_address().to_string();
     loop {
         let (send, recv) = tokio::select! {
             s = conn.accept_bi() => match s { Ok(s) => s, Err(_) => return },
-            _ = shared.shutdown.cancelled() => {
+            _ = node.runtime().cancelled() => {
                 refuse::close(&conn, &Refused::new(RefusalCode::ShuttingDown, "gateway is restarting"));
                 return;
             }
@@ -108,9 +106,8 @@ async fn serve_agent(shared: Arc<Shared>, incoming: quinn::Incoming) {
             agent_cert_sha256: fp.clone(),
             agent_addr: agent_addr.clone(),
         };
-        shared
-            .tasks
-            .spawn(relay(shared.clone(), send, recv, open).in_current_span());
+        node.runtime()
+            .spawn(relay(node.clone(), send, recv, open).in_current_span());
     }
 }
 
@@ -120,46 +117,38 @@ fn refuse_stream(mut send: quinn::SendStream, mut recv: quinn::RecvStream, code:
     let _ = recv.stop(c);
 }
 
-struct Active<'a>(&'a Shared);
+/// Counts a relayed session for as long as it lives.
+struct Active<'a>(&'a Node);
 impl Drop for Active<'_> {
     fn drop(&mut self) {
-        self.0.stats.sessions_active.fetch_sub(1, Ordering::Relaxed);
+        self.0
+            .office()
+            .stats()
+            .sessions_active
+            .fetch_sub(1, Ordering::Relaxed);
     }
 }
 
-async fn relay(
-    shared: Arc<Shared>,
-    send: quinn::SendStream,
-    recv: quinn::RecvStream,
-    open: RelayOpen,
-) {
-    let slots = if open.kind == RelayKind::Enroll as i32 {
-        &shared.enroll_slots
+async fn relay(node: Arc<Node>, send: quinn::SendStream, recv: quinn::RecvStream, open: RelayOpen) {
+    let kind = if open.kind == RelayKind::Enroll as i32 {
+        StreamKind::Enrollment
     } else {
-        &shared.session_slots
+        StreamKind::Session
     };
-    let Ok(_slot) = slots.clone().try_acquire_owned() else {
-        shared
-            .stats
-            .refused_overload
-            .fetch_add(1, Ordering::Relaxed);
+    let office = node.office();
+    let Some(_slot) = office.admit_stream(kind) else {
         refuse_stream(send, recv, RefusalCode::Overloaded);
         return;
     };
-    let Some(uplink) = shared.uplink.borrow().conn.clone() else {
-        shared
-            .stats
-            .refused_no_uplink
-            .fetch_add(1, Ordering::Relaxed);
+    let Some(uplink) = node.uplink().conn() else {
+        office.refused_no_uplink();
         refuse_stream(send, recv, RefusalCode::UpstreamUnavailable);
         return;
     };
-    let opened = tokio::time::timeout(std::time::Duration::from_secs(10), uplink.open_bi()).await;
+    let wait = node.config().timing.relay_open_timeout;
+    let opened = tokio::time::timeout(wait, uplink.open_bi()).await;
     let Ok(Ok((mut up_send, up_recv))) = opened else {
-        shared
-            .stats
-            .refused_no_uplink
-            .fetch_add(1, Ordering::Relaxed);
+        office.refused_no_uplink();
         refuse_stream(send, recv, RefusalCode::UpstreamUnavailable);
         return;
     };
@@ -170,14 +159,20 @@ async fn relay(
         refuse_stream(send, recv, RefusalCode::UpstreamUnavailable);
         return;
     }
-    shared.stats.sessions_active.fetch_add(1, Ordering::Relaxed);
-    shared.stats.sessions_total.fetch_add(1, Ordering::Relaxed);
-    let _active = Active(&shared);
+    office
+        .stats()
+        .sessions_active
+        .fetch_add(1, Ordering::Relaxed);
+    office
+        .stats()
+        .sessions_total
+        .fetch_add(1, Ordering::Relaxed);
+    let _active = Active(&node);
     splice::splice(
         (send, recv),
         (up_send, up_recv),
-        shared.bytes.clone(),
-        shared.tap.clone(),
+        office.bytes().clone(),
+        office.tap().cloned(),
     )
     .await;
     debug!("relayed stream ended");

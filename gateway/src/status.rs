@@ -5,9 +5,10 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+use outpost_net::status_file::{self, StatusError};
 use serde::{Deserialize, Serialize};
 
-use crate::node::Shared;
+use crate::node::Node;
 
 /// What `outpost-gateway status` shows.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -50,29 +51,20 @@ pub struct GatewayStatus {
     pub bytes_down: u64,
 }
 
-/// File name.
-pub const FILE: &str = "status.json";
-
 /// Writes the status file until shutdown.
-pub async fn writer(shared: Arc<Shared>) {
+pub async fn writer(node: Arc<Node>) {
     loop {
-        let s = shared.status();
-        let _ = outpost_net::fsutil::write_replace(
-            &shared.data.join(FILE),
-            serde_json::to_string_pretty(&s)
-                .unwrap_or_default()
-                .as_bytes(),
-        );
+        status_file::write(node.data(), &node.status());
         tokio::select! {
-            _ = shared.status_changed.notified() => {
+            _ = node.status_notified() => {
                 // Coalesce bursts of changes.
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
             _ = tokio::time::sleep(Duration::from_secs(5)) => {}
-            _ = shared.shutdown.cancelled() => {
-                let mut s = shared.status();
+            _ = node.runtime().cancelled() => {
+                let mut s = node.status();
                 s.uplink = "stopped".into();
-                let _ = outpost_net::fsutil::write_replace(&shared.data.join(FILE), serde_json::to_string_pretty(&s).unwrap_or_default().as_bytes());
+                status_file::write(node.data(), &s);
                 return;
             }
         }
@@ -80,12 +72,9 @@ pub async fn writer(shared: Arc<Shared>) {
 }
 
 /// Reads the status file; says whether the gateway process is still running.
-pub fn read(data: &Path) -> anyhow::Result<(GatewayStatus, bool)> {
-    let text = outpost_net::fsutil::read_string(&data.join(FILE)).map_err(|e| {
-        anyhow::anyhow!("{e} (has the gateway been started with this data directory?)")
-    })?;
-    let s: GatewayStatus = serde_json::from_str(&text)?;
-    let running = Path::new(&format!("/proc/{}", s.pid)).exists() && s.uplink != "stopped";
+pub fn read(data: &Path) -> Result<(GatewayStatus, bool), StatusError> {
+    let s: GatewayStatus = status_file::read(data, "gateway")?;
+    let running = status_file::process_running(s.pid) && s.uplink != "stopped";
     Ok((s, running))
 }
 

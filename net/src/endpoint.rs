@@ -146,16 +146,30 @@ pub fn peer_leaf(conn: &quinn::Connection) -> Option<rustls_pki_types::Certifica
         .and_then(|v| v.into_iter().next())
 }
 
+/// An address that could not be resolved.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot resolve {target:?}: {why}")]
+pub struct ResolveError {
+    /// What was asked for.
+    pub target: String,
+    /// Why not.
+    pub why: String,
+}
+
 /// Resolves `host:port` (a literal address or a name) to the first address.
-pub async fn resolve(target: &str) -> anyhow::Result<SocketAddr> {
+pub async fn resolve(target: &str) -> Result<SocketAddr, ResolveError> {
     if let Ok(a) = target.parse() {
         return Ok(a);
     }
+    let err = |why: String| ResolveError {
+        target: target.to_owned(),
+        why,
+    };
     tokio::net::lookup_host(target)
         .await
-        .map_err(|e| anyhow::anyhow!("cannot resolve {target:?}: {e} (expected host:port)"))?
+        .map_err(|e| err(format!("{e} (expected host:port)")))?
         .next()
-        .ok_or_else(|| anyhow::anyhow!("{target:?} resolves to no address"))
+        .ok_or_else(|| err("the name resolves to no address".into()))
 }
 
 #[cfg(test)]

@@ -16,7 +16,6 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::Context;
 use base64::Engine;
 use futures_util::{SinkExt, StreamExt};
 use outpost_proto::alpn;
@@ -27,8 +26,73 @@ use outpost_proto::token::Token;
 use rustls_pki_types::{CertificateDer, ServerName};
 use serde::{Deserialize, Serialize};
 
-use crate::fsutil::{read_string, write_atomic};
+use crate::fsutil::{ReadError, read_string, write_atomic};
 use crate::{endpoint, refuse, stream, transport};
+
+/// Why a stored identity could not be loaded or saved.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum IdentityError {
+    /// A file could not be read.
+    #[error(transparent)]
+    Read(#[from] ReadError),
+    /// A file is damaged.
+    #[error("{}: {what} (delete the identity directory and enroll again with a new token)", path.display())]
+    Damaged {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        what: String,
+    },
+    /// A file could not be written.
+    #[error("cannot store the identity: {0}")]
+    Write(#[from] std::io::Error),
+}
+
+/// Why an enrollment failed, sorted by what the user can do about it.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum EnrollError {
+    /// The server refused (token unknown, expired, used up, for another role …): final.
+    #[error("enrollment refused: {0}")]
+    Refused(Refused),
+    /// The server or gateway could not be reached: worth retrying.
+    #[error("cannot reach {addr} to enroll: {why}")]
+    Unreachable {
+        /// Where.
+        addr: String,
+        /// Why.
+        why: String,
+    },
+    /// The peer answered something that is not an enrollment answer.
+    #[error("enrollment failed: {0}")]
+    Protocol(String),
+    /// The answer is not from the deployment the token names.
+    #[error(
+        "the server's CA does not match the CA fingerprint in the enrollment token (the token is from another deployment, or the address reaches another server)"
+    )]
+    WrongCa,
+    /// This side failed (key generation, TLS setup, storing the identity).
+    #[error("enrollment failed on this device: {0}")]
+    Local(String),
+}
+
+impl EnrollError {
+    /// Whether retrying later, or on another path, could help: the path was unreachable or
+    /// broke off, or the server said to come back later (overloaded, restarting). A refusal of
+    /// the token or the device, a foreign CA or a local failure is final.
+    pub fn is_retryable(&self) -> bool {
+        use outpost_proto::error::Fault;
+        match self {
+            EnrollError::Unreachable { .. } | EnrollError::Protocol(_) => true,
+            EnrollError::Refused(r) => matches!(
+                r.code().fault(),
+                Fault::Unavailable | Fault::Timeout | Fault::Io
+            ),
+            EnrollError::WrongCa | EnrollError::Local(_) => false,
+        }
+    }
+}
 
 /// An enrolled device's credentials.
 #[derive(Debug, Clone)]
@@ -59,25 +123,32 @@ fn dir(data: &Path) -> PathBuf {
 
 impl DeviceIdentity {
     /// Loads the identity, or `None` if the device has not enrolled yet.
-    pub fn load(data: &Path) -> anyhow::Result<Option<DeviceIdentity>> {
+    pub fn load(data: &Path) -> Result<Option<DeviceIdentity>, IdentityError> {
         let d = dir(data);
         if !d.join("device.toml").exists() {
             return Ok(None);
         }
+        let damaged = |file: &str, what: String| IdentityError::Damaged {
+            path: d.join(file),
+            what,
+        };
         let file: DeviceFile = toml::from_str(&read_string(&d.join("device.toml"))?)
-            .with_context(|| format!("{}/device.toml is damaged", d.display()))?;
+            .map_err(|e| damaged("device.toml", e.to_string()))?;
         let identity = Identity::from_pem(
             &IdentityPem {
                 chain_pem: read_string(&d.join("cert.pem"))?,
                 key_pem: read_string(&d.join("key.pem"))?,
             },
             &d.join("cert.pem").display().to_string(),
-        )?;
-        let ca =
-            pki::certs_from_pem(&read_string(&d.join("ca.pem"))?, "identity/ca.pem")?.remove(0);
+        )
+        .map_err(|e| damaged("cert.pem", e.to_string()))?;
+        let ca = pki::certs_from_pem(&read_string(&d.join("ca.pem"))?, "identity/ca.pem")
+            .ok()
+            .and_then(|v| v.into_iter().next())
+            .ok_or_else(|| damaged("ca.pem", "no certificate in it".into()))?;
         let grant_public_key = base64::engine::general_purpose::STANDARD
             .decode(&file.grant_public_key)
-            .context("device.toml: grant_public_key")?;
+            .map_err(|e| damaged("device.toml", format!("grant_public_key: {e}")))?;
         Ok(Some(DeviceIdentity {
             device_id: file.device_id,
             group: file.group,
@@ -88,7 +159,7 @@ impl DeviceIdentity {
     }
 
     /// Stores the identity; device.toml is written last, so a crash leaves "not enrolled".
-    pub fn save(&self, data: &Path, key_pem: &str) -> anyhow::Result<()> {
+    pub fn save(&self, data: &Path, key_pem: &str) -> Result<(), IdentityError> {
         let d = dir(data);
         let chain: String = self
             .identity
@@ -109,11 +180,8 @@ impl DeviceIdentity {
             grant_public_key: base64::engine::general_purpose::STANDARD
                 .encode(&self.grant_public_key),
         };
-        write_atomic(
-            &d.join("device.toml"),
-            toml::to_string(&file)?.as_bytes(),
-            false,
-        )?;
+        let text = toml::to_string(&file).expect("device file serializes");
+        write_atomic(&d.join("device.toml"), text.as_bytes(), false)?;
         Ok(())
     }
 }
@@ -134,13 +202,14 @@ pub async fn enroll(
     token: &Token,
     role: Role,
     inventory: Inventory,
-) -> anyhow::Result<DeviceIdentity> {
+) -> Result<DeviceIdentity, EnrollError> {
+    let local = |e: &dyn std::fmt::Display| EnrollError::Local(e.to_string());
     let hostname = if inventory.hostname.is_empty() {
         "device".to_owned()
     } else {
         inventory.hostname.clone()
     };
-    let csr = pki::generate_csr(&hostname)?;
+    let csr = pki::generate_csr(&hostname).map_err(|e| local(&e))?;
     let req = EnrollRequest {
         token: token.to_text(),
         csr_der: csr.csr_der.clone(),
@@ -152,50 +221,59 @@ pub async fn enroll(
         EnrollVia::Server(a) => (a, pki::SERVER_NAME),
         EnrollVia::Gateway(a) => (a, pki::GATEWAY_NAME),
     };
-    let tls = pki::client_config(None, &trust, &[alpn::ENROLL])?;
-    let quic = quinn::crypto::rustls::QuicClientConfig::try_from(Arc::new(tls))?;
+    let unreachable = |why: String| EnrollError::Unreachable {
+        addr: addr.to_string(),
+        why,
+    };
+    let tls = pki::client_config(None, &trust, &[alpn::ENROLL]).map_err(|e| local(&e))?;
+    let quic =
+        quinn::crypto::rustls::QuicClientConfig::try_from(Arc::new(tls)).map_err(|e| local(&e))?;
     let mut cfg = quinn::ClientConfig::new(Arc::new(quic));
     cfg.transport_config(transport::client(
         Duration::from_secs(10),
         Duration::from_secs(30),
     ));
-    let ep = endpoint::client_endpoint(addr)?;
-    let conn = match tokio::time::timeout(
-        Duration::from_secs(10),
-        ep.connect_with(cfg, addr, name)?,
-    )
-    .await
-    {
+    let ep = endpoint::client_endpoint(addr).map_err(|e| local(&e))?;
+    let connecting = ep
+        .connect_with(cfg, addr, name)
+        .map_err(|e| unreachable(refuse::explain_connect(&e)))?;
+    let conn = match tokio::time::timeout(Duration::from_secs(10), connecting).await {
         Ok(Ok(c)) => c,
-        Ok(Err(e)) => anyhow::bail!("cannot reach {addr} to enroll: {}", refuse::explain(&e)),
-        Err(_) => anyhow::bail!("cannot reach {addr} to enroll: no answer within 10s"),
+        Ok(Err(e)) => {
+            return Err(match refuse::refusal_of(&e) {
+                Some(r) => EnrollError::Refused(r),
+                None => unreachable(refuse::explain(&e)),
+            });
+        }
+        Err(_) => return Err(unreachable("no answer within 10s".into())),
     };
     let (send, recv) = conn
         .open_bi()
         .await
-        .map_err(|e| anyhow::anyhow!("{}", refuse::explain(&e)))?;
+        .map_err(|e| unreachable(refuse::explain(&e)))?;
     let resp = match via {
         EnrollVia::Server(_) => exchange(stream::bi(send, recv), req).await,
         EnrollVia::Gateway(_) => {
             // The gateway relays; the request travels inside TLS to the server itself.
-            let inner = pki::client_config(None, &trust, &[alpn::ENROLL])?;
-            let tls = tokio_rustls::TlsConnector::from(Arc::new(inner))
-                .connect(
-                    ServerName::try_from(pki::SERVER_NAME)?,
-                    stream::bi(send, recv),
-                )
+            let inner = pki::client_config(None, &trust, &[alpn::ENROLL]).map_err(|e| local(&e))?;
+            let sni = ServerName::try_from(pki::SERVER_NAME).expect("static name");
+            match tokio_rustls::TlsConnector::from(Arc::new(inner))
+                .connect(sni, stream::bi(send, recv))
                 .await
-                .context("inner TLS to the server through the gateway failed")?;
-            exchange(tls, req).await
+            {
+                Ok(tls) => exchange(tls, req).await,
+                Err(e) => Err(unreachable(format!(
+                    "inner TLS to the server through the gateway failed: {e}"
+                ))),
+            }
         }
     };
     conn.close(quinn::VarInt::from_u32(0), b"enrolled");
     let resp = resp?;
     let ca = CertificateDer::from(resp.ca_der);
-    anyhow::ensure!(
-        pki::fingerprint(&ca) == token.ca_sha256,
-        "the server answered with a CA that does not match the token"
-    );
+    if pki::fingerprint(&ca) != token.ca_sha256 {
+        return Err(EnrollError::WrongCa);
+    }
     let chain_pem = format!(
         "{}{}",
         pki::cert_to_pem(&resp.certificate_der),
@@ -207,7 +285,8 @@ pub async fn enroll(
             key_pem: csr.key_pem.clone(),
         },
         "issued certificate",
-    )?;
+    )
+    .map_err(|e| EnrollError::Protocol(format!("the issued certificate is unusable: {e}")))?;
     let id = DeviceIdentity {
         device_id: resp.device_id,
         group: resp.group,
@@ -215,28 +294,32 @@ pub async fn enroll(
         ca,
         grant_public_key: resp.grant_public_key,
     };
-    id.save(data, &csr.key_pem)?;
+    id.save(data, &csr.key_pem).map_err(|e| local(&e))?;
     Ok(id)
 }
 
 async fn exchange<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
     io: S,
     req: EnrollRequest,
-) -> anyhow::Result<outpost_proto::pb::v1::EnrollResponse> {
+) -> Result<outpost_proto::pb::v1::EnrollResponse, EnrollError> {
     let mut f = stream::framed(io, 1 << 20);
-    f.send(Msg::EnrollRequest(req)).await?;
+    f.send(Msg::EnrollRequest(req))
+        .await
+        .map_err(|e| EnrollError::Protocol(format!("cannot send the request: {e}")))?;
     match tokio::time::timeout(Duration::from_secs(30), f.next()).await {
         Ok(Some(Ok(Msg::EnrollResponse(r)))) => Ok(r),
-        Ok(Some(Ok(Msg::Refusal(r)))) => {
-            Err(anyhow::Error::new(Refused(r)).context("enrollment refused"))
-        }
-        Ok(Some(Ok(other))) => anyhow::bail!(
+        Ok(Some(Ok(Msg::Refusal(r)))) => Err(EnrollError::Refused(Refused(r))),
+        Ok(Some(Ok(other))) => Err(EnrollError::Protocol(format!(
             "unexpected {} during enrollment",
             outpost_proto::session::msg_name(&other)
-        ),
-        Ok(Some(Err(e))) => Err(e.into()),
-        Ok(None) => anyhow::bail!("the server closed the enrollment stream without an answer"),
-        Err(_) => anyhow::bail!("no enrollment answer within 30s"),
+        ))),
+        Ok(Some(Err(e))) => Err(EnrollError::Protocol(e.to_string())),
+        Ok(None) => Err(EnrollError::Protocol(
+            "the server closed the enrollment stream without an answer".into(),
+        )),
+        Err(_) => Err(EnrollError::Protocol(
+            "no enrollment answer within 30s".into(),
+        )),
     }
 }
 

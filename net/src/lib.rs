@@ -7,12 +7,16 @@
 //! drivers do not each carry their own copy of the same transport code.
 #![forbid(unsafe_code)]
 
+pub mod config;
 pub mod endpoint;
 pub mod fsutil;
 pub mod identity;
 pub mod logging;
 pub mod refuse;
+pub mod runtime;
+pub mod signal;
 pub mod splice;
+pub mod status_file;
 pub mod stream;
 pub mod transport;
 

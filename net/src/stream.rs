@@ -37,6 +37,23 @@ pub async fn recv<S: AsyncRead + AsyncWrite + Unpin>(
     f.next().await.transpose()
 }
 
+/// Writes every message a state machine has queued, then flushes once.
+pub async fn send_queued<S, M>(f: &mut Framed<S>, sm: &mut M) -> Result<(), FrameError>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+    M: outpost_proto::control::Outgoing,
+{
+    let mut wrote = false;
+    while let Some(m) = sm.poll_transmit() {
+        f.feed(m).await?;
+        wrote = true;
+    }
+    if wrote {
+        f.flush().await?;
+    }
+    Ok(())
+}
+
 /// Reads exactly one frame from a raw QUIC stream without reading past it (the bytes after a
 /// `RelayOpen` belong to the inner TLS session).
 pub async fn read_one_frame(recv: &mut quinn::RecvStream, max: usize) -> Result<Msg, FrameError> {
@@ -49,17 +66,11 @@ pub async fn read_one_frame(recv: &mut quinn::RecvStream, max: usize) -> Result<
     let mut payload = vec![0u8; len];
     read_exact(recv, &mut payload).await?;
     if header[0] != FRAME_ENVELOPE {
-        return Err(FrameError::Io(std::io::Error::new(
-            std::io::ErrorKind::InvalidData,
-            format!("expected an envelope frame, got frame type {}", header[0]),
-        )));
+        return Err(FrameError::UnexpectedType(header[0]));
     }
-    Envelope::decode(payload.as_slice())?.msg.ok_or_else(|| {
-        FrameError::Io(std::io::Error::new(
-            std::io::ErrorKind::InvalidData,
-            "empty envelope",
-        ))
-    })
+    Envelope::decode(payload.as_slice())?
+        .msg
+        .ok_or(FrameError::Empty)
 }
 
 async fn read_exact(recv: &mut quinn::RecvStream, buf: &mut [u8]) -> Result<(), FrameError> {

@@ -56,6 +56,13 @@ pub enum FrameError {
         /// Maximum allowed.
         max: usize,
     },
+    /// A frame of another type where only an envelope may stand (the single frame before a
+    /// relayed stream's opaque bytes).
+    #[error("expected an envelope frame, got frame type {0}")]
+    UnexpectedType(u8),
+    /// An envelope without a message this build knows, where one is required.
+    #[error("empty envelope (a message this build does not know)")]
+    Empty,
     /// The underlying stream failed.
     #[error("i/o: {0}")]
     Io(#[from] std::io::Error),
@@ -68,10 +75,24 @@ impl FrameError {
         match self {
             FrameError::TooLarge { .. }
             | FrameError::Malformed(_)
-            | FrameError::Truncated { .. } => Fault::PeerMisbehaved,
+            | FrameError::Truncated { .. }
+            | FrameError::UnexpectedType(_)
+            | FrameError::Empty => Fault::PeerMisbehaved,
             FrameError::OutgoingTooLarge { .. } => Fault::LocalMisuse,
             FrameError::Io(_) => Fault::Io,
         }
+    }
+
+    /// The refusal to send the peer for this error: `None` when the stream itself failed
+    /// (there is nobody to tell) or the fault is ours.
+    pub fn to_refusal(&self) -> Option<crate::error::Refused> {
+        use crate::error::{Fault, RefusalCode, Refused};
+        let code = match self {
+            FrameError::TooLarge { .. } => RefusalCode::FrameTooLarge,
+            _ if self.fault() == Fault::PeerMisbehaved => RefusalCode::Malformed,
+            _ => return None,
+        };
+        Some(Refused::new(code, self.to_string()))
     }
 }
 

@@ -4,8 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::Context;
-use outpost_net::fsutil::{read, read_string, write_atomic};
+use outpost_net::fsutil::{ReadError, read, read_string, write_atomic};
 use outpost_proto::licence::key::{decode_public_key, encode_public_key, parse_time};
 use outpost_proto::licence::{Authority, KeyBody, LicenceKey};
 use outpost_proto::pb::v1::KeyKind;
@@ -15,14 +14,41 @@ pub const PRIVATE_FILE: &str = "authority.key";
 /// File of the public key in an authority directory.
 pub const PUBLIC_FILE: &str = "authority.pub";
 
+/// Why an authority operation failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum AuthorityError {
+    /// The authority key exists already.
+    #[error("{} already exists; an authority key is never overwritten", .0.display())]
+    Exists(PathBuf),
+    /// A file could not be read.
+    #[error(transparent)]
+    Read(#[from] ReadError),
+    /// A file could not be written.
+    #[error("{0}")]
+    Write(#[from] std::io::Error),
+    /// An input is not what it should be (the text names it and the fix).
+    #[error("{0}")]
+    Invalid(String),
+    /// TLS or the listener could not be set up.
+    #[error("{0}")]
+    Setup(String),
+}
+
+fn invalid(what: impl std::fmt::Display) -> AuthorityError {
+    AuthorityError::Invalid(what.to_string())
+}
+
+fn setup(what: impl std::fmt::Display) -> AuthorityError {
+    AuthorityError::Setup(what.to_string())
+}
+
 /// Creates an authority in `dir`; refuses to overwrite one.
-pub fn init(dir: &Path) -> anyhow::Result<(Authority, PathBuf)> {
+pub fn init(dir: &Path) -> Result<(Authority, PathBuf), AuthorityError> {
     let private = dir.join(PRIVATE_FILE);
-    anyhow::ensure!(
-        !private.exists(),
-        "{} already exists; an authority key is never overwritten",
-        private.display()
-    );
+    if private.exists() {
+        return Err(AuthorityError::Exists(private));
+    }
     let (auth, pk8) = Authority::generate();
     write_atomic(&private, &pk8, true)?;
     let public = dir.join(PUBLIC_FILE);
@@ -35,25 +61,26 @@ pub fn init(dir: &Path) -> anyhow::Result<(Authority, PathBuf)> {
 }
 
 /// Loads the authority from `dir`.
-pub fn load(dir: &Path) -> anyhow::Result<Authority> {
+pub fn load(dir: &Path) -> Result<Authority, AuthorityError> {
     let private = dir.join(PRIVATE_FILE);
-    Authority::from_pkcs8(&read(&private)?).with_context(|| format!("{}", private.display()))
+    Authority::from_pkcs8(&read(&private)?)
+        .map_err(|e| invalid(format!("{}: {e}", private.display())))
 }
 
 /// Reads a public key file (or the text itself).
-pub fn read_public(path_or_text: &str) -> anyhow::Result<String> {
+pub fn read_public(path_or_text: &str) -> Result<String, AuthorityError> {
     let text = if path_or_text.starts_with(outpost_proto::licence::key::PUBLIC_KEY_PREFIX) {
         path_or_text.to_owned()
     } else {
         read_string(Path::new(path_or_text))?
     };
     decode_public_key(&text)
-        .with_context(|| format!("{path_or_text}: not an authority public key"))?;
+        .map_err(|e| invalid(format!("{path_or_text}: not an authority public key ({e})")))?;
     Ok(text.trim().to_owned())
 }
 
 /// Parses "now", RFC 3339, or unix seconds.
-pub fn parse_when(s: &str, now: i64) -> anyhow::Result<i64> {
+pub fn parse_when(s: &str, now: i64) -> Result<i64, AuthorityError> {
     if s == "now" {
         return Ok(now);
     }
@@ -61,9 +88,9 @@ pub fn parse_when(s: &str, now: i64) -> anyhow::Result<i64> {
         return Ok(t);
     }
     s.parse::<i64>().map_err(|_| {
-        anyhow::anyhow!(
+        invalid(format!(
             "{s:?} is not a time: use \"now\", RFC 3339 like 2027-01-31T23:59:59Z, or unix seconds"
-        )
+        ))
     })
 }
 
@@ -91,8 +118,8 @@ pub struct IssueSpec {
 }
 
 /// Issues a key file.
-pub fn issue(auth: &Authority, spec: &IssueSpec) -> anyhow::Result<LicenceKey> {
-    Ok(auth.issue(&KeyBody {
+pub fn issue(auth: &Authority, spec: &IssueSpec) -> Result<LicenceKey, AuthorityError> {
+    auth.issue(&KeyBody {
         key_id: spec.key_id.clone(),
         licensee: spec.licensee.clone(),
         product: spec.product.clone(),
@@ -106,7 +133,8 @@ pub fn issue(auth: &Authority, spec: &IssueSpec) -> anyhow::Result<LicenceKey> {
             KeyKind::Commercial
         },
         renews: spec.renews.clone(),
-    })?)
+    })
+    .map_err(invalid)
 }
 
 /// Directory inside an authority directory holding renewal keys until a server fetches them.
@@ -142,17 +170,17 @@ impl AuthorityService {
 
 /// Places a renewal key file in the authority's renewal store, where it waits until the
 /// server that owns the key it renews fetches it.
-pub fn offer(dir: &Path, file: &Path) -> anyhow::Result<String> {
+pub fn offer(dir: &Path, file: &Path) -> Result<String, AuthorityError> {
     let auth = load(dir)?;
     let bytes = read(file)?;
     let key = outpost_proto::licence::verify_key_file(&bytes, auth.public_key())
-        .with_context(|| format!("{}", file.display()))?;
+        .map_err(|e| invalid(format!("{}: {e}", file.display())))?;
     let renews = key.body.renews.clone().ok_or_else(|| {
-        anyhow::anyhow!(
+        invalid(format!(
             "{}: key {} renews no key (issue it with --renews)",
             file.display(),
             key.body.key_id
-        )
+        ))
     })?;
     write_atomic(
         &dir.join(RENEWALS_DIR)
@@ -165,13 +193,17 @@ pub fn offer(dir: &Path, file: &Path) -> anyhow::Result<String> {
 
 /// Starts the authority service on `listen` with the authority in `dir`. Its TLS certificate
 /// is created on first start and kept in `dir`.
-pub async fn serve(dir: &Path, listen: std::net::SocketAddr) -> anyhow::Result<AuthorityService> {
+pub async fn serve(
+    dir: &Path,
+    listen: std::net::SocketAddr,
+) -> Result<AuthorityService, AuthorityError> {
     use std::sync::Arc;
     let auth = Arc::new(load(dir)?);
     let cert_path = dir.join("authority-tls.pem");
     let key_path = dir.join("authority-tls.key");
     if !cert_path.exists() {
-        let id = outpost_proto::pki::self_signed("outpost-authority", outpost_net::unix_now())?;
+        let id = outpost_proto::pki::self_signed("outpost-authority", outpost_net::unix_now())
+            .map_err(setup)?;
         write_atomic(&key_path, id.key_pem.as_bytes(), true)?;
         write_atomic(&cert_path, id.chain_pem.as_bytes(), false)?;
     }
@@ -181,18 +213,21 @@ pub async fn serve(dir: &Path, listen: std::net::SocketAddr) -> anyhow::Result<A
             key_pem: read_string(&key_path)?,
         },
         "authority TLS certificate",
-    )?;
+    )
+    .map_err(invalid)?;
     let tls_sha256 = hex::encode(outpost_proto::pki::fingerprint(identity.leaf()));
     let tls = outpost_proto::pki::server_config(
         &identity,
         identity.leaf(),
         &[outpost_proto::alpn::AUTHORITY],
         outpost_proto::pki::ClientAuth::None,
-    )?;
+    )
+    .map_err(setup)?;
     let cfg = quinn::ServerConfig::with_crypto(Arc::new(
-        quinn::crypto::rustls::QuicServerConfig::try_from(Arc::new(tls))?,
+        quinn::crypto::rustls::QuicServerConfig::try_from(Arc::new(tls)).map_err(setup)?,
     ));
-    let endpoint = outpost_net::endpoint::endpoint(listen, &Default::default(), Some(cfg))?;
+    let endpoint = outpost_net::endpoint::endpoint(listen, &Default::default(), Some(cfg))
+        .map_err(|e| setup(format!("cannot listen on udp {listen}: {e}")))?;
     let addr = endpoint.local_addr()?;
     std::fs::create_dir_all(dir.join(RENEWALS_DIR))?;
     let ep = endpoint.clone();

@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
-use anyhow::Context;
+use outpost_net::config::{ConfigError, Validate, ensure};
 use outpost_net::endpoint::SocketOptions;
 use serde::{Deserialize, Serialize};
 
@@ -225,39 +225,23 @@ impl Default for StoreConfig {
     }
 }
 
-impl ServerConfig {
-    /// Reads and validates a config file.
-    pub fn load(path: &Path) -> anyhow::Result<ServerConfig> {
-        let text = outpost_net::fsutil::read_string(path)?;
-        let cfg: ServerConfig = toml::from_str(&text)
-            .with_context(|| format!("{}: invalid configuration", path.display()))?;
-        cfg.validate()
-            .with_context(|| format!("{}: invalid configuration", path.display()))?;
-        Ok(cfg)
-    }
-
-    /// Checks values that parse but make no sense.
-    pub fn validate(&self) -> anyhow::Result<()> {
-        anyhow::ensure!(
-            self.limits.max_sessions > 0,
-            "limits.max_sessions must be at least 1"
-        );
-        anyhow::ensure!(
-            self.limits.max_frame >= 4096,
-            "limits.max_frame must be at least 4096 bytes"
-        );
-        anyhow::ensure!(
-            self.timing.sync_interval >= Duration::from_secs(1),
-            "timing.sync_interval must be at least 1s"
-        );
-        anyhow::ensure!(
-            self.timing.grant_ttl >= Duration::from_secs(1),
-            "timing.grant_ttl must be at least 1s"
-        );
-        anyhow::ensure!(
-            self.timing.idle_timeout >= Duration::from_secs(2),
-            "timing.idle_timeout must be at least 2s"
-        );
+impl Validate for ServerConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        ensure(self.limits.max_sessions > 0, || {
+            "limits.max_sessions must be at least 1".into()
+        })?;
+        ensure(self.limits.max_frame >= 4096, || {
+            "limits.max_frame must be at least 4096 bytes".into()
+        })?;
+        ensure(self.timing.sync_interval >= Duration::from_secs(1), || {
+            "timing.sync_interval must be at least 1s".into()
+        })?;
+        ensure(self.timing.grant_ttl >= Duration::from_secs(1), || {
+            "timing.grant_ttl must be at least 1s".into()
+        })?;
+        ensure(self.timing.idle_timeout >= Duration::from_secs(2), || {
+            "timing.idle_timeout must be at least 2s".into()
+        })?;
         for ch in self
             .notifications
             .channels
@@ -265,39 +249,45 @@ impl ServerConfig {
             .flatten()
             .chain(&self.notifications.default_channels)
         {
-            anyhow::ensure!(
-                ch == "log" || ch == "hook",
-                "notifications: unknown channel {ch:?} (use \"log\" or \"hook\")"
-            );
+            ensure(ch == "log" || ch == "hook", || {
+                format!("notifications: unknown channel {ch:?} (use \"log\" or \"hook\")")
+            })?;
         }
         if !self.licensing.authority.is_empty() {
-            anyhow::ensure!(
+            ensure(
                 self.licensing.authority_tls_sha256.len() == 64
                     && hex::decode(&self.licensing.authority_tls_sha256).is_ok(),
-                "licensing.authority_tls_sha256 must be the 64 hex digits printed by `outpost-server authority serve`"
-            );
+                || {
+                    "licensing.authority_tls_sha256 must be the 64 hex digits printed by `outpost-server authority serve`".into()
+                },
+            )?;
         }
         if !self.authority_public_key.is_empty() {
             outpost_proto::licence::key::decode_public_key(&self.authority_public_key)
-                .context("authority_public_key")?;
+                .map_err(|e| ConfigError::invalid(format!("authority_public_key: {e}")))?;
         }
-        for g in self.gateways.iter().chain(&self.dmz_gateways) {
-            anyhow::ensure!(
-                g.rsplit_once(':')
-                    .is_some_and(|(_, p)| p.parse::<u16>().is_ok()),
-                "gateways: {g:?} is not host:port"
-            );
-        }
-        Ok(())
+        outpost_net::config::check_addresses("gateways", &self.gateways)?;
+        outpost_net::config::check_addresses("dmz_gateways", &self.dmz_gateways)
+    }
+}
+
+impl ServerConfig {
+    /// Reads and validates a config file.
+    pub fn load(path: &Path) -> Result<ServerConfig, ConfigError> {
+        outpost_net::config::load(path)
+    }
+
+    /// Checks values that parse but make no sense.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        Validate::validate(self)
     }
 
     /// The file as written at first start: every key with its default and a comment.
     pub fn to_commented_toml(&self) -> String {
-        let body = toml::to_string_pretty(self).expect("config serializes");
-        format!(
-            "# outpost-server configuration. Every key is optional; shown values are the defaults\n\
-             # unless set at init. Durations: \"30s\", \"5m\", \"7d\". See README \"Configuration\".\n\
-             {body}"
+        outpost_net::config::commented(
+            "outpost-server configuration. Every key is optional; shown values are the defaults\n\
+             unless set at init. Durations: \"30s\", \"5m\", \"7d\". See README \"Configuration\".",
+            self,
         )
     }
 

@@ -12,13 +12,44 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::Context;
-use outpost_net::fsutil::{read_string, write_atomic};
-use outpost_proto::pki::{Ca, CertRole, Identity, IdentityPem};
-use serde::{Deserialize, Serialize};
+use outpost_net::config::ConfigError;
+use outpost_net::fsutil::{ReadError, read_string, write_atomic};
+use outpost_proto::pki::{Ca, CertRole, Identity};
 
 use crate::config::ServerConfig;
-use crate::store::{Store, fp_hex};
+use crate::store::{Store, StoreError, fp_hex};
+
+/// Why a data directory could not be initialised or read.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum DataDirError {
+    /// `init` on a directory that is initialised already.
+    #[error("{} is already initialised", .0.display())]
+    AlreadyInitialised(PathBuf),
+    /// The configuration to initialise with is invalid (names the key).
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// A file could not be read.
+    #[error(transparent)]
+    Read(#[from] ReadError),
+    /// A file is there but unusable.
+    #[error("{}: {what}", path.display())]
+    Damaged {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        what: String,
+    },
+    /// A file or directory could not be written.
+    #[error("{0}")]
+    Write(#[from] std::io::Error),
+    /// Certificates could not be made.
+    #[error("cannot create certificates: {0}")]
+    Pki(#[from] outpost_proto::pki::PkiError),
+    /// The store could not be created.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
 
 /// Paths inside a data directory.
 #[derive(Debug, Clone)]
@@ -39,14 +70,6 @@ pub struct InitOptions {
     pub deployment: Option<String>,
     /// A complete config to start from (tests, sandbox); listen/authority above override it.
     pub base: Option<ServerConfig>,
-}
-
-/// The admin bundle file (`admin/admin.toml`).
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct AdminBundle {
-    /// Server address to dial.
-    pub server: String,
 }
 
 impl DataDir {
@@ -104,21 +127,25 @@ impl DataDir {
     /// Initialises a new data directory: CA, server certificate, grant key, database, admin
     /// identity, config. A crash part-way leaves no `server.toml`, and the next start redoes
     /// the whole initialisation.
-    pub async fn init(&self, opts: &InitOptions) -> anyhow::Result<ServerConfig> {
-        anyhow::ensure!(
-            !self.is_initialized(),
-            "{} is already initialised",
-            self.root.display()
-        );
-        anyhow::ensure!(
-            !opts.authority_public_key.is_empty(),
-            "first start needs the licence authority's public key: pass --authority-key <file> \
-             (create one with `outpost-server authority init --dir <dir>`)"
-        );
+    pub async fn init(&self, opts: &InitOptions) -> Result<ServerConfig, DataDirError> {
+        if self.is_initialized() {
+            return Err(DataDirError::AlreadyInitialised(self.root.clone()));
+        }
+        if opts.authority_public_key.is_empty() {
+            return Err(ConfigError::invalid(
+                "first start needs the licence authority's public key: pass --authority-key <file> \
+                 (create one with `outpost-server authority init --dir <dir>`)",
+            )
+            .into());
+        }
         outpost_proto::licence::key::decode_public_key(&opts.authority_public_key)
-            .context("--authority-key")?;
-        std::fs::create_dir_all(&self.root)
-            .with_context(|| format!("cannot create {}", self.root.display()))?;
+            .map_err(|e| ConfigError::invalid(format!("--authority-key: {e}")))?;
+        std::fs::create_dir_all(&self.root).map_err(|e| {
+            std::io::Error::new(
+                e.kind(),
+                format!("cannot create {}: {e}", self.root.display()),
+            )
+        })?;
         // Leftovers of an interrupted init.
         for f in ["outpost.db", "outpost.db-wal", "outpost.db-shm"] {
             let _ = std::fs::remove_file(self.root.join(f));
@@ -132,7 +159,7 @@ impl DataDir {
         }
         cfg.server_names.extend(opts.server_names.iter().cloned());
         cfg.authority_public_key = opts.authority_public_key.trim().to_owned();
-        cfg.validate()?;
+        outpost_net::config::Validate::validate(&cfg)?;
 
         let now = outpost_net::unix_now();
         let ca = Ca::generate(&cfg.deployment, now)?;
@@ -158,56 +185,45 @@ impl DataDir {
             )
             .await?;
         store.close().await;
-        self.write_admin_bundle(&admin, &ca.cert_pem(), &cfg.client_address())?;
+        outpost_admin::bundle::write(&self.admin(), &admin, &ca.cert_pem(), &cfg.client_address())?;
 
         write_atomic(&self.config(), cfg.to_commented_toml().as_bytes(), false)?;
         Ok(cfg)
     }
 
-    fn write_admin_bundle(
-        &self,
-        id: &IdentityPem,
-        ca_pem: &str,
-        server: &str,
-    ) -> anyhow::Result<()> {
-        let dir = self.admin();
-        write_atomic(&dir.join("cert.pem"), id.chain_pem.as_bytes(), false)?;
-        write_atomic(&dir.join("key.pem"), id.key_pem.as_bytes(), true)?;
-        write_atomic(&dir.join("ca.pem"), ca_pem.as_bytes(), false)?;
-        self.set_admin_server(server)
+    /// Points the admin bundle at the address the server actually listens on.
+    pub fn set_admin_server(&self, server: &str) -> Result<(), DataDirError> {
+        Ok(outpost_admin::bundle::set_server(&self.admin(), server)?)
     }
 
-    /// Points the admin bundle at the address the server actually listens on.
-    pub fn set_admin_server(&self, server: &str) -> anyhow::Result<()> {
-        let bundle = AdminBundle {
-            server: server.to_owned(),
-        };
-        let text = format!(
-            "# Where `outpost-server admin` connects. Copy this directory to an admin workstation\n\
-             # and change `server` to an address that reaches the server.\n{}",
-            toml::to_string(&bundle)?
-        );
-        write_atomic(&self.admin().join("admin.toml"), text.as_bytes(), false)?;
-        Ok(())
+    /// Reads a file of the data directory.
+    pub fn read(&self, path: &Path) -> Result<Vec<u8>, DataDirError> {
+        Ok(outpost_net::fsutil::read(path)?)
     }
 
     /// Loads the CA.
-    pub fn load_ca(&self) -> anyhow::Result<Ca> {
-        Ok(Ca::load(
+    pub fn load_ca(&self) -> Result<Ca, DataDirError> {
+        Ca::load(
             &read_string(&self.ca_cert())?,
             &read_string(&self.ca_key())?,
-        )?)
+        )
+        .map_err(|e| DataDirError::Damaged {
+            path: self.ca_cert(),
+            what: e.to_string(),
+        })
     }
 
     /// Loads the server identity.
-    pub fn load_server_identity(&self) -> anyhow::Result<Identity> {
-        let pem = IdentityPem {
+    pub fn load_server_identity(&self) -> Result<Identity, DataDirError> {
+        let pem = outpost_proto::pki::IdentityPem {
             chain_pem: read_string(&self.server_cert())?,
             key_pem: read_string(&self.server_key())?,
         };
-        Ok(Identity::from_pem(
-            &pem,
-            &self.server_cert().display().to_string(),
-        )?)
+        Identity::from_pem(&pem, &self.server_cert().display().to_string()).map_err(|e| {
+            DataDirError::Damaged {
+                path: self.server_cert(),
+                what: e.to_string(),
+            }
+        })
     }
 }

@@ -13,7 +13,8 @@ use outpost_proto::pki::{self, Identity, Trust};
 use tokio::time::Instant;
 use tracing::{Instrument, info, info_span, warn};
 
-use crate::node::Shared;
+use crate::gateways::Direction;
+use crate::node::Node;
 
 /// The client configuration the server dials gateways with: its own certificate (which
 /// carries the `outpost-server` name the gateway checks), the gateway verified as
@@ -21,11 +22,12 @@ use crate::node::Shared;
 pub fn client_config(
     identity: &Identity,
     ca: &rustls_pki_types::CertificateDer<'static>,
-) -> anyhow::Result<quinn::ClientConfig> {
-    let tls = pki::client_config(Some(identity), &Trust::Ca(ca.clone()), &[alpn::GATEWAY])?;
-    let mut c = quinn::ClientConfig::new(Arc::new(
-        quinn::crypto::rustls::QuicClientConfig::try_from(Arc::new(tls))?,
-    ));
+) -> Result<quinn::ClientConfig, String> {
+    let tls = pki::client_config(Some(identity), &Trust::Ca(ca.clone()), &[alpn::GATEWAY])
+        .map_err(|e| e.to_string())?;
+    let quic = quinn::crypto::rustls::QuicClientConfig::try_from(Arc::new(tls))
+        .map_err(|e| e.to_string())?;
+    let mut c = quinn::ClientConfig::new(Arc::new(quic));
     c.transport_config(transport::uplink(
         Duration::from_secs(15),
         Duration::from_secs(45),
@@ -35,7 +37,7 @@ pub fn client_config(
 
 /// Keeps the connection to one DMZ gateway up until shutdown.
 pub async fn run(
-    shared: Arc<Shared>,
+    node: Arc<Node>,
     ep: quinn::Endpoint,
     client: quinn::ClientConfig,
     target: String,
@@ -44,29 +46,29 @@ pub async fn run(
     let span = info_span!("dmz", gateway = %target);
     async move {
         loop {
-            if shared.shutdown.is_cancelled() {
+            if node.runtime().is_shutting_down() {
                 return;
             }
             match dial(&ep, &client, &target).await {
-                Ok(conn) => match crate::node::authenticate(&shared, &conn, "gateway").await {
+                Ok(conn) => match crate::node::authenticate(&node, &conn, "gateway").await {
                     Some(dev) => {
                         info!(device = %dev.id, remote = %conn.remote_address(), "DMZ gateway connected");
                         backoff.on_connected(Instant::now().into_std());
                         tokio::select! {
-                            _ = crate::uplink::serve(shared.clone(), conn.clone(), dev, "dmz") => {}
-                            _ = shared.shutdown.cancelled() => return,
+                            _ = crate::uplink::serve(node.clone(), conn.clone(), dev, Direction::Dmz) => {}
+                            _ = node.runtime().cancelled() => return,
                         }
                         warn!(reason = %conn.close_reason().map(|e| refuse::explain(&e)).unwrap_or_default(), "DMZ gateway connection ended");
                     }
                     None => warn!("DMZ gateway refused: its certificate is not a registered gateway"),
                 },
-                Err(e) => warn!(error = %format!("{e:#}"), "cannot reach the DMZ gateway"),
+                Err(e) => warn!(error = %e, "cannot reach the DMZ gateway"),
             }
             backoff.on_disconnected(Instant::now().into_std());
             let delay = backoff.next_delay(outpost_net::jitter_unit());
             tokio::select! {
                 _ = tokio::time::sleep(delay) => {}
-                _ = shared.shutdown.cancelled() => return,
+                _ = node.runtime().cancelled() => return,
             }
         }
     }
@@ -78,12 +80,10 @@ async fn dial(
     ep: &quinn::Endpoint,
     client: &quinn::ClientConfig,
     target: &str,
-) -> anyhow::Result<quinn::Connection> {
-    let addr = endpoint::resolve(target).await?;
+) -> Result<quinn::Connection, String> {
+    let addr = endpoint::resolve(target).await.map_err(|e| e.to_string())?;
     let connecting = ep
         .connect_with(client.clone(), addr, pki::GATEWAY_NAME)
-        .map_err(|e| anyhow::anyhow!("{}", refuse::explain_connect(&e)))?;
-    connecting
-        .await
-        .map_err(|e| anyhow::anyhow!("{}", refuse::explain(&e)))
+        .map_err(|e| refuse::explain_connect(&e))?;
+    connecting.await.map_err(|e| refuse::explain(&e))
 }

@@ -8,32 +8,78 @@ use futures_util::{SinkExt, StreamExt};
 use outpost_net::stream;
 use outpost_proto::error::{RefusalCode, Refused, refusal};
 use outpost_proto::pb::v1::{EnrollRequest, EnrollResponse, Role, envelope::Msg};
-use outpost_proto::pki::{self, CertRole};
+use outpost_proto::pki::{self, Ca, CertRole};
 use outpost_proto::token::Token;
 use tokio::io::{AsyncRead, AsyncWrite};
+use tokio_rustls::TlsAcceptor;
 use tracing::{Instrument, debug, info, warn};
 
-use crate::node::Shared;
+use crate::node::Node;
 use crate::store::{NewDevice, fp_hex};
 
+/// Identity issuing: the CA, and the inner TLS the server terminates for sessions and
+/// enrollments relayed by gateways (S1).
+pub struct Enrollment {
+    ca: Ca,
+    ca_sha256: [u8; 32],
+    session_tls: TlsAcceptor,
+    enroll_tls: TlsAcceptor,
+}
+
+impl std::fmt::Debug for Enrollment {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Enrollment")
+            .field("ca_sha256", &hex::encode(self.ca_sha256))
+            .finish_non_exhaustive()
+    }
+}
+
+impl Enrollment {
+    /// The CA, and the inner TLS acceptors for relayed sessions (client certificate required)
+    /// and relayed enrollments (none yet).
+    pub fn new(ca: Ca, session_tls: TlsAcceptor, enroll_tls: TlsAcceptor) -> Enrollment {
+        Enrollment {
+            ca_sha256: pki::fingerprint(ca.cert_der()),
+            ca,
+            session_tls,
+            enroll_tls,
+        }
+    }
+
+    /// SHA-256 of the CA certificate (goes into tokens).
+    pub fn ca_sha256(&self) -> [u8; 32] {
+        self.ca_sha256
+    }
+
+    /// Inner TLS for relayed agent sessions.
+    pub fn session_tls(&self) -> &TlsAcceptor {
+        &self.session_tls
+    }
+
+    /// Inner TLS for relayed enrollments.
+    pub fn enroll_tls(&self) -> &TlsAcceptor {
+        &self.enroll_tls
+    }
+}
+
 /// Serves an enrollment connection: each bidi stream carries one request.
-pub async fn serve_connection(shared: Arc<Shared>, conn: quinn::Connection) {
+pub async fn serve_connection(node: Arc<Node>, conn: quinn::Connection) {
     loop {
         let (send, recv) = tokio::select! {
             s = conn.accept_bi() => match s { Ok(s) => s, Err(_) => return },
-            _ = shared.shutdown.cancelled() => return,
+            _ = node.runtime().cancelled() => return,
         };
-        let shared2 = shared.clone();
-        shared
-            .tasks
-            .spawn(serve_stream(shared2, stream::bi(send, recv)).in_current_span());
+        let n = node.clone();
+        node.runtime()
+            .spawn(serve_stream(n, stream::bi(send, recv)).in_current_span());
     }
 }
 
 /// Serves one enrollment request on a byte stream.
-pub async fn serve_stream<S: AsyncRead + AsyncWrite + Unpin>(shared: Arc<Shared>, io: S) {
-    let mut f = stream::framed(io, shared.config.limits.max_frame);
-    let msg = match tokio::time::timeout(crate::node::setup_timeout(&shared), f.next()).await {
+pub async fn serve_stream<S: AsyncRead + AsyncWrite + Unpin>(node: Arc<Node>, io: S) {
+    let mut f = stream::framed(io, node.config().limits.max_frame);
+    let setup = node.config().timing.session_setup_timeout;
+    let msg = match tokio::time::timeout(setup, f.next()).await {
         Ok(Some(Ok(m))) => m,
         Ok(Some(Err(e))) => {
             let _ = f
@@ -44,7 +90,7 @@ pub async fn serve_stream<S: AsyncRead + AsyncWrite + Unpin>(shared: Arc<Shared>
         _ => return,
     };
     let reply = match msg {
-        Msg::EnrollRequest(req) => match enroll(&shared, req).await {
+        Msg::EnrollRequest(req) => match enroll(&node, req).await {
             Ok(r) => Msg::EnrollResponse(r),
             Err(r) => {
                 warn!(refusal = %r, "enrollment refused");
@@ -64,7 +110,7 @@ pub async fn serve_stream<S: AsyncRead + AsyncWrite + Unpin>(shared: Arc<Shared>
     debug!("enrollment stream done");
 }
 
-async fn enroll(shared: &Shared, req: EnrollRequest) -> Result<EnrollResponse, Refused> {
+async fn enroll(node: &Node, req: EnrollRequest) -> Result<EnrollResponse, Refused> {
     let token = Token::parse(&req.token)
         .map_err(|e| Refused::new(RefusalCode::TokenInvalid, e.to_string()))?;
     let (role, cert_role) = match Role::try_from(req.role) {
@@ -88,18 +134,18 @@ async fn enroll(shared: &Shared, req: EnrollRequest) -> Result<EnrollResponse, R
     };
     let now = outpost_net::unix_now();
     let csr = req.csr_der;
-    let out = shared
-        .store
+    let ca = &node.enrollment().ca;
+    let out = node
+        .store()
         .enroll(&token, &new, now, |id| {
-            let der = shared
-                .ca
+            let der = ca
                 .issue_for_csr(&csr, cert_role, id, now)
                 .map_err(|e| e.to_string())?;
             let fp = fp_hex(&pki::fingerprint(&der));
             Ok((der.to_vec(), fp))
         })
         .await
-        .map_err(|e| Refused::new(e.code(), e.to_string()))?;
+        .map_err(|e| e.to_refusal("enrollment failed in the store"))?;
     info!(
         device = %out.device_id,
         role,
@@ -112,8 +158,8 @@ async fn enroll(shared: &Shared, req: EnrollRequest) -> Result<EnrollResponse, R
     Ok(EnrollResponse {
         device_id: out.device_id,
         certificate_der: out.cert_der,
-        ca_der: shared.ca.cert_der().to_vec(),
-        grant_public_key: shared.grants.public_key(),
+        ca_der: ca.cert_der().to_vec(),
+        grant_public_key: node.licensing().grant_public_key(),
         group: out.group,
     })
 }

@@ -1,119 +1,92 @@
-//! Gateway uplinks on the server (T3, S1).
+//! Gateway uplinks on the server (T3, T4, S1).
 //!
-//! The first stream a gateway opens is its control stream (hello, then periodic reports). Every
-//! further stream relays one agent: a `RelayOpen` frame in the clear of the uplink's own TLS,
-//! then the agent's inner TLS 1.3 session, which only the server can terminate. The agent's
-//! certificate inside that inner session is what identifies it — the gateway can neither read
-//! the session nor act as the agent.
+//! The first stream a gateway opens is its control stream, run by the control-stream machine
+//! (`outpost_proto::control`, channel `Uplink`): hello, then periodic reports up and
+//! directives down. Every further stream relays one agent: a `RelayOpen` frame in the clear of
+//! the uplink's own TLS, then the agent's inner TLS 1.3 session, which only the server can
+//! terminate. The agent's certificate inside that inner session is what identifies it — the
+//! gateway can neither read the session nor act as the agent.
 
 use std::sync::Arc;
 
-use futures_util::{SinkExt, StreamExt};
+use futures_util::StreamExt;
 use outpost_net::stream;
+use outpost_proto::control::{Acceptor, AcceptorEvent, Channel, ControlError};
 use outpost_proto::error::{RefusalCode, Refused};
-use outpost_proto::pb::v1::{RelayKind, RelayOpen, Role, envelope::Msg};
+use outpost_proto::pb::v1::{RelayKind, RelayOpen, envelope::Msg};
+use outpost_proto::pki;
 use outpost_proto::session::msg_name;
-use outpost_proto::{pki, version};
+use tokio::time::Instant;
 use tracing::{Instrument, debug, info, info_span, warn};
 
-use crate::node::{GatewayLink, Shared};
-use crate::session::{INNER_HANDSHAKE_TIMEOUT, refuse_stream};
+use crate::gateways::Direction;
+use crate::node::Node;
+use crate::sessions::driver::refuse_stream;
 use crate::store::{DeviceRow, fp_hex};
 
-/// Serves a gateway's uplink connection until it closes. `direction` says who dialed.
+/// Time to wait for a relayed session's inner TLS handshake.
+const INNER_HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Serves a gateway's uplink connection until it closes. `direction` says who dialled.
 pub async fn serve(
-    shared: Arc<Shared>,
+    node: Arc<Node>,
     conn: quinn::Connection,
     gateway: DeviceRow,
-    direction: &'static str,
+    direction: Direction,
 ) {
     let credit = Arc::new(outpost_net::transport::raise_for_uplink(
         &conn,
-        shared.config.limits.max_sessions_per_gateway,
+        node.config().limits.max_sessions_per_gateway,
     ));
     let control_guard = credit.opened();
-    let now = outpost_net::unix_now();
-    let _ = shared
-        .store
+    let _ = node
+        .store()
         .touch(
             &gateway.id,
             &format!("uplink from {}", conn.remote_address()),
-            now,
+            outpost_net::unix_now(),
         )
         .await;
-    // Control stream first.
     let control = tokio::select! {
         s = conn.accept_bi() => s,
-        _ = shared.shutdown.cancelled() => return,
+        _ = node.runtime().cancelled() => return,
     };
     let Ok((send, recv)) = control else { return };
-    let mut ctl = stream::framed(stream::bi(send, recv), shared.config.limits.max_frame);
-    match tokio::time::timeout(crate::node::setup_timeout(&shared), ctl.next()).await {
-        Ok(Some(Ok(Msg::Hello(h)))) => {
-            if h.role != Role::Gateway as i32 {
-                let r = Refused::new(
-                    RefusalCode::WrongRole,
-                    "uplink hello must claim the gateway role",
-                );
-                let _ = ctl.send(Msg::Refusal(r.0.clone())).await;
-                outpost_net::refuse::close(&conn, &r);
-                return;
-            }
-            match version::negotiate(version::supported(), h.min_version, h.max_version) {
-                Ok(v) => {
-                    let ack = outpost_proto::pb::v1::HelloAck {
-                        version: v,
-                        capabilities: vec![],
-                        software: format!("outpost-server {}", outpost_proto::SOFTWARE_VERSION),
-                        server_time_ms: outpost_net::unix_now_ms(),
-                        device_id: gateway.id.clone(),
-                    };
-                    if ctl.send(Msg::HelloAck(ack)).await.is_err() {
-                        return;
-                    }
-                }
-                Err(e) => {
-                    let r = Refused::new(RefusalCode::UnsupportedVersion, e.to_string());
-                    let _ = ctl.send(Msg::Refusal(r.0.clone())).await;
-                    outpost_net::refuse::close(&conn, &r);
-                    return;
-                }
-            }
-        }
-        other => {
-            let got = match &other {
-                Ok(Some(Ok(m))) => msg_name(m).to_owned(),
-                Ok(Some(Err(e))) => e.to_string(),
-                _ => "nothing".to_owned(),
-            };
-            let r = Refused::new(
-                RefusalCode::UnexpectedMessage,
-                format!("expected Hello on the control stream, got {got}"),
-            );
+    let mut ctl = stream::framed(stream::bi(send, recv), node.config().limits.max_frame);
+    let mut sm = Acceptor::new(
+        Channel::Uplink,
+        gateway.id.clone(),
+        format!("outpost-server {}", outpost_proto::SOFTWARE_VERSION),
+        Instant::now().into_std(),
+        node.config().timing.session_setup_timeout,
+    );
+    if let Err(e) = hello(&mut sm, &mut ctl).await {
+        // The refusal went out on the control stream; the close carries it too.
+        if let Some(r) = e.to_refusal() {
             outpost_net::refuse::close(&conn, &r);
-            return;
         }
+        warn!(error = %e, "uplink refused");
+        return;
     }
     info!(gateway = %gateway.id, remote = %conn.remote_address(), "gateway uplink up");
-    shared.gateways.lock().expect("gateways lock").insert(
-        gateway.id.clone(),
-        GatewayLink {
-            connection: conn.clone(),
-            since: outpost_net::unix_now(),
-            direction,
-            report: Default::default(),
-        },
+    node.gateways().up(
+        &gateway.id,
+        conn.clone(),
+        outpost_net::unix_now(),
+        direction,
     );
 
-    let control_task = {
-        let shared = shared.clone();
-        let gw = gateway.id.clone();
-        async move {
-            while let Some(Ok(msg)) = ctl.next().await {
-                if let Msg::GatewayReport(r) = msg
-                    && let Some(l) = shared.gateways.lock().expect("gateways lock").get_mut(&gw)
+    let control_task = async {
+        while let Some(Ok(msg)) = ctl.next().await {
+            if sm.handle_message(msg, outpost_net::unix_now_ms()).is_err() {
+                let _ = stream::send_queued(&mut ctl, &mut sm).await;
+                break;
+            }
+            while let Some(ev) = sm.poll_event() {
+                if let AcceptorEvent::Message(m) = ev
+                    && let Msg::GatewayReport(r) = *m
                 {
-                    l.report = r;
+                    node.gateways().report(&gateway.id, r);
                 }
             }
         }
@@ -128,14 +101,14 @@ pub async fn serve(
                         return;
                     }
                 },
-                _ = shared.shutdown.cancelled() => return,
+                _ = node.runtime().cancelled() => return,
             };
-            let shared2 = shared.clone();
+            let n = node.clone();
             let gw = gateway.id.clone();
             let guard = credit.opened();
-            shared.tasks.spawn(
+            node.runtime().spawn(
                 async move {
-                    relayed(shared2, gw, send, recv).await;
+                    relayed(n, gw, send, recv).await;
                     drop(guard);
                 }
                 .in_current_span(),
@@ -147,22 +120,49 @@ pub async fn serve(
         _ = streams => {}
     }
     drop(control_guard);
-    let mut gws = shared.gateways.lock().expect("gateways lock");
-    if gws
-        .get(&gateway.id)
-        .is_some_and(|l| l.connection.stable_id() == conn.stable_id())
-    {
-        gws.remove(&gateway.id);
+    node.gateways().down(&gateway.id, &conn);
+}
+
+/// Runs the opening exchange of the control stream to its end (open or failed).
+async fn hello<S>(sm: &mut Acceptor, ctl: &mut stream::Framed<S>) -> Result<(), ControlError>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let deadline = sm.poll_timeout().map(Instant::from_std);
+    let result = loop {
+        let msg = tokio::select! {
+            m = ctl.next() => m,
+            _ = sleep_until(deadline) => {
+                break sm.handle_timeout(Instant::now().into_std());
+            }
+        };
+        let r = match msg {
+            Some(Ok(m)) => sm.handle_message(m, outpost_net::unix_now_ms()),
+            Some(Err(e)) => Err(sm.handle_broken(Some(e.to_string()))),
+            None => Err(sm.handle_broken(None)),
+        };
+        if r.is_err() || sm.is_open() {
+            break r;
+        }
+    };
+    let _ = stream::send_queued(ctl, sm).await;
+    result
+}
+
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
     }
 }
 
 async fn relayed(
-    shared: Arc<Shared>,
+    node: Arc<Node>,
     gateway: String,
     send: quinn::SendStream,
     mut recv: quinn::RecvStream,
 ) {
-    let open = match stream::read_one_frame(&mut recv, shared.config.limits.max_frame).await {
+    let open = match stream::read_one_frame(&mut recv, node.config().limits.max_frame).await {
         Ok(Msg::RelayOpen(o)) => o,
         Ok(other) => {
             warn!(
@@ -177,39 +177,31 @@ async fn relayed(
         }
     };
     let span = info_span!("relay", gateway = %gateway, agent_addr = %open.agent_addr);
-    serve_relayed(shared, gateway, open, send, recv)
+    serve_relayed(node, gateway, open, send, recv)
         .instrument(span)
         .await
 }
 
 async fn serve_relayed(
-    shared: Arc<Shared>,
+    node: Arc<Node>,
     gateway: String,
     open: RelayOpen,
     send: quinn::SendStream,
     recv: quinn::RecvStream,
 ) {
     let io = stream::bi(send, recv);
+    let max_frame = node.config().limits.max_frame;
     match RelayKind::try_from(open.kind) {
         Ok(RelayKind::Enroll) => {
-            let tls = match tokio::time::timeout(
-                INNER_HANDSHAKE_TIMEOUT,
-                shared.inner_enroll_tls.accept(io),
-            )
-            .await
-            {
-                Ok(Ok(t)) => t,
-                _ => return,
+            let accept = node.enrollment().enroll_tls().accept(io);
+            let Ok(Ok(tls)) = tokio::time::timeout(INNER_HANDSHAKE_TIMEOUT, accept).await else {
+                return;
             };
-            crate::enroll::serve_stream(shared, tls).await;
+            crate::enroll::serve_stream(node, tls).await;
         }
         Ok(RelayKind::Session) => {
-            let tls = match tokio::time::timeout(
-                INNER_HANDSHAKE_TIMEOUT,
-                shared.inner_session_tls.accept(io),
-            )
-            .await
-            {
+            let accept = node.enrollment().session_tls().accept(io);
+            let tls = match tokio::time::timeout(INNER_HANDSHAKE_TIMEOUT, accept).await {
                 Ok(Ok(t)) => t,
                 Ok(Err(e)) => {
                     warn!(error = %e, "inner TLS handshake of a relayed session failed");
@@ -223,7 +215,6 @@ async fn serve_relayed(
                 .peer_certificates()
                 .and_then(|c| c.first())
                 .map(|c| c.clone().into_owned());
-            let max_frame = shared.config.limits.max_frame;
             let Some(leaf) = leaf else { return };
             let fp = pki::fingerprint(&leaf);
             // The gateway saw the same certificate on its own hop; a mismatch means it spliced
@@ -236,7 +227,7 @@ async fn serve_relayed(
                 refuse_stream(tls, max_frame, &r).await;
                 return;
             }
-            let device = match shared.store.device_by_cert(&fp_hex(&fp)).await {
+            let device = match node.store().device_by_cert(&fp_hex(&fp)).await {
                 Ok(Some(d)) if d.revoked_at.is_some() => {
                     let r = Refused::new(
                         RefusalCode::Revoked,
@@ -255,17 +246,16 @@ async fn serve_relayed(
                     return;
                 }
                 Err(e) => {
-                    let r =
-                        Refused::new(RefusalCode::Internal, format!("registry unavailable: {e}"));
+                    let r = e.to_refusal("device registry lookup failed");
                     refuse_stream(tls, max_frame, &r).await;
                     return;
                 }
             };
-            crate::session::run(shared, device, format!("via {gateway}"), tls).await;
+            crate::sessions::driver::run(node, device, format!("via {gateway}"), tls).await;
         }
         _ => {
             let r = Refused::new(RefusalCode::InvalidArgument, "unknown relay kind");
-            refuse_stream(io, shared.config.limits.max_frame, &r).await;
+            refuse_stream(io, max_frame, &r).await;
         }
     }
 }

@@ -15,6 +15,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::Context;
+use outpost_admin::AdminClient;
 use outpost_agent::{AgentConfig, AgentHandle};
 use outpost_gateway::{GatewayConfig, GatewayHandle};
 use outpost_proto::licence::{self, LicenceKey};
@@ -22,7 +23,6 @@ use outpost_proto::pb::admin::{
     DeviceListResult, Empty, KeyImport, KeyInfo, TokenCreate, admin_request::Op,
     admin_response::Result as R,
 };
-use outpost_server::admin::client::AdminClient;
 use outpost_server::config::ServerConfig;
 use outpost_server::{DataDir, InitOptions, ServerHandle};
 
@@ -225,7 +225,12 @@ impl Server {
 
     /// Runs an admin request.
     pub async fn try_admin(&self, op: Op) -> anyhow::Result<R> {
-        self.admin.as_ref().expect("admin client").request(op).await
+        Ok(self
+            .admin
+            .as_ref()
+            .expect("admin client")
+            .request(op)
+            .await?)
     }
 
     /// Imports a key, optionally assigning it to everyone.

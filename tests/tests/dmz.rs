@@ -26,7 +26,7 @@ async fn t4_server_dials_a_gateway_in_the_dmz() {
     .await;
     let listen = within("DMZ listener bound", async {
         loop {
-            if let Some(a) = *gw.h().shared.uplink_listen.lock().unwrap() {
+            if let Some(a) = gw.h().uplink_listen_addr() {
                 return a;
             }
             tokio::task::yield_now().await;

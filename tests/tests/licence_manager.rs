@@ -630,9 +630,7 @@ async fn l9_freed_seats_go_to_unlicensed_devices_at_next_connect() {
     let c_id = c.h().device_id().to_owned();
     c.stop().await;
     let now = outpost_net::unix_now();
-    let freed = outpost_server::licence_tasks::reclaim(&server.h().shared, now + 1, now)
-        .await
-        .unwrap();
+    let freed = server.h().reclaim(now + 1, now).await.unwrap();
     assert_eq!(freed, 1);
     assert_eq!(server.key_info("K-L9").await.seats_used, 0);
     let list = server.agents().await;
@@ -1215,11 +1213,8 @@ async fn l6_storm_of_twice_the_seats_and_server_killed_mid_storm() {
     let admin = async |op: Op| -> R {
         within("admin", async {
             loop {
-                if let Ok(c) = outpost_server::admin::client::AdminClient::from_bundle(
-                    &data.join("admin"),
-                    None,
-                )
-                .await
+                if let Ok(c) =
+                    outpost_admin::AdminClient::from_bundle(&data.join("admin"), None).await
                     && let Ok(r) = c.request(op.clone()).await
                 {
                     c.close();

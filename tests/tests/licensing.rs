@@ -177,7 +177,7 @@ async fn t3_uplink_survives_idle_periods_with_keepalive() {
     let first = gw.h().uplink().borrow().conn.as_ref().unwrap().stable_id();
     // Idle for three idle timeouts: the behaviour under test is what happens over time.
     tokio::time::sleep(Duration::from_secs(6)).await;
-    let st = gw.h().shared.status();
+    let st = gw.h().status();
     assert_eq!(st.uplink, "up");
     assert_eq!(st.uplink_connects, 1, "never reconnected");
     assert_eq!(

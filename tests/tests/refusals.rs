@@ -301,7 +301,7 @@ async fn s6_expired_or_used_up_token_is_refused() {
         comment: String::new(),
     };
     // Created two hours ago with a one-hour lifetime.
-    let ca = server.h().shared.ca_sha256;
+    let ca = server.h().ca_sha256();
     let (expired, _) = store
         .create_token(&spec, ca, outpost_net::unix_now() - 7200)
         .await

@@ -4,10 +4,15 @@
 
 pub mod grant;
 pub mod key;
+pub mod object;
+pub mod rank;
+pub mod recheck;
 pub mod renewal;
 pub mod seat;
 pub mod usage;
 
 pub use grant::{GrantError, GrantSigner, LicenceView, effective_licence, verify_grant};
 pub use key::{Authority, KeyBody, KeyError, LicenceKey, verify_key_file};
+pub use object::{Object, ObjectError, group_chain};
+pub use rank::{Origin, rank};
 pub use seat::{Candidate, SeatDecision, SeatPlan, Slot, Source, plan_seat};

@@ -6,6 +6,7 @@
 //! object of K that does not have it yet; objects that received it by hand keep it.
 
 use super::key::KeyBody;
+use super::object::Object;
 
 /// Whether a renewal may replace the key it renews.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -51,7 +52,7 @@ pub fn assess(old: &KeyBody, new: &KeyBody) -> Assessment {
 
 /// The objects of the old key that do not have the new key yet (L12 a/b): empty when the new
 /// key is already on all of them.
-pub fn objects_to_add(old_objects: &[String], new_objects: &[String]) -> Vec<String> {
+pub fn objects_to_add(old_objects: &[Object], new_objects: &[Object]) -> Vec<Object> {
     old_objects
         .iter()
         .filter(|o| !new_objects.contains(o))
@@ -109,14 +110,15 @@ mod tests {
 
     #[test]
     fn l12_objects_to_add() {
-        let old = vec!["group:everyone".to_string(), "device:a".to_string()];
+        let a = Object::Device("a".into());
+        let old = vec![Object::Everyone, a.clone()];
         assert!(
             objects_to_add(&old, &old.clone()).is_empty(),
             "L12 a: already everywhere"
         );
         assert_eq!(
-            objects_to_add(&old, &["device:a".to_string(), "device:z".to_string()]),
-            vec!["group:everyone".to_string()],
+            objects_to_add(&old, &[a, Object::Device("z".into())]),
+            vec![Object::Everyone],
             "L12 b: given to the rest; device:z keeps it"
         );
     }

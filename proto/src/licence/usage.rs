@@ -55,6 +55,32 @@ pub fn crossings(previous: Level, current: Level) -> Vec<Level> {
         .collect()
 }
 
+/// The notification for a crossed level: its kind and the sentence for the log (L10, L14).
+pub fn notice(
+    level: Level,
+    key_id: &str,
+    seats: u32,
+    used: u32,
+    wanting: u32,
+) -> (&'static str, String) {
+    match level {
+        Level::Ninety => (
+            "usage-90",
+            format!("key {key_id}: 90 % of its seats are used ({used} of {seats})"),
+        ),
+        Level::Full => (
+            "usage-100",
+            format!("key {key_id}: every seat is used ({used} of {seats})"),
+        ),
+        Level::Over | Level::Normal => (
+            "usage-110",
+            format!(
+                "key {key_id}: devices wanting a seat reach 110 % ({used} used + {wanting} refused, {seats} seats)"
+            ),
+        ),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -79,5 +105,20 @@ mod tests {
         );
         assert_eq!(crossings(Level::Ninety, Level::Full), vec![Level::Full]);
         assert_eq!(Level::from_percent(100), Level::Full);
+    }
+
+    #[test]
+    fn l10_notice_kinds_and_wording() {
+        assert_eq!(
+            notice(Level::Ninety, "K", 10, 9, 0),
+            (
+                "usage-90",
+                "key K: 90 % of its seats are used (9 of 10)".into()
+            )
+        );
+        assert_eq!(notice(Level::Full, "K", 10, 10, 0).0, "usage-100");
+        let (kind, text) = notice(Level::Over, "K", 10, 10, 1);
+        assert_eq!(kind, "usage-110");
+        assert!(text.contains("10 used + 1 refused, 10 seats"), "{text}");
     }
 }

@@ -1,145 +1,169 @@
-//! Key import (L1, L2): single key files or .zip archives holding several, verified against
-//! the licence authority before anything is stored, all-or-nothing.
+//! Admin actions on keys, seats, renewal and the notification log (L1–L14).
 
-use std::io::{Cursor, Read};
+use outpost_proto::error::RefusalCode;
+use outpost_proto::pb::admin::{
+    KeyAssign, KeyAutoDistribute, KeyFile, KeyImport, KeyImportResult, KeyInfo, KeyListResult,
+    KeyRef, KeyUnassign, NotificationInfo, NotificationList, NotificationListResult, RenewalResult,
+    admin_response::Result as R,
+};
+use tracing::info;
 
-use outpost_proto::licence::key::MAX_KEY_FILE;
-use outpost_proto::licence::{LicenceKey, verify_key_file};
+use super::{done, error, ok};
+use crate::node::Node;
+use crate::store::{KeyRow, StoreError};
+use outpost_proto::pb::admin::AdminResponse;
 
-use crate::node::Shared;
-use crate::store::StoreError;
+type Answer = Result<AdminResponse, StoreError>;
 
-/// Most entries read from one archive.
-const MAX_ARCHIVE_ENTRIES: usize = 1000;
-
-/// Verifies every key in `content` (a key file or a zip archive of key files). Any bad entry
-/// fails the whole import, naming the entry.
-pub fn verify_upload(
-    file_name: &str,
-    content: &[u8],
-    authority: &[u8],
-) -> Result<Vec<(String, LicenceKey)>, StoreError> {
-    let bad =
-        |entry: &str, e: String| StoreError::Invalid(format!("{entry}: {e}; nothing was imported"));
-    let mut keys = vec![];
-    if content.starts_with(b"PK\x03\x04") || file_name.ends_with(".zip") {
-        let mut zip = zip::ZipArchive::new(Cursor::new(content))
-            .map_err(|e| bad(file_name, format!("not a readable .zip archive ({e})")))?;
-        if zip.len() > MAX_ARCHIVE_ENTRIES {
-            return Err(bad(
-                file_name,
-                format!(
-                    "archive holds {} entries (maximum {MAX_ARCHIVE_ENTRIES})",
-                    zip.len()
-                ),
-            ));
+pub(super) async fn import(node: &Node, k: KeyImport) -> Answer {
+    let ids = crate::licence::import::import(
+        node.licensing(),
+        &k.file_name,
+        &k.content,
+        k.auto_distribute,
+        k.assign_everyone,
+        k.activation_reserve,
+    )
+    .await?;
+    info!(keys = ?ids, file = %k.file_name, "licence keys imported");
+    let now = outpost_net::unix_now();
+    let mut out = vec![];
+    for id in ids {
+        if let Some(row) = node.store().key(&id).await? {
+            out.push(key_info(node, row, now).await?);
         }
-        for i in 0..zip.len() {
-            let mut entry = zip
-                .by_index(i)
-                .map_err(|e| bad(file_name, format!("entry {i} unreadable ({e})")))?;
-            if entry.is_dir() {
-                continue;
-            }
-            let name = entry
-                .enclosed_name()
-                .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
-                .unwrap_or_else(|| format!("entry-{i}"));
-            let label = format!("{file_name}: {name}");
-            if entry.size() > MAX_KEY_FILE as u64 {
-                return Err(bad(
-                    &label,
-                    format!("{} bytes is too large for a key file", entry.size()),
-                ));
-            }
-            let mut buf = Vec::with_capacity(entry.size() as usize);
-            (&mut entry)
-                .take(MAX_KEY_FILE as u64 + 1)
-                .read_to_end(&mut buf)
-                .map_err(|e| bad(&label, format!("cannot extract ({e})")))?;
-            let key = verify_key_file(&buf, authority).map_err(|e| bad(&label, e.to_string()))?;
-            keys.push((name, key));
-        }
-        if keys.is_empty() {
-            return Err(bad(file_name, "archive holds no key files".into()));
-        }
-    } else {
-        let key = verify_key_file(content, authority).map_err(|e| bad(file_name, e.to_string()))?;
-        keys.push((file_name.to_owned(), key));
     }
-    let mut ids: Vec<&str> = keys.iter().map(|(_, k)| k.body.key_id.as_str()).collect();
-    ids.sort();
-    if let Some(w) = ids.windows(2).find(|w| w[0] == w[1]) {
-        return Err(bad(file_name, format!("key {} appears twice", w[0])));
-    }
-    Ok(keys)
+    Ok(ok(R::KeyImport(KeyImportResult { keys: out })))
 }
 
-/// Imports an upload: verify all, keep the files in the data directory, add all keys in one
-/// transaction. On a database refusal the files written by this call are removed again.
-pub async fn import(
-    shared: &Shared,
-    file_name: &str,
-    content: &[u8],
-    auto_distribute: bool,
-    assign_everyone: bool,
-    activation_reserve: bool,
-) -> Result<Vec<String>, StoreError> {
-    if activation_reserve && auto_distribute {
-        return Err(StoreError::Invalid(
-            "a key added as reserve through an activation code is never distributed automatically (L8): drop --auto-distribute".into(),
+pub(super) async fn list(node: &Node) -> Answer {
+    let now = outpost_net::unix_now();
+    let mut out = vec![];
+    for row in node.store().keys().await? {
+        out.push(key_info(node, row, now).await?);
+    }
+    Ok(ok(R::Keys(KeyListResult { keys: out })))
+}
+
+pub(super) async fn assign(node: &Node, a: KeyAssign) -> Answer {
+    let obj = node.store().assign_key(&a.key_id, &a.object).await?;
+    info!(key = %a.key_id, object = %obj, "key assigned");
+    Ok(done(format!("key {} assigned to {obj}", a.key_id)))
+}
+
+pub(super) async fn unassign(node: &Node, a: KeyUnassign) -> Answer {
+    let obj = node.store().unassign_key(&a.key_id, &a.object).await?;
+    info!(key = %a.key_id, object = %obj, "key unassigned");
+    Ok(done(format!(
+        "key {} no longer assigned to {obj}",
+        a.key_id
+    )))
+}
+
+pub(super) async fn remove(node: &Node, k: KeyRef) -> Answer {
+    node.store().remove_key(&k.key_id).await?;
+    info!(key = %k.key_id, "key removed from the repository (its file stays in the data directory)");
+    Ok(done(format!(
+        "key {} removed; its file stays in {}",
+        k.key_id,
+        node.licensing().keys_dir().display()
+    )))
+}
+
+pub(super) async fn export(node: &Node, k: KeyRef) -> Answer {
+    let (file_name, content) = node.store().key_file(&k.key_id).await?;
+    Ok(ok(R::KeyFile(KeyFile {
+        key_id: k.key_id,
+        file_name,
+        content,
+    })))
+}
+
+pub(super) async fn auto_distribute(node: &Node, k: KeyAutoDistribute) -> Answer {
+    node.store().set_auto_distribute(&k.key_id, k.on).await?;
+    Ok(done(format!(
+        "key {} is {} distributed automatically",
+        k.key_id,
+        if k.on { "now" } else { "no longer" }
+    )))
+}
+
+pub(super) async fn renew(node: &Node) -> Answer {
+    use crate::licence::renewal::RenewalError;
+    match crate::licence::renewal::run(node.licensing()).await {
+        Ok(reports) => Ok(ok(R::Renewals(RenewalResult { reports }))),
+        Err(RenewalError::Store(e)) => Err(e),
+        Err(e @ RenewalError::NotConfigured(_)) => {
+            Ok(error(RefusalCode::InvalidArgument, e.to_string()))
+        }
+        Err(e @ RenewalError::StoredKeyInvalid(_)) => {
+            Ok(error(RefusalCode::Conflict, e.to_string()))
+        }
+        Err(e) => Ok(error(RefusalCode::UpstreamUnavailable, e.to_string())),
+    }
+}
+
+pub(super) async fn reclaim(node: &Node) -> Answer {
+    let after = node.licensing().settings().reclaim_after;
+    if after.is_zero() {
+        return Ok(error(
+            RefusalCode::InvalidArgument,
+            "licensing.reclaim_after is 0s: reclaiming is off",
         ));
     }
-    let file_name = sanitize(file_name);
-    let keys = verify_upload(&file_name, content, &shared.authority_public)?;
-    let dir = shared.data.keys();
-    let mut written = vec![];
-    let mut stored = Vec::with_capacity(keys.len());
-    for (name, key) in &keys {
-        let path = dir.join(format!("{}.key", key.body.key_id));
-        let existed = path.exists();
-        outpost_net::fsutil::write_atomic(&path, &key.file, false).map_err(|e| {
-            StoreError::Invalid(format!("cannot keep {} in {}: {e}", name, dir.display()))
-        })?;
-        if !existed {
-            written.push(path);
-        }
-        stored.push((name.clone(), key.clone()));
-    }
     let now = outpost_net::unix_now();
-    if let Err(e) = shared
-        .store
-        .insert_keys(
-            &stored,
-            auto_distribute,
-            assign_everyone,
-            if activation_reserve {
-                "activation"
-            } else {
-                "imported"
-            },
-            now,
-        )
-        .await
-    {
-        for p in written {
-            let _ = std::fs::remove_file(p);
-        }
-        return Err(e);
-    }
-    Ok(keys.into_iter().map(|(_, k)| k.body.key_id).collect())
+    let n = crate::licence::clock::reclaim(node, now - after.as_secs() as i64, now).await?;
+    Ok(done(format!(
+        "{n} seat(s) of devices inactive for {} freed",
+        humantime::format_duration(after)
+    )))
 }
 
-fn sanitize(name: &str) -> String {
-    let base = name.rsplit(['/', '\\']).next().unwrap_or(name);
-    let clean: String = base
-        .chars()
-        .filter(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'))
-        .take(100)
+pub(super) async fn notifications(node: &Node, n: NotificationList) -> Answer {
+    let kind = (!n.kind.is_empty()).then_some(n.kind.as_str());
+    let limit = if n.limit == 0 { 50 } else { n.limit.into() };
+    let notifications = node
+        .store()
+        .notices(kind, limit)
+        .await?
+        .into_iter()
+        .map(|n| NotificationInfo {
+            id: n.id,
+            at_ms: n.at_ms,
+            kind: n.kind,
+            key_id: n.key_id.unwrap_or_default(),
+            message: n.message,
+        })
         .collect();
-    if clean.is_empty() {
-        "upload.key".into()
-    } else {
-        clean
-    }
+    Ok(ok(R::Notifications(NotificationListResult {
+        notifications,
+    })))
+}
+
+async fn key_info(node: &Node, row: KeyRow, now: i64) -> Result<KeyInfo, StoreError> {
+    let objects = node
+        .store()
+        .key_objects(&row.id)
+        .await?
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    Ok(KeyInfo {
+        seats_free: row.free() as u32,
+        key_id: row.id.clone(),
+        licensee: row.licensee.clone(),
+        product: row.product.clone(),
+        components: row.component_list(),
+        seats_total: row.seats as u32,
+        seats_used: row.seats_used as u32,
+        seats_leased_out: row.seats_leased_out as u32,
+        valid_from: row.valid_from,
+        expires_at: row.expires_at,
+        kind: row.kind.clone(),
+        renews: row.renews.clone().unwrap_or_default(),
+        auto_distribute: row.auto_distribute != 0,
+        objects,
+        file_name: row.file_name.clone(),
+        expired: now >= row.expires_at,
+    })
 }

@@ -75,10 +75,6 @@ pub struct EnrollOutcome {
     pub took_over: bool,
 }
 
-const DEVICE_COLUMNS: &str = "id, role, cert_sha256, group_path, machine_id, hostname, os, \
-     agent_version, addresses, enrolled_at, last_seen, revoked_at, licence_state, licence_key, \
-     licence_reason, last_check_at, path";
-
 fn new_id(role: &str) -> String {
     let prefix = match role {
         "gateway" => "g",
@@ -91,7 +87,6 @@ fn new_id(role: &str) -> String {
 impl Store {
     /// The device holding the certificate with this fingerprint.
     pub async fn device_by_cert(&self, cert_sha256: &str) -> Result<Option<DeviceRow>, StoreError> {
-        // Column list is a constant; see DEVICE_COLUMNS.
         let row = sqlx::query_as::<_, DeviceRow>(
             "SELECT id, role, cert_sha256, group_path, machine_id, hostname, os, agent_version,
                     addresses, enrolled_at, last_seen, revoked_at, licence_state, licence_key,
@@ -120,7 +115,6 @@ impl Store {
 
     /// All devices, optionally of one role, ordered by id.
     pub async fn devices(&self, role: Option<&str>) -> Result<Vec<DeviceRow>, StoreError> {
-        let _ = DEVICE_COLUMNS;
         let rows = sqlx::query_as::<_, DeviceRow>(
             "SELECT id, role, cert_sha256, group_path, machine_id, hostname, os, agent_version,
                     addresses, enrolled_at, last_seen, revoked_at, licence_state, licence_key,
@@ -346,15 +340,16 @@ impl Store {
                 None => StoreError::NotFound(format!("no device {id} (see `admin device list`)")),
             });
         }
-        super::licence::release_all_seats(&mut tx, id).await?;
+        super::seats::release_all_seats(&mut tx, id).await?;
         tx.commit().await?;
+        self.licence_changed();
         Ok(())
     }
 
     /// Removes a device record; its seats are freed (S8, L9).
     pub async fn remove_device(&self, id: &str) -> Result<(), StoreError> {
         let mut tx = self.write.begin().await?;
-        super::licence::release_all_seats(&mut tx, id).await?;
+        super::seats::release_all_seats(&mut tx, id).await?;
         let r = sqlx::query("DELETE FROM devices WHERE id = $1 AND role <> 'admin'")
             .bind(id)
             .execute(&mut *tx)
@@ -365,6 +360,7 @@ impl Store {
             )));
         }
         tx.commit().await?;
+        self.licence_changed();
         Ok(())
     }
 
@@ -379,104 +375,7 @@ impl Store {
         if r.rows_affected() == 0 {
             return Err(StoreError::NotFound(format!("no device {id}")));
         }
+        self.licence_changed();
         Ok(())
     }
-
-    /// Creates a group under an existing parent.
-    pub async fn create_group(&self, path: &str, now: i64) -> Result<String, StoreError> {
-        let path = normalize_group(path)?;
-        let Some(idx) = path.rfind('/') else {
-            return Err(StoreError::Conflict(
-                "group \"everyone\" always exists".into(),
-            ));
-        };
-        let parent = &path[..idx];
-        let exists: Option<(String,)> = sqlx::query_as("SELECT path FROM groups WHERE path = $1")
-            .bind(parent)
-            .fetch_optional(&self.read)
-            .await?;
-        if exists.is_none() {
-            return Err(StoreError::NotFound(format!(
-                "parent group {parent:?} does not exist; create it first"
-            )));
-        }
-        let r = sqlx::query(
-            "INSERT INTO groups (path, parent, created_at) VALUES ($1, $2, $3) ON CONFLICT (path) DO NOTHING",
-        )
-        .bind(&path)
-        .bind(parent)
-        .bind(now)
-        .execute(&self.write)
-        .await?;
-        if r.rows_affected() == 0 {
-            return Err(StoreError::Conflict(format!(
-                "group {path:?} already exists"
-            )));
-        }
-        Ok(path)
-    }
-
-    /// Groups with their device counts.
-    pub async fn groups(&self) -> Result<Vec<(String, i64)>, StoreError> {
-        Ok(sqlx::query_as(
-            "SELECT g.path, (SELECT COUNT(*) FROM devices d WHERE d.group_path = g.path)
-             FROM groups g ORDER BY g.path",
-        )
-        .fetch_all(&self.read)
-        .await?)
-    }
-
-    /// Resolves a group given as a path or as its last component; errors name the choices.
-    pub async fn resolve_group(&self, name: &str) -> Result<String, StoreError> {
-        if name.is_empty() || name == "everyone" {
-            return Ok("everyone".into());
-        }
-        let path = normalize_group(name)?;
-        let all: Vec<(String,)> = sqlx::query_as("SELECT path FROM groups")
-            .fetch_all(&self.read)
-            .await?;
-        if all.iter().any(|(p,)| *p == path) {
-            return Ok(path);
-        }
-        let matches: Vec<&String> = all
-            .iter()
-            .map(|(p,)| p)
-            .filter(|p| p.rsplit('/').next() == Some(name))
-            .collect();
-        match matches.as_slice() {
-            [one] => Ok((*one).clone()),
-            [] => Err(StoreError::NotFound(format!(
-                "no group {name:?}; create it with `admin group create everyone/{name}`"
-            ))),
-            many => Err(StoreError::Invalid(format!(
-                "group name {name:?} is ambiguous: {}",
-                many.iter()
-                    .map(|s| s.as_str())
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ))),
-        }
-    }
-}
-
-fn normalize_group(path: &str) -> Result<String, StoreError> {
-    let p = path.trim().trim_matches('/');
-    let p = if p == "everyone" || p.starts_with("everyone/") {
-        p.to_owned()
-    } else {
-        format!("everyone/{p}")
-    };
-    let ok = p.split('/').all(|part| {
-        !part.is_empty()
-            && part.len() <= 64
-            && part
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
-    });
-    if !ok {
-        return Err(StoreError::Invalid(format!(
-            "group path {path:?}: use names of letters, digits, '-', '_' or '.', separated by '/'"
-        )));
-    }
-    Ok(p)
 }

@@ -1,7 +1,7 @@
 //! The licence key repository (L1, L2, L4): keys with their seat counts, and the objects they
-//! are assigned to (a device, a group, "everyone").
+//! are assigned to (a device, a group, "everyone"; stored in [`Object::stored`] form).
 
-use outpost_proto::licence::LicenceKey;
+use outpost_proto::licence::{LicenceKey, Object};
 use outpost_proto::pb::v1::KeyKind;
 
 use super::{Store, StoreError};
@@ -66,37 +66,6 @@ impl KeyRow {
     }
 }
 
-/// Normalizes an object given by an admin: `everyone`, `group:<path or name>` or
-/// `device:<id>`. Group names are resolved by the caller; this only checks the shape.
-pub fn parse_object(text: &str) -> Result<(&'static str, String), StoreError> {
-    let t = text.trim();
-    if t == "everyone" || t == "group:everyone" {
-        return Ok(("group", "everyone".into()));
-    }
-    if let Some(g) = t.strip_prefix("group:") {
-        return Ok(("group", g.to_owned()));
-    }
-    if let Some(d) = t.strip_prefix("device:")
-        && !d.is_empty()
-    {
-        return Ok(("device", d.to_owned()));
-    }
-    Err(StoreError::Invalid(format!(
-        "object {text:?}: use \"everyone\", \"group:<path>\" or \"device:<device id>\""
-    )))
-}
-
-/// How an object is shown: `everyone`, `group:everyone/berlin`, `device:a-…`.
-pub fn object_label(object: &str) -> String {
-    if object == "group:everyone" {
-        "everyone".into()
-    } else {
-        object.to_owned()
-    }
-}
-
-const KEY_SELECT: &str = "SELECT id, licensee, product, components, seats, seats_used, seats_leased_out, valid_from, expires_at, kind, renews, auto_distribute, origin, file_name, imported_at FROM licence_keys";
-
 impl Store {
     /// Adds verified keys, all or nothing (L1). Fails if any key id is already present.
     pub async fn insert_keys(
@@ -154,12 +123,12 @@ impl Store {
             }
         }
         tx.commit().await?;
+        self.licence_changed();
         Ok(())
     }
 
     /// All keys, ordered by id.
     pub async fn keys(&self) -> Result<Vec<KeyRow>, StoreError> {
-        let _ = KEY_SELECT;
         Ok(sqlx::query_as::<_, KeyRow>(
             "SELECT id, licensee, product, components, seats, seats_used, seats_leased_out,
                     valid_from, expires_at, kind, renews, auto_distribute, origin, file_name, imported_at
@@ -182,13 +151,16 @@ impl Store {
     }
 
     /// Objects a key is assigned to.
-    pub async fn key_objects(&self, id: &str) -> Result<Vec<String>, StoreError> {
+    pub async fn key_objects(&self, id: &str) -> Result<Vec<Object>, StoreError> {
         let rows: Vec<(String,)> =
             sqlx::query_as("SELECT object FROM key_assignments WHERE key_id = $1 ORDER BY object")
                 .bind(id)
                 .fetch_all(&self.read)
                 .await?;
-        Ok(rows.into_iter().map(|(o,)| o).collect())
+        Ok(rows
+            .into_iter()
+            .filter_map(|(o,)| Object::from_stored(&o))
+            .collect())
     }
 
     /// The signed file of a key, byte for byte (L2 export).
@@ -202,9 +174,15 @@ impl Store {
             .ok_or_else(|| StoreError::NotFound(format!("no key {id} in the repository")))
     }
 
-    /// Assigns a key to an object (L4). Returns the stored object form.
-    pub async fn assign_key(&self, id: &str, object: &str) -> Result<String, StoreError> {
-        let stored = self.stored_object(object).await?;
+    /// Assigns a key to an object (L4) as an admin typed it. Returns the object resolved.
+    pub async fn assign_key(&self, id: &str, object: &str) -> Result<Object, StoreError> {
+        let object = self.resolve_object(object).await?;
+        self.assign_object(id, &object).await?;
+        Ok(object)
+    }
+
+    /// Assigns a key to an object already resolved (renewal hands the old key's objects on).
+    pub async fn assign_object(&self, id: &str, object: &Object) -> Result<(), StoreError> {
         if self.key(id).await?.is_none() {
             return Err(StoreError::NotFound(format!(
                 "no key {id} in the repository (see `admin key list`)"
@@ -212,41 +190,53 @@ impl Store {
         }
         sqlx::query("INSERT INTO key_assignments (key_id, object) VALUES ($1, $2) ON CONFLICT (key_id, object) DO NOTHING")
             .bind(id)
-            .bind(&stored)
+            .bind(object.stored())
             .execute(&self.write)
             .await?;
-        Ok(stored)
+        self.licence_changed();
+        Ok(())
     }
 
     /// Removes an assignment. Devices keep their seats until their next check moves them.
-    pub async fn unassign_key(&self, id: &str, object: &str) -> Result<String, StoreError> {
-        let stored = self.stored_object(object).await?;
+    pub async fn unassign_key(&self, id: &str, object: &str) -> Result<Object, StoreError> {
+        let object = self.resolve_object(object).await?;
         let r = sqlx::query("DELETE FROM key_assignments WHERE key_id = $1 AND object = $2")
             .bind(id)
-            .bind(&stored)
+            .bind(object.stored())
             .execute(&self.write)
             .await?;
         if r.rows_affected() == 0 {
             return Err(StoreError::NotFound(format!(
-                "key {id} is not assigned to {}",
-                object_label(&stored)
+                "key {id} is not assigned to {object}"
             )));
         }
-        Ok(stored)
+        self.licence_changed();
+        Ok(object)
     }
 
-    async fn stored_object(&self, object: &str) -> Result<String, StoreError> {
-        let (kind, value) = parse_object(object)?;
-        Ok(match kind {
-            "group" => format!("group:{}", self.resolve_group(&value).await?),
-            _ => {
-                if self.device(&value).await?.is_none() {
+    /// An object as an admin typed it, checked against what exists: groups resolved to their
+    /// full path, devices looked up.
+    async fn resolve_object(&self, typed: &str) -> Result<Object, StoreError> {
+        let object = Object::parse(typed).map_err(|e| StoreError::Invalid(e.to_string()))?;
+        Ok(match object {
+            Object::Group(g) => match self.resolve_group(&g).await?.as_str() {
+                "everyone" => Object::Everyone,
+                path => Object::Group(path.to_owned()),
+            },
+            Object::Device(d) => {
+                if self.device(&d).await?.is_none() {
                     return Err(StoreError::NotFound(format!(
-                        "no device {value} (see `admin device list`)"
+                        "no device {d} (see `admin device list`)"
                     )));
                 }
-                format!("device:{value}")
+                Object::Device(d)
             }
+            Object::Server(s) => {
+                return Err(StoreError::Invalid(format!(
+                    "server:{s}: seats go to neighbour servers as leases, not assignments"
+                )));
+            }
+            Object::Everyone => Object::Everyone,
         })
     }
 
@@ -293,6 +283,7 @@ impl Store {
             )));
         }
         tx.commit().await?;
+        self.licence_changed();
         Ok(())
     }
 
@@ -321,6 +312,7 @@ impl Store {
             .bind(i64::from(on))
             .execute(&self.write)
             .await?;
+        self.licence_changed();
         Ok(())
     }
 

@@ -1,50 +1,59 @@
-//! The server's store (P1, P2, P3): SQLite through sqlx, schema in `migrations/`, applied
-//! automatically at open.
+//! The server's store (P1, P2, P3): every table behind one handle, the database behind the
+//! seam in [`backend`] (the embedded SQLite file by default), schema migrated at open.
 //!
-//! SQLite allows one writer at a time, so the store keeps two pools: `write` with a single
-//! connection (every transaction that changes data goes through it, in order, never failing
-//! with SQLITE_BUSY) and `read` with several (WAL lets readers run beside the writer). On
-//! PostgreSQL both would be the same pool; the SQL is written to run on both, and every seat
-//! change is a conditional UPDATE inside a transaction, never read-modify-write in memory.
+//! Writes go through the write pool in order; reads use the read pool. Every seat change is a
+//! conditional UPDATE inside a transaction, never read-modify-write in memory. Durability: a
+//! call returns only after its transaction committed. With `durability = "full"` (default) a
+//! commit survives power loss; with `"normal"` it survives a crash of the process (kill -9)
+//! but the last commits may be lost on power loss.
 //!
-//! Durability: a call returns only after its transaction committed. With
-//! `synchronous = "full"` (default) a commit survives power loss; with `"normal"` it survives a
-//! crash of the process (kill -9) but the last commits may be lost on power loss.
+//! The store also owns the **licence epoch**: a counter that every write path which can alter
+//! a device's licence (keys, assignments, seats freed, devices moved or revoked) moves after
+//! its commit. Live sessions watch it and re-check (L9). Callers never move it by hand.
 
+pub mod backend;
+mod check;
 mod devices;
 mod events;
+mod groups;
 mod keys;
-mod licence;
 mod notices;
 mod pushes;
+mod seats;
 mod tokens;
+mod writer;
 
-use std::path::Path;
-use std::str::FromStr;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
 
-use sqlx::SqlitePool;
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use outpost_proto::error::{RefusalCode, Refused};
+use tokio::sync::{mpsc, watch};
 
+pub use backend::Backend;
+pub use check::{CheckOutcome, GrantKey, Licensed, Policy};
 pub use devices::{DeviceRow, EnrollOutcome, NewDevice};
 pub use events::StoredEvent;
-pub use keys::{KeyRow, object_label, parse_object};
-pub use licence::{CheckOutcome, GrantKey, Licensed, Policy};
+pub use keys::KeyRow;
 pub use notices::Notice;
 pub use pushes::QueuedPush;
 pub use tokens::{TokenRow, TokenSpec};
 
-/// Errors of store operations. `Sqlx` and `Migrate` are I/O faults; the others are the
-/// caller's (bad request) and carry a message for the admin.
+use backend::Pool;
+
+/// Errors of store operations, sorted by fault: `Database`, `Migrate` and `Closed` are this
+/// side's (never shown to a peer in detail); the others are the caller's and carry a sentence
+/// for the admin or device.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum StoreError {
     /// The database failed.
     #[error("database: {0}")]
-    Sqlx(#[from] sqlx::Error),
+    Database(#[from] sqlx::Error),
     /// A migration failed.
     #[error("database migration: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
+    /// The store is closing (server shutting down).
+    #[error("the store is closed (server shutting down)")]
+    Closed,
     /// The thing asked for does not exist.
     #[error("{0}")]
     NotFound(String),
@@ -59,20 +68,35 @@ pub enum StoreError {
     Revoked(String),
     /// An enrollment token was refused.
     #[error("{1}")]
-    Token(outpost_proto::error::RefusalCode, String),
+    Token(RefusalCode, String),
 }
 
 impl StoreError {
-    /// The refusal code to send for this error.
-    pub fn code(&self) -> outpost_proto::error::RefusalCode {
-        use outpost_proto::error::RefusalCode;
+    /// Whether the fault is this side's (database, migration, shutdown) rather than the
+    /// request's.
+    pub fn is_internal(&self) -> bool {
+        matches!(
+            self,
+            StoreError::Database(_) | StoreError::Migrate(_) | StoreError::Closed
+        )
+    }
+
+    /// The refusal to send a peer. Internal faults are logged with an incident id and only
+    /// the id goes out; the caller's faults go out as their sentence.
+    pub fn to_refusal(&self, context: &str) -> Refused {
         match self {
-            StoreError::Sqlx(_) | StoreError::Migrate(_) => RefusalCode::Internal,
-            StoreError::NotFound(_) => RefusalCode::NotFound,
-            StoreError::Conflict(_) => RefusalCode::Conflict,
-            StoreError::Invalid(_) => RefusalCode::InvalidArgument,
-            StoreError::Revoked(_) => RefusalCode::Revoked,
-            StoreError::Token(c, _) => *c,
+            StoreError::Closed => Refused::new(
+                RefusalCode::ShuttingDown,
+                "the server is shutting down; come back later",
+            ),
+            StoreError::Database(_) | StoreError::Migrate(_) => {
+                crate::error::incident(context, self)
+            }
+            StoreError::NotFound(m) => Refused::new(RefusalCode::NotFound, m.clone()),
+            StoreError::Conflict(m) => Refused::new(RefusalCode::Conflict, m.clone()),
+            StoreError::Invalid(m) => Refused::new(RefusalCode::InvalidArgument, m.clone()),
+            StoreError::Revoked(m) => Refused::new(RefusalCode::Revoked, m.clone()),
+            StoreError::Token(c, m) => Refused::new(*c, m.clone()),
         }
     }
 }
@@ -90,65 +114,64 @@ pub enum Durability {
 /// The store. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct Store {
-    write: SqlitePool,
-    read: SqlitePool,
-    /// Licence checks go through the batch writer (group commit, see `licence::check_writer`).
-    checks: tokio::sync::mpsc::Sender<licence::CheckJob>,
+    write: Pool,
+    read: Pool,
+    backend: Backend,
+    /// Licence checks go through the batch writer (group commit, see `writer`).
+    checks: mpsc::Sender<writer::CheckJob>,
     /// Acknowledged pushes to delete (batched, see `pushes::ack_writer`).
-    acks: tokio::sync::mpsc::Sender<(String, String)>,
+    acks: mpsc::Sender<(String, String)>,
     /// Stored notifications waiting for delivery (L14).
-    notices_tx: tokio::sync::mpsc::Sender<Notice>,
-    notices_rx: std::sync::Arc<std::sync::Mutex<Option<tokio::sync::mpsc::Receiver<Notice>>>>,
+    notices: notices::NoticeQueue,
+    notices_rx: Arc<Mutex<Option<mpsc::Receiver<Notice>>>>,
+    /// The licence epoch (see the module comment).
+    epoch: Arc<watch::Sender<u64>>,
 }
 
 impl Store {
-    /// Opens (creating if needed) the database at `path` and applies migrations.
-    pub async fn open(path: &Path, durability: Durability) -> Result<Store, StoreError> {
-        let sync = match durability {
-            Durability::Full => SqliteSynchronous::Full,
-            Durability::Normal => SqliteSynchronous::Normal,
-        };
-        let opts = SqliteConnectOptions::from_str("sqlite://")?
-            .filename(path)
-            .create_if_missing(true)
-            .journal_mode(SqliteJournalMode::Wal)
-            .synchronous(sync)
-            .foreign_keys(true)
-            .busy_timeout(Duration::from_secs(30));
-        let write = SqlitePoolOptions::new()
-            .max_connections(1)
-            .acquire_timeout(Duration::from_secs(300))
-            .connect_with(opts.clone())
-            .await?;
-        sqlx::migrate!("./migrations").run(&write).await?;
-        let read = SqlitePoolOptions::new()
-            .max_connections(4)
-            .acquire_timeout(Duration::from_secs(60))
-            .connect_with(opts.read_only(true))
-            .await?;
-        let (notices_tx, notices_rx) = tokio::sync::mpsc::channel(1024);
-        let (checks, jobs) = tokio::sync::mpsc::channel(4096);
-        tokio::spawn(licence::check_writer(
-            write.clone(),
+    /// Opens (creating if needed) the embedded database at `path` and applies migrations.
+    pub async fn open(path: &std::path::Path, durability: Durability) -> Result<Store, StoreError> {
+        let pools = backend::open_sqlite(path, durability).await?;
+        let (notices, notices_rx) = notices::NoticeQueue::new(1024);
+        let (checks, jobs) = mpsc::channel(4096);
+        tokio::spawn(writer::check_writer(
+            pools.write.clone(),
             jobs,
-            notices_tx.clone(),
+            notices.clone(),
         ));
-        let (acks, ack_rx) = tokio::sync::mpsc::channel(4096);
-        tokio::spawn(pushes::ack_writer(write.clone(), ack_rx));
+        let (acks, ack_rx) = mpsc::channel(4096);
+        tokio::spawn(pushes::ack_writer(pools.write.clone(), ack_rx));
         Ok(Store {
-            write,
-            read,
+            write: pools.write,
+            read: pools.read,
+            backend: pools.backend,
             checks,
             acks,
-            notices_tx,
-            notices_rx: std::sync::Arc::new(std::sync::Mutex::new(Some(notices_rx))),
+            notices,
+            notices_rx: Arc::new(Mutex::new(Some(notices_rx))),
+            epoch: Arc::new(watch::Sender::new(0)),
         })
+    }
+
+    /// The database behind this store.
+    pub fn backend(&self) -> Backend {
+        self.backend
     }
 
     /// Closes both pools (waits for running queries).
     pub async fn close(&self) {
         self.write.close().await;
         self.read.close().await;
+    }
+
+    /// Watches the licence epoch.
+    pub fn licence_epoch(&self) -> watch::Receiver<u64> {
+        self.epoch.subscribe()
+    }
+
+    /// Moves the licence epoch; called by write paths after a commit that can alter licences.
+    fn licence_changed(&self) {
+        self.epoch.send_modify(|e| *e += 1);
     }
 
     /// Checks the seat invariants: every key's `seats_used` equals its seat rows, and no key
@@ -177,32 +200,4 @@ impl Store {
 /// Hex of a certificate fingerprint, as stored.
 pub fn fp_hex(fp: &[u8]) -> String {
     hex::encode(fp)
-}
-
-/// Ancestors of a group path, nearest first, ending with "everyone".
-pub fn group_chain(path: &str) -> Vec<String> {
-    let mut out = vec![];
-    let mut p = path;
-    loop {
-        out.push(p.to_owned());
-        match p.rfind('/') {
-            Some(i) => p = &p[..i],
-            None => break,
-        }
-    }
-    out
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn group_chain_nearest_first() {
-        assert_eq!(
-            group_chain("everyone/berlin/floor2"),
-            vec!["everyone/berlin/floor2", "everyone/berlin", "everyone"]
-        );
-        assert_eq!(group_chain("everyone"), vec!["everyone"]);
-    }
 }

@@ -2,10 +2,49 @@
 //! configured channels (log, user hook) happens afterwards and never blocks or fails the
 //! operation that caused it.
 
-use serde::Serialize;
-use sqlx::{Sqlite, Transaction};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
+use serde::Serialize;
+use tokio::sync::mpsc;
+
+use super::backend::Tx;
 use super::{Store, StoreError};
+
+/// The hand-off from "stored" to "delivered": a bounded queue to the delivery task. A
+/// notification that does not fit is counted as dropped; it stays in the log.
+#[derive(Debug, Clone)]
+pub(crate) struct NoticeQueue {
+    tx: mpsc::Sender<Notice>,
+    dropped: Arc<AtomicU64>,
+}
+
+impl NoticeQueue {
+    /// A queue of `capacity` and its receiving end.
+    pub(crate) fn new(capacity: usize) -> (NoticeQueue, mpsc::Receiver<Notice>) {
+        let (tx, rx) = mpsc::channel(capacity);
+        (
+            NoticeQueue {
+                tx,
+                dropped: Arc::default(),
+            },
+            rx,
+        )
+    }
+
+    /// Hands a stored notification to delivery, or counts it as dropped.
+    pub(crate) fn deliver(&self, n: Notice) {
+        if self.tx.try_send(n).is_err() {
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!("notification delivery queue full; the notification is in the log only");
+        }
+    }
+
+    /// Notifications stored but not delivered because the queue was full.
+    pub(crate) fn dropped(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
+    }
+}
 
 /// One stored notification.
 #[derive(Debug, Clone, Serialize, sqlx::FromRow)]
@@ -41,7 +80,7 @@ impl Notice {
 
 /// Stores a notification inside a transaction.
 pub(crate) async fn insert(
-    tx: &mut Transaction<'_, Sqlite>,
+    tx: &mut Tx<'_>,
     kind: &str,
     key_id: Option<&str>,
     message: &str,
@@ -95,9 +134,12 @@ impl Store {
     /// Hands a stored notification to the delivery channel (dropped, counted, if the channel
     /// is full: it stays in the log).
     pub(crate) fn deliver(&self, n: Notice) {
-        if self.notices_tx.try_send(n).is_err() {
-            tracing::warn!("notification delivery queue full; the notification is in the log only");
-        }
+        self.notices.deliver(n);
+    }
+
+    /// Notifications stored but not handed to delivery because its queue was full.
+    pub fn notices_dropped(&self) -> u64 {
+        self.notices.dropped()
     }
 
     /// The receiving end of the delivery channel; the first caller gets it.
@@ -118,7 +160,8 @@ impl Store {
     }
 
     /// Marks a once-only key notification (expiring-soon, expired); returns true the first
-    /// time.
+    /// time. A key entering either state can change licences (reserves, L5), so the first
+    /// time also moves the licence epoch.
     pub async fn mark_key_notified(&self, key_id: &str, what: &str) -> Result<bool, StoreError> {
         let column_update = match what {
             "expiring" => {
@@ -138,6 +181,10 @@ impl Store {
             .execute(&mut *tx)
             .await?;
         tx.commit().await?;
-        Ok(r.rows_affected() == 1)
+        let first = r.rows_affected() == 1;
+        if first {
+            self.licence_changed();
+        }
+        Ok(first)
     }
 }

@@ -3,6 +3,7 @@
 
 use outpost_proto::pb::v1::Push;
 
+use super::backend::Pool;
 use super::{Store, StoreError};
 
 /// A queued push.
@@ -17,7 +18,7 @@ pub struct QueuedPush {
 /// Deletes acknowledged pushes in batches (one transaction per batch). Delivery is at least
 /// once: a push whose deletion was not committed before a crash is delivered again.
 pub(crate) async fn ack_writer(
-    pool: sqlx::SqlitePool,
+    pool: Pool,
     mut acks: tokio::sync::mpsc::Receiver<(String, String)>,
 ) {
     let mut batch = Vec::with_capacity(512);
@@ -66,7 +67,7 @@ impl Store {
             )
             .bind(&push.id)
             .bind(device_id)
-            .bind(push.kind)
+            .bind(i64::from(push.kind))
             .bind(&push.payload)
             .bind(push.created_at_ms)
             .bind(expires_at)
@@ -79,7 +80,7 @@ impl Store {
 
     /// Pushes waiting for a device that are still current, oldest first.
     pub async fn pending_pushes(&self, device_id: &str, now: i64) -> Result<Vec<Push>, StoreError> {
-        let rows: Vec<(String, i32, Vec<u8>, i64)> = sqlx::query_as(
+        let rows: Vec<(String, i64, Vec<u8>, i64)> = sqlx::query_as(
             "SELECT id, kind, payload, created_at_ms FROM pushes
              WHERE device_id = $1 AND expires_at > $2 ORDER BY created_at_ms, id",
         )
@@ -91,7 +92,7 @@ impl Store {
             .into_iter()
             .map(|(id, kind, payload, created_at_ms)| Push {
                 id,
-                kind,
+                kind: i32::try_from(kind).unwrap_or_default(),
                 payload,
                 created_at_ms,
             })

@@ -126,7 +126,7 @@ async fn run_child(c: ChildCmd) -> anyhow::Result<()> {
             let held = gws
                 .iter()
                 .filter(|g| {
-                    let st = g.shared.status();
+                    let st = g.status();
                     st.uplink == "up" && st.uplink_connects == 1
                 })
                 .count();
@@ -310,6 +310,7 @@ fn start_agents(
                     hold: Some(hold.clone()),
                 },
             )
+            .map_err(anyhow::Error::from)
         })
         .collect()
 }
@@ -629,8 +630,7 @@ async fn uplinks_held(n: usize, window_secs: u64) -> anyhow::Result<ScenarioResu
     let srv = spawn_child(&["child-server", data.to_str().unwrap()])?;
     let pid = srv.child.id();
     let addr: std::net::SocketAddr = srv.addr.parse()?;
-    let admin =
-        outpost_server::admin::client::AdminClient::from_bundle(&data.join("admin"), None).await?;
+    let admin = outpost_admin::AdminClient::from_bundle(&data.join("admin"), None).await?;
     let R::TokenCreated(t) = admin
         .request(Op::TokenCreate(outpost_proto::pb::admin::TokenCreate {
             role: "gateway".into(),

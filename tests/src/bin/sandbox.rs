@@ -173,7 +173,7 @@ async fn summary(server: &Server, gw: &Gateway, agents: &[Agent]) -> (bool, Stri
             .join(", "),
         _ => String::new(),
     };
-    let g = gw.h().shared.status();
+    let g = gw.h().status();
     let mut out = format!(
         "[{}] gateway uplink {}, {} agent(s) connected, {} relayed session(s) | agents: {} connected, {} licensed, {} unlicensed | seats used: {}\n",
         outpost_proto::licence::key::format_time(outpost_net::unix_now()),

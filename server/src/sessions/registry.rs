@@ -1,4 +1,4 @@
-//! Live sessions and pushes (T7).
+//! The registry of live sessions and push delivery to them (T7).
 //!
 //! Every established agent session registers a bounded sender here. A push is first stored
 //! (so it survives a restart and reaches an offline device at its next connect), then handed

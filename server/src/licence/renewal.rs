@@ -13,7 +13,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::Context;
 use futures_util::{SinkExt, StreamExt};
 use outpost_net::{endpoint, refuse, stream};
 use outpost_proto::alpn;
@@ -24,55 +23,102 @@ use outpost_proto::pb::v1::{RenewalFile, RenewalQuery, envelope::Msg};
 use outpost_proto::pki::{self, Trust};
 use tracing::{info, warn};
 
-use crate::node::Shared;
+use super::Licensing;
+use crate::store::StoreError;
+
+/// Why the renewal procedure stopped.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RenewalError {
+    /// `server.toml` does not say where the authority is, or says it wrongly.
+    #[error("{0}")]
+    NotConfigured(String),
+    /// The authority could not be reached or broke off.
+    #[error("cannot reach the licence authority at {addr}: {why}")]
+    Unreachable {
+        /// Where.
+        addr: String,
+        /// Why.
+        why: String,
+    },
+    /// The authority refused the query.
+    #[error("the licence authority refused: {0}")]
+    Refused(outpost_proto::error::Refused),
+    /// A key this server holds no longer verifies (the authority key changed?).
+    #[error("stored key {0} no longer verifies against the licence authority key")]
+    StoredKeyInvalid(String),
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
 
 /// Asks the authority for renewal files of the keys this server owns.
-async fn fetch(shared: &Shared, owned: &[(String, Vec<u8>)]) -> anyhow::Result<Vec<RenewalFile>> {
-    let cfg = &shared.config.licensing;
-    anyhow::ensure!(
-        !cfg.authority.is_empty(),
-        "no licence authority configured: set licensing.authority and licensing.authority_tls_sha256 in server.toml"
-    );
+async fn fetch(
+    licensing: &Licensing,
+    owned: &[(String, Vec<u8>)],
+) -> Result<Vec<RenewalFile>, RenewalError> {
+    let cfg = licensing.settings();
+    if cfg.authority.is_empty() {
+        return Err(RenewalError::NotConfigured(
+            "no licence authority configured: set licensing.authority and licensing.authority_tls_sha256 in server.toml".into(),
+        ));
+    }
     let pin: [u8; 32] = hex::decode(&cfg.authority_tls_sha256)
         .ok()
         .and_then(|v| v.try_into().ok())
-        .context("licensing.authority_tls_sha256 is not 64 hex digits")?;
-    let addr = endpoint::resolve(&cfg.authority).await?;
-    let tls = pki::client_config(None, &Trust::PinnedLeaf(pin), &[alpn::AUTHORITY])?;
-    let mut c = quinn::ClientConfig::new(Arc::new(
-        quinn::crypto::rustls::QuicClientConfig::try_from(Arc::new(tls))?,
-    ));
+        .ok_or_else(|| {
+            RenewalError::NotConfigured(
+                "licensing.authority_tls_sha256 is not 64 hex digits".into(),
+            )
+        })?;
+    let unreachable = |why: String| RenewalError::Unreachable {
+        addr: cfg.authority.clone(),
+        why,
+    };
+    let addr = endpoint::resolve(&cfg.authority)
+        .await
+        .map_err(|e| unreachable(e.to_string()))?;
+    let tls = pki::client_config(None, &Trust::PinnedLeaf(pin), &[alpn::AUTHORITY])
+        .map_err(|e| unreachable(e.to_string()))?;
+    let quic = quinn::crypto::rustls::QuicClientConfig::try_from(Arc::new(tls))
+        .map_err(|e| unreachable(e.to_string()))?;
+    let mut c = quinn::ClientConfig::new(Arc::new(quic));
     c.transport_config(outpost_net::transport::client(
         Duration::from_secs(10),
         Duration::from_secs(30),
     ));
-    let ep = endpoint::client_endpoint(addr)?;
-    let conn = tokio::time::timeout(
-        Duration::from_secs(15),
-        ep.connect_with(c, addr, "outpost-authority")?,
-    )
-    .await
-    .context("the licence authority does not answer")?
-    .map_err(|e| {
-        anyhow::anyhow!(
-            "cannot reach the licence authority at {addr}: {}",
-            refuse::explain(&e)
-        )
-    })?;
-    let (send, recv) = conn.open_bi().await?;
+    let ep = endpoint::client_endpoint(addr).map_err(|e| unreachable(e.to_string()))?;
+    let connecting = ep
+        .connect_with(c, addr, "outpost-authority")
+        .map_err(|e| unreachable(refuse::explain_connect(&e)))?;
+    let conn = match tokio::time::timeout(Duration::from_secs(15), connecting).await {
+        Ok(Ok(c)) => c,
+        Ok(Err(e)) => return Err(unreachable(refuse::explain(&e))),
+        Err(_) => return Err(unreachable("it does not answer".into())),
+    };
+    let (send, recv) = conn
+        .open_bi()
+        .await
+        .map_err(|e| unreachable(refuse::explain(&e)))?;
     let mut f = stream::framed(stream::bi(send, recv), 16 << 20);
     f.send(Msg::RenewalQuery(RenewalQuery {
         key_files: owned.iter().map(|(_, file)| file.clone()).collect(),
     }))
-    .await?;
+    .await
+    .map_err(|e| unreachable(e.to_string()))?;
     let reply = tokio::time::timeout(Duration::from_secs(30), f.next())
         .await
-        .context("no answer from the licence authority")?;
+        .map_err(|_| unreachable("no answer within 30s".into()))?;
     conn.close(quinn::VarInt::from_u32(0), b"done");
     match reply {
         Some(Ok(Msg::RenewalOffer(o))) => Ok(o.files),
-        Some(Ok(Msg::Refusal(r))) => Err(outpost_proto::error::Refused(r).into()),
-        other => anyhow::bail!("unexpected answer from the licence authority: {other:?}"),
+        Some(Ok(Msg::Refusal(r))) => Err(RenewalError::Refused(outpost_proto::error::Refused(r))),
+        Some(Ok(other)) => Err(unreachable(format!(
+            "unexpected {} instead of an offer",
+            outpost_proto::session::msg_name(&other)
+        ))),
+        Some(Err(e)) => Err(unreachable(e.to_string())),
+        None => Err(unreachable("it closed the stream without an answer".into())),
     }
 }
 
@@ -86,13 +132,13 @@ fn report(key_id: &str, outcome: &str, renewal: &str, detail: impl Into<String>)
 }
 
 /// Runs the renewal procedure once: when an admin asks, or from the repository-update task.
-pub async fn run(shared: &Shared) -> anyhow::Result<Vec<RenewalReport>> {
-    let store = &shared.store;
+pub async fn run(licensing: &Licensing) -> Result<Vec<RenewalReport>, RenewalError> {
+    let store = licensing.store();
     let owned = store.owned_keys().await?;
     if owned.is_empty() {
         return Ok(vec![]);
     }
-    let offers = fetch(shared, &owned).await?;
+    let offers = fetch(licensing, &owned).await?;
     let mut reports = vec![];
     for (old_id, old_file) in &owned {
         let mine: Vec<&RenewalFile> = offers.iter().filter(|o| &o.renews == old_id).collect();
@@ -106,28 +152,22 @@ pub async fn run(shared: &Shared) -> anyhow::Result<Vec<RenewalReport>> {
             ));
             continue;
         }
-        let old = verify_key_file(old_file, &shared.authority_public)
-            .context("stored key no longer verifies")?;
+        let old = verify_key_file(old_file, licensing.authority_public())
+            .map_err(|_| RenewalError::StoredKeyInvalid(old_id.clone()))?;
         for offer in mine {
-            reports.push(apply(shared, &old, offer).await?);
+            reports.push(apply(licensing, &old, offer).await?);
         }
     }
-    // Sessions re-check their licence only when keys were added, moved or removed.
-    if reports
-        .iter()
-        .any(|r| r.outcome != "none" && r.outcome != "refused")
-    {
-        shared.licence_changed();
-    }
+    // The store moved the licence epoch for every key added, assigned or removed.
     Ok(reports)
 }
 
 async fn apply(
-    shared: &Shared,
+    licensing: &Licensing,
     old: &outpost_proto::licence::LicenceKey,
     offer: &RenewalFile,
-) -> anyhow::Result<RenewalReport> {
-    let store = &shared.store;
+) -> Result<RenewalReport, StoreError> {
+    let store = licensing.store();
     let old_id = &old.body.key_id;
     let refused = async |renewal: &str, msg: String| {
         warn!("{msg}");
@@ -139,9 +179,9 @@ async fn apply(
                 serde_json::json!({ "file": offer.file_name }),
             )
             .await?;
-        anyhow::Ok(report(old_id, "refused", renewal, msg))
+        Ok::<_, StoreError>(report(old_id, "refused", renewal, msg))
     };
-    let new = match verify_key_file(&offer.content, &shared.authority_public) {
+    let new = match verify_key_file(&offer.content, licensing.authority_public()) {
         Ok(k) if k.body.renews.as_deref() == Some(old_id) => k,
         Ok(k) => {
             let msg = format!(
@@ -195,7 +235,7 @@ async fn apply(
     let new_objects = store.key_objects(&new_id).await?;
     let add = objects_to_add(&old_objects, &new_objects);
     for o in &add {
-        store.assign_key(&new_id, o).await?;
+        store.assign_object(&new_id, o).await?;
     }
     store.remove_key(old_id).await?;
     let (outcome, msg) = if already {
@@ -226,7 +266,12 @@ async fn apply(
             "key-renewed",
             Some(&new_id),
             &msg,
-            serde_json::json!({ "old": old_id, "new": new_id, "objects_added": add, "added_by_hand": already }),
+            serde_json::json!({
+                "old": old_id,
+                "new": new_id,
+                "objects_added": add.iter().map(|o| o.stored()).collect::<Vec<_>>(),
+                "added_by_hand": already,
+            }),
         )
         .await?;
     info!("{msg}");

@@ -7,55 +7,59 @@ use std::sync::Arc;
 use tokio::time::Instant;
 use tracing::{info, warn};
 
-use crate::node::Shared;
+use crate::node::Node;
+use crate::store::StoreError;
 
 /// Runs until shutdown.
-pub async fn run(shared: Arc<Shared>) {
-    let cfg = &shared.config.licensing;
+pub async fn run(node: Arc<Node>) {
+    let cfg = node.licensing().settings();
     let mut tick = tokio::time::interval(cfg.check_interval);
     let mut last_update = Instant::now();
     loop {
         tokio::select! {
             _ = tick.tick() => {}
-            _ = shared.shutdown.cancelled() => return,
+            _ = node.runtime().cancelled() => return,
         }
-        if let Err(e) = once(&shared, &mut last_update).await {
+        if let Err(e) = once(&node, &mut last_update).await {
             warn!(error = %e, "licence clock");
         }
     }
 }
 
-async fn once(shared: &Shared, last_update: &mut Instant) -> anyhow::Result<()> {
-    let cfg = &shared.config.licensing;
+async fn once(node: &Node, last_update: &mut Instant) -> Result<(), StoreError> {
+    let cfg = node.licensing().settings();
     let now = outpost_net::unix_now();
-    expiry_notices(shared, now).await?;
-    promote_expired(shared, now).await?;
+    expiry_notices(node, now).await?;
+    promote_expired(node, now).await?;
     if !cfg.reclaim_after.is_zero() {
-        reclaim(shared, now - cfg.reclaim_after.as_secs() as i64, now).await?;
+        reclaim(node, now - cfg.reclaim_after.as_secs() as i64, now).await?;
     }
     if cfg.update_licence_keys
         && !cfg.authority.is_empty()
         && last_update.elapsed() >= cfg.repository_update_interval
     {
         *last_update = Instant::now();
-        let reports = crate::renewal::run(shared).await?;
-        info!(
-            checked = reports.len(),
-            "repository update: licence keys checked for renewal"
-        );
+        match super::renewal::run(node.licensing()).await {
+            Ok(reports) => info!(
+                checked = reports.len(),
+                "repository update: licence keys checked for renewal"
+            ),
+            Err(e) => warn!(error = %e, "repository update: renewal check failed"),
+        }
     }
     Ok(())
 }
 
-/// Notifies "expiring soon" and "expired" once per key.
-pub async fn expiry_notices(shared: &Shared, now: i64) -> anyhow::Result<()> {
-    let soon = shared.config.licensing.expiring_soon.as_secs() as i64;
-    for k in shared.store.keys().await? {
+/// Notifies "expiring soon" and "expired" once per key. Marking a key moves the licence
+/// epoch (devices may now get a reserve, L5, L8).
+pub async fn expiry_notices(node: &Node, now: i64) -> Result<(), StoreError> {
+    let store = node.store();
+    let soon = node.licensing().settings().expiring_soon.as_secs() as i64;
+    for k in store.keys().await? {
         let when = outpost_proto::licence::key::format_time(k.expires_at);
         if now >= k.expires_at {
-            if shared.store.mark_key_notified(&k.id, "expired").await? {
-                shared
-                    .store
+            if store.mark_key_notified(&k.id, "expired").await? {
+                store
                     .notify(
                         "key-expired",
                         Some(&k.id),
@@ -63,13 +67,9 @@ pub async fn expiry_notices(shared: &Shared, now: i64) -> anyhow::Result<()> {
                         serde_json::json!({ "expires_at": k.expires_at }),
                     )
                     .await?;
-                shared.licence_changed();
             }
-        } else if k.expires_at - now <= soon
-            && shared.store.mark_key_notified(&k.id, "expiring").await?
-        {
-            shared
-                .store
+        } else if k.expires_at - now <= soon && store.mark_key_notified(&k.id, "expiring").await? {
+            store
                 .notify(
                     "key-expiring-soon",
                     Some(&k.id),
@@ -77,8 +77,6 @@ pub async fn expiry_notices(shared: &Shared, now: i64) -> anyhow::Result<()> {
                     serde_json::json!({ "expires_at": k.expires_at, "seats_used": k.seats_used }),
                 )
                 .await?;
-            // Devices may now get a reserve (L5, L8).
-            shared.licence_changed();
         }
     }
     Ok(())
@@ -86,27 +84,24 @@ pub async fn expiry_notices(shared: &Shared, now: i64) -> anyhow::Result<()> {
 
 /// Switches devices whose active key expired to their reserve key (L5) on the server, the
 /// same moment their agents do it offline from their reserve grant.
-pub async fn promote_expired(shared: &Shared, now: i64) -> anyhow::Result<()> {
-    let changed = shared.store.promote_expired(now).await?;
+pub async fn promote_expired(node: &Node, now: i64) -> Result<(), StoreError> {
+    let changed = node.store().promote_expired(now).await?;
     for (device, old, new) in &changed {
         match new {
             Some(new) => info!(%device, expired = %old, active = %new, "reserve key now active"),
             None => info!(%device, expired = %old, "key expired; no reserve"),
         }
     }
-    if !changed.is_empty() {
-        shared.licence_changed();
-    }
     Ok(())
 }
 
-/// Frees the seats of agents inactive since `cutoff` (L9).
-pub async fn reclaim(shared: &Shared, cutoff: i64, now: i64) -> anyhow::Result<usize> {
-    let online = shared.registry.online();
-    let freed = shared.store.reclaim_inactive(cutoff, now, &online).await?;
+/// Frees the seats of agents inactive since `cutoff` (L9); agents online now keep theirs.
+pub async fn reclaim(node: &Node, cutoff: i64, now: i64) -> Result<usize, StoreError> {
+    let online = node.sessions().registry().online();
+    let store = node.store();
+    let freed = store.reclaim_inactive(cutoff, now, &online).await?;
     if !freed.is_empty() {
-        shared
-            .store
+        store
             .notify(
                 "seats-reclaimed",
                 None,
@@ -118,7 +113,6 @@ pub async fn reclaim(shared: &Shared, cutoff: i64, now: i64) -> anyhow::Result<u
                 serde_json::json!({ "freed": freed }),
             )
             .await?;
-        shared.licence_changed();
     }
     Ok(freed.len())
 }

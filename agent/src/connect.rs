@@ -1,0 +1,256 @@
+//! Path selection and reconnects (T6, T8): the connect loop tries the gateways in order, then
+//! the server directly; each attempt dials, opens the session stream (inner TLS through a
+//! gateway, S1) and hands it to [`crate::session`]. Backoff with full jitter between rounds;
+//! a refusal that retrying cannot fix waits the longest backoff.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use outpost_net::{endpoint, refuse, stream};
+use outpost_proto::backoff::{Backoff, BackoffConfig};
+use outpost_proto::error::{Fault, RefusalCode, Refused};
+use outpost_proto::pki;
+use rustls_pki_types::ServerName;
+use tokio::time::Instant;
+use tracing::{debug, info};
+
+use crate::node::{AgentEvent, Shared};
+use crate::session::run_session;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Via {
+    Gateway,
+    Server,
+}
+
+/// How one attempt on one path ended.
+pub(crate) enum Attempt {
+    /// Could not reach a usable session on this path; try the next.
+    Unreachable(String),
+    /// A session ran (or the server refused it); do not try other paths now.
+    Ended {
+        reason: String,
+        retry_after: Option<Duration>,
+        established: bool,
+    },
+}
+
+fn targets(shared: &Shared) -> Vec<(Via, String)> {
+    let server_list = shared
+        .server_gateways
+        .lock()
+        .expect("gateways lock")
+        .1
+        .clone();
+    let gws = if server_list.is_empty() {
+        shared.config.gateways.clone()
+    } else {
+        server_list
+    };
+    let mut v: Vec<(Via, String)> = gws.into_iter().map(|g| (Via::Gateway, g)).collect();
+    if !shared.config.server.is_empty() {
+        v.push((Via::Server, shared.config.server.clone()));
+    }
+    v
+}
+
+pub(crate) async fn connect_loop(shared: Arc<Shared>) {
+    let c = &shared.config.connect;
+    let mut backoff = Backoff::new(BackoffConfig {
+        initial: c.reconnect_initial,
+        max: c.reconnect_max,
+        healthy_after: c.healthy_after,
+    });
+    loop {
+        if shared.shutdown.is_cancelled() {
+            return;
+        }
+        shared.status.send_modify(|s| {
+            s.state = "connecting".into();
+            s.updated_at = outpost_net::unix_now();
+        });
+        let mut last = String::from("no gateway or server configured");
+        let mut retry_after = None;
+        for (via, target) in targets(&shared) {
+            if shared.shutdown.is_cancelled() {
+                return;
+            }
+            let started = Instant::now();
+            match attempt(&shared, via, &target).await {
+                Attempt::Unreachable(e) => {
+                    debug!(%target, error = %e, "path unusable, trying the next");
+                    last = e;
+                }
+                Attempt::Ended {
+                    reason,
+                    retry_after: ra,
+                    established,
+                } => {
+                    if established {
+                        backoff.on_connected(started.into_std());
+                    }
+                    last = reason;
+                    retry_after = ra;
+                    break;
+                }
+            }
+        }
+        backoff.on_disconnected(Instant::now().into_std());
+        if let Some(d) = retry_after {
+            backoff.on_retry_after(d);
+        }
+        let delay = backoff.next_delay(outpost_net::jitter_unit());
+        info!(reason = %last, retry_in = ?delay, "offline");
+        shared.status.send_modify(|s| {
+            s.state = "offline".into();
+            s.path.clear();
+            s.last_error = last.clone();
+            s.updated_at = outpost_net::unix_now();
+        });
+        let _ = shared
+            .events
+            .send(AgentEvent::Disconnected { reason: last });
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {}
+            _ = shared.shutdown.cancelled() => return,
+        }
+    }
+}
+
+fn is_not_allowed(r: &Refused) -> bool {
+    matches!(
+        r.code().fault(),
+        Fault::NotAllowed | Fault::PeerIncompatible
+    )
+}
+
+/// A refusal that retrying soon cannot fix (revoked, unknown certificate, incompatible): come
+/// back only after the longest backoff, so a fleet of such agents stays quiet.
+pub(crate) fn refused_attempt(shared: &Shared, r: &Refused, established: bool) -> Attempt {
+    let retry_after = if is_not_allowed(r) {
+        let max = shared.config.connect.reconnect_max;
+        Some(max.mul_f64(0.5 + outpost_net::jitter_unit() / 2.0))
+    } else {
+        r.retry_after()
+    };
+    Attempt::Ended {
+        reason: r.to_string(),
+        retry_after,
+        established,
+    }
+}
+
+async fn attempt(shared: &Arc<Shared>, via: Via, target: &str) -> Attempt {
+    let addr: SocketAddr = match endpoint::resolve(target).await {
+        Ok(a) => a,
+        Err(e) => return Attempt::Unreachable(e.to_string()),
+    };
+    let (client, name, label) = match via {
+        Via::Gateway => (
+            shared.relay_client.clone(),
+            pki::GATEWAY_NAME,
+            format!("gateway {addr}"),
+        ),
+        Via::Server => (
+            shared.direct_client.clone(),
+            pki::SERVER_NAME,
+            format!("server {addr} (direct)"),
+        ),
+    };
+    let ep = match &shared.endpoint {
+        Some(e) => e.clone(),
+        None => match endpoint::client_endpoint(addr) {
+            Ok(e) => e,
+            Err(e) => return Attempt::Unreachable(e.to_string()),
+        },
+    };
+    let connecting = match ep.connect_with(client, addr, name) {
+        Ok(c) => c,
+        Err(e) => return Attempt::Unreachable(refuse::explain_connect(&e)),
+    };
+    let conn = tokio::select! {
+        r = tokio::time::timeout(shared.config.connect.dial_timeout, connecting) => match r {
+            Ok(Ok(c)) => c,
+            Ok(Err(e)) => {
+                return match refuse::refusal_of(&e) {
+                    Some(r) if is_not_allowed(&r) => refused_attempt(shared, &r, false),
+                    _ => Attempt::Unreachable(format!("{label}: {}", refuse::explain(&e))),
+                };
+            }
+            Err(_) => return Attempt::Unreachable(format!("{label}: no answer within {:?}", shared.config.connect.dial_timeout)),
+        },
+        _ = shared.shutdown.cancelled() => return Attempt::Unreachable("shutting down".into()),
+    };
+    let result = on_connection(shared, via, &conn, &label).await;
+    conn.close(quinn::VarInt::from_u32(0), b"session over");
+    if shared.endpoint.is_none() {
+        // Our own socket: let the close go out, then drop it.
+        let _ = tokio::time::timeout(Duration::from_millis(200), ep.wait_idle()).await;
+    }
+    result
+}
+
+async fn on_connection(
+    shared: &Arc<Shared>,
+    via: Via,
+    conn: &quinn::Connection,
+    label: &str,
+) -> Attempt {
+    let closed_reason = |e: &quinn::ConnectionError| match refuse::refusal_of(e) {
+        Some(r) => refused_attempt(shared, &r, false),
+        None => Attempt::Unreachable(format!("{label}: {}", refuse::explain(e))),
+    };
+    let (send, recv) = match conn.open_bi().await {
+        Ok(s) => s,
+        Err(e) => return closed_reason(&e),
+    };
+    match via {
+        Via::Server => run_session(shared, stream::bi(send, recv), label, conn).await,
+        Via::Gateway => {
+            let sni = ServerName::try_from(pki::SERVER_NAME).expect("static name");
+            let tls = tokio::time::timeout(
+                shared
+                    .config
+                    .connect
+                    .dial_timeout
+                    .max(Duration::from_secs(5)),
+                shared.inner_tls.connect(sni, stream::bi(send, recv)),
+            )
+            .await;
+            match tls {
+                Ok(Ok(t)) => run_session(shared, t, label, conn).await,
+                Ok(Err(e)) => {
+                    if let Some(e) = conn.close_reason() {
+                        return closed_reason(&e);
+                    }
+                    let why = match stream_reset_code(&e) {
+                        Some(c) if c == RefusalCode::UpstreamUnavailable.close_code() as u64 => {
+                            "the gateway has no uplink to the server right now".to_owned()
+                        }
+                        Some(c) if c == RefusalCode::Overloaded.close_code() as u64 => {
+                            "the gateway is at its session limit".to_owned()
+                        }
+                        _ => format!("inner TLS with the server through the gateway failed: {e}"),
+                    };
+                    Attempt::Unreachable(format!("{label}: {why}"))
+                }
+                Err(_) => Attempt::Unreachable(format!(
+                    "{label}: no TLS answer from the server through the gateway"
+                )),
+            }
+        }
+    }
+}
+
+/// The QUIC reset code inside an I/O error from a stream, if it is one.
+fn stream_reset_code(e: &std::io::Error) -> Option<u64> {
+    let inner = e.get_ref()?;
+    match inner.downcast_ref::<quinn::ReadError>() {
+        Some(quinn::ReadError::Reset(c)) => Some(c.into_inner()),
+        _ => match inner.downcast_ref::<quinn::WriteError>() {
+            Some(quinn::WriteError::Stopped(c)) => Some(c.into_inner()),
+            _ => None,
+        },
+    }
+}

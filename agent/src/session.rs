@@ -1,0 +1,249 @@
+//! The session driver: the async loop around `outpost_proto::session::ClientSession` for one
+//! session (S2–S5, T7): hello, the licence check (its grants stored, L7), syncs of inventory
+//! and queued events, pushes.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use outpost_net::{refuse, stream};
+use outpost_proto::pb::v1::{PushKind, Role, SyncRequest, Versions};
+use outpost_proto::session::{ClientEvent, ClientSession, SessionError, hello};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::time::Instant;
+use tracing::{info, warn};
+
+use crate::connect::{Attempt, refused_attempt};
+use crate::node::{AgentEvent, Shared};
+
+/// Largest frame the agent accepts from the server.
+const MAX_FRAME: usize = 4 << 20;
+
+pub(crate) async fn run_session<S>(
+    shared: &Arc<Shared>,
+    io: S,
+    label: &str,
+    conn: &quinn::Connection,
+) -> Attempt
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send,
+{
+    let mut f = stream::framed(io, MAX_FRAME);
+    let timeout = shared.config.connect.sync_timeout;
+    let mut sm = ClientSession::new(
+        hello(
+            Role::Agent,
+            &format!("outpost-agent {}", outpost_proto::SOFTWARE_VERSION),
+            &[],
+        ),
+        timeout,
+    );
+    let setup_deadline = Instant::now() + timeout;
+    let mut established = false;
+    let end = |reason: String, retry_after: Option<Duration>, established: bool| Attempt::Ended {
+        reason,
+        retry_after,
+        established,
+    };
+    loop {
+        // Drive the state machine until it has nothing more to say or do.
+        loop {
+            let mut progressed = false;
+            while let Some(m) = sm.poll_transmit() {
+                progressed = true;
+                if let Err(e) = f.feed(m).await {
+                    return end(format!("{label}: write failed: {e}"), None, established);
+                }
+            }
+            if progressed && f.flush().await.is_err() {
+                return end(format!("{label}: connection lost"), None, established);
+            }
+            while let Some(ev) = sm.poll_event() {
+                progressed = true;
+                on_event(shared, &mut sm, ev, label, &mut established).await;
+            }
+            if !progressed {
+                break;
+            }
+        }
+        let deadline = match sm.poll_timeout() {
+            Some(t) => Instant::from_std(t),
+            None if !sm.is_ready() => setup_deadline,
+            None => Instant::now() + Duration::from_secs(3600),
+        };
+        tokio::select! {
+            m = f.next() => match m {
+                Some(Ok(msg)) => {
+                    if let Err(e) = sm.handle_message(msg, Instant::now().into_std()) {
+                        return match e {
+                            SessionError::Refused(r) => {
+                                warn!(refusal = %r, "session refused by the server");
+                                refused_attempt(shared, &r, established)
+                            }
+                            other => end(format!("{label}: {other}"), None, established),
+                        };
+                    }
+                }
+                Some(Err(e)) => return ended_by_peer(shared, conn, label, established, e.to_string()).await,
+                None => return ended_by_peer(shared, conn, label, established, "the server ended the session".into()).await,
+            },
+            _ = tokio::time::sleep_until(deadline) => {
+                if !sm.is_ready() && Instant::now() >= setup_deadline {
+                    return end(format!("{label}: no licence check answer within {timeout:?}"), None, established);
+                }
+                if let Err(e) = sm.handle_timeout(Instant::now().into_std()) {
+                    return end(format!("{label}: {e}"), None, established);
+                }
+            }
+            _ = shared.nudge.notified() => sm.request_sync(Instant::now().into_std()),
+            _ = shared.shutdown.cancelled() => {
+                let _ = f.close().await;
+                return end("shutting down".into(), None, established);
+            }
+        }
+    }
+}
+
+/// The session stream ended without a refusal on it: if the whole connection is closing with a
+/// refusal (revoked, shutting down …), that is the real reason.
+async fn ended_by_peer(
+    shared: &Shared,
+    conn: &quinn::Connection,
+    label: &str,
+    established: bool,
+    fallback: String,
+) -> Attempt {
+    // The stream can end a moment before the connection close arrives.
+    let reason = match conn.close_reason() {
+        Some(e) => Some(e),
+        None => tokio::time::timeout(Duration::from_millis(250), conn.closed())
+            .await
+            .ok(),
+    };
+    match reason {
+        Some(e) => match refuse::refusal_of(&e) {
+            Some(r) => refused_attempt(shared, &r, established),
+            None => Attempt::Ended {
+                reason: format!("{label}: {}", refuse::explain(&e)),
+                retry_after: None,
+                established,
+            },
+        },
+        None => Attempt::Ended {
+            reason: format!("{label}: {fallback}"),
+            retry_after: None,
+            established,
+        },
+    }
+}
+
+async fn on_event(
+    shared: &Arc<Shared>,
+    sm: &mut ClientSession,
+    ev: ClientEvent,
+    label: &str,
+    established: &mut bool,
+) {
+    let now = outpost_net::unix_now();
+    match ev {
+        ClientEvent::Established { version, device_id } => {
+            if device_id != shared.identity.device_id {
+                warn!(server_says = %device_id, "the server knows this certificate under another device id");
+            }
+            *established = true;
+            info!(path = %label, version, "session established");
+            shared.status.send_modify(|s| {
+                s.state = "connected".into();
+                s.path = label.to_owned();
+                s.sessions += 1;
+                s.last_error.clear();
+                s.updated_at = now;
+            });
+            let _ = shared.events.send(AgentEvent::Connected {
+                path: label.to_owned(),
+            });
+        }
+        ClientEvent::Licence(status) => {
+            // File I/O with fsync: off the async worker threads.
+            let sh = shared.clone();
+            let stored = tokio::task::spawn_blocking(move || sh.grants.store(&status)).await;
+            match stored {
+                Ok(Ok(())) => shared.grants_changed.notify_one(),
+                Ok(Err(e)) => warn!(error = %e, "licence status from the server not stored"),
+                Err(e) => warn!(error = %e, "licence store task failed"),
+            }
+        }
+        ClientEvent::SyncDue => {
+            let (q, batch) = (shared.queue.clone(), shared.config.queue.batch);
+            let events = tokio::task::spawn_blocking(move || q.peek(batch, MAX_FRAME / 2))
+                .await
+                .ok()
+                .and_then(Result::ok)
+                .unwrap_or_default();
+            let rev = shared.server_gateways.lock().expect("gateways lock").0;
+            let req = SyncRequest {
+                seq: 0,
+                inventory: Some(shared.inventory.clone()),
+                events,
+                known: Some(Versions {
+                    gateways: rev,
+                    ..Default::default()
+                }),
+            };
+            sm.send_sync(req, Instant::now().into_std());
+        }
+        ClientEvent::Synced(resp) => {
+            let q = shared.queue.clone();
+            let ids = resp.acked_event_ids.clone();
+            let (acked, depth) = tokio::task::spawn_blocking(move || {
+                let acked = q.ack(&ids).unwrap_or_else(|e| {
+                    warn!(error = %e, "could not delete acknowledged events (they will be resent and de-duplicated)");
+                    0
+                });
+                (acked, q.len())
+            })
+            .await
+            .unwrap_or((0, 0));
+            if let Some(g) = resp.gateways {
+                let mut cur = shared.server_gateways.lock().expect("gateways lock");
+                *cur = (g.revision, g.addresses);
+                let _ = outpost_net::fsutil::write_atomic(
+                    &shared.data.join("gateways.json"),
+                    serde_json::to_string(&*cur).unwrap_or_default().as_bytes(),
+                    false,
+                );
+            }
+            if depth > 0 && acked > 0 {
+                // More waiting: keep draining.
+                sm.request_sync(Instant::now().into_std());
+            }
+            shared.status.send_modify(|s| {
+                s.last_sync = now;
+                s.queue_depth = depth;
+                s.updated_at = now;
+            });
+            let _ = shared.events.send(AgentEvent::Synced { acked });
+        }
+        ClientEvent::Push(p) => {
+            let kind = PushKind::try_from(p.kind)
+                .map(|k| k.as_str_name())
+                .unwrap_or("PUSH_KIND_UNKNOWN");
+            let kind = kind
+                .trim_start_matches("PUSH_KIND_")
+                .to_lowercase()
+                .replace('_', "-");
+            let text = String::from_utf8_lossy(&p.payload).into_owned();
+            info!(push = %p.id, %kind, %text, "push received");
+            shared.status.send_modify(|s| {
+                s.pushes_received += 1;
+                s.last_push = if text.is_empty() {
+                    kind.clone()
+                } else {
+                    format!("{kind}: {text}")
+                };
+                s.updated_at = now;
+            });
+            let _ = shared.events.send(AgentEvent::Push(p));
+        }
+    }
+}

@@ -1,0 +1,342 @@
+//! The gateway's persistent uplink to the server (T3, T4, T5, T6).
+//!
+//! Two ways to get the connection, one way to use it:
+//! - **dial** (default, T3): the gateway dials the server from inside the office; on loss it
+//!   re-dials after a jittered exponential backoff that resets only after the link has been
+//!   healthy for a while, and obeys a retry-after from the server.
+//! - **listen** (DMZ, T4, [`listen`]): the gateway listens and the server dials it; the newest
+//!   connection from the server replaces an older one.
+//!
+//! Either way the gateway then opens the control stream and runs the control-stream machine
+//! (`outpost_proto::control`, channel `Uplink`): hello, periodic reports up, directives down.
+//! Keep-alives below the NAT's UDP mapping timeout and path migration after a NAT rebinding
+//! are quinn's: the connection survives a changed public address or port without a reconnect
+//! (T5).
+
+mod listen;
+
+use std::net::SocketAddr;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use futures_util::StreamExt;
+use outpost_net::{endpoint, refuse, stream};
+use outpost_proto::backoff::{Backoff, BackoffConfig};
+use outpost_proto::control::{Channel, ControlError, Opener, OpenerEvent};
+use outpost_proto::error::Refused;
+use outpost_proto::pb::v1::envelope::Msg;
+use outpost_proto::pki;
+use tokio::sync::watch;
+use tokio::time::Instant;
+use tracing::{Instrument, info, info_span, warn};
+
+use crate::config::UplinkMode;
+use crate::node::Node;
+
+/// The uplink as the rest of the gateway sees it.
+#[derive(Debug, Clone, Default)]
+pub struct UplinkState {
+    /// The live connection, if up.
+    pub conn: Option<quinn::Connection>,
+    /// Unix seconds since when it is up.
+    pub since: i64,
+    /// Why it is down / the last failure.
+    pub last_error: String,
+    /// Next attempt, unix ms, while down.
+    pub retry_at_ms: i64,
+}
+
+/// The uplink handle: its state (written only by the uplink task), how to dial, counters.
+#[derive(Debug)]
+pub struct Uplink {
+    state: watch::Sender<UplinkState>,
+    client: quinn::ClientConfig,
+    /// Where a listen-mode gateway waits for the server (status, tests).
+    listen_addr: Mutex<Option<SocketAddr>>,
+    connects: AtomicU64,
+}
+
+impl Uplink {
+    /// An uplink that dials with `client`.
+    pub fn new(client: quinn::ClientConfig) -> Uplink {
+        Uplink {
+            state: watch::Sender::new(UplinkState::default()),
+            client,
+            listen_addr: Mutex::new(None),
+            connects: AtomicU64::new(0),
+        }
+    }
+
+    /// The live connection, if the uplink is up.
+    pub fn conn(&self) -> Option<quinn::Connection> {
+        self.state.borrow().conn.clone()
+    }
+
+    /// A snapshot of the state.
+    pub fn state(&self) -> UplinkState {
+        self.state.borrow().clone()
+    }
+
+    /// Watches the state.
+    pub fn subscribe(&self) -> watch::Receiver<UplinkState> {
+        self.state.subscribe()
+    }
+
+    /// Uplink connections established since start.
+    pub fn connects(&self) -> u64 {
+        self.connects.load(Ordering::Relaxed)
+    }
+
+    /// Where a listen-mode gateway waits for the server.
+    pub fn listen_addr(&self) -> Option<SocketAddr> {
+        *self.listen_addr.lock().expect("listen addr lock")
+    }
+
+    fn set_up(&self, conn: quinn::Connection) {
+        self.connects.fetch_add(1, Ordering::Relaxed);
+        self.state.send_replace(UplinkState {
+            conn: Some(conn),
+            since: outpost_net::unix_now(),
+            last_error: String::new(),
+            retry_at_ms: 0,
+        });
+    }
+
+    fn set_down(&self, why: String, retry_at_ms: i64) {
+        self.state.send_replace(UplinkState {
+            conn: None,
+            since: 0,
+            last_error: why,
+            retry_at_ms,
+        });
+    }
+}
+
+/// Why an uplink ended.
+#[derive(Debug, thiserror::Error)]
+enum Ended {
+    /// The server refused (possibly with a retry-after).
+    #[error("{0}")]
+    Refused(Refused),
+    /// The connection or the control stream failed.
+    #[error("{0}")]
+    Lost(String),
+}
+
+impl From<ControlError> for Ended {
+    fn from(e: ControlError) -> Ended {
+        match e {
+            ControlError::Refused(r) => Ended::Refused(r),
+            other => Ended::Lost(other.to_string()),
+        }
+    }
+}
+
+fn lost(e: &quinn::ConnectionError) -> Ended {
+    match refuse::refusal_of(e) {
+        Some(r) => Ended::Refused(r),
+        None => Ended::Lost(refuse::explain(e)),
+    }
+}
+
+/// Runs until shutdown.
+pub async fn run(node: std::sync::Arc<Node>) {
+    match node.config().uplink.mode {
+        UplinkMode::Dial => run_dial(&node).await,
+        UplinkMode::Listen => listen::run(node).await,
+    }
+}
+
+fn set_down(node: &Node, why: String, retry_at_ms: i64) {
+    node.uplink().set_down(why, retry_at_ms);
+    node.status_changed();
+}
+
+async fn run_dial(node: &Node) {
+    let c = &node.config().uplink;
+    let mut backoff = Backoff::new(BackoffConfig {
+        initial: c.reconnect_initial,
+        max: c.reconnect_max,
+        healthy_after: c.healthy_after,
+    });
+    loop {
+        if node.runtime().is_shutting_down() {
+            return;
+        }
+        let span = info_span!("uplink", server = %node.config().server);
+        let ended = async {
+            match dial(node).await {
+                Err(e) => Some(e),
+                Ok((ep, conn)) => {
+                    let r = serve(node, conn, &mut backoff).await;
+                    ep.close(quinn::VarInt::from_u32(0), b"");
+                    r
+                }
+            }
+        }
+        .instrument(span)
+        .await;
+        if node.runtime().is_shutting_down() {
+            return;
+        }
+        backoff.on_disconnected(Instant::now().into_std());
+        if let Some(Ended::Refused(r)) = &ended
+            && let Some(d) = r.retry_after()
+        {
+            backoff.on_retry_after(d);
+        }
+        let delay = backoff.next_delay(outpost_net::jitter_unit());
+        let why = ended
+            .map(|e| e.to_string())
+            .unwrap_or_else(|| "closed".into());
+        warn!(reason = %why, retry_in = ?delay, "uplink down");
+        set_down(
+            node,
+            why,
+            outpost_net::unix_now_ms() + delay.as_millis() as i64,
+        );
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {}
+            _ = node.runtime().cancelled() => return,
+        }
+    }
+}
+
+/// Dials the server. A fresh socket per attempt: after an outage the old NAT mapping is gone
+/// anyway.
+async fn dial(node: &Node) -> Result<(quinn::Endpoint, quinn::Connection), Ended> {
+    let server = &node.config().server;
+    let addr = endpoint::resolve(server)
+        .await
+        .map_err(|e| Ended::Lost(e.to_string()))?;
+    let ep = endpoint::client_endpoint(addr).map_err(|e| Ended::Lost(e.to_string()))?;
+    let connecting = ep
+        .connect_with(node.uplink().client.clone(), addr, pki::SERVER_NAME)
+        .map_err(|e| Ended::Lost(refuse::explain_connect(&e)))?;
+    let conn = tokio::select! {
+        c = connecting => c.map_err(|e| match refuse::refusal_of(&e) {
+            Some(r) => Ended::Refused(r),
+            None => Ended::Lost(format!("cannot reach the server at {addr}: {}", refuse::explain(&e))),
+        })?,
+        _ = node.runtime().cancelled() => return Err(Ended::Lost("shutting down".into())),
+    };
+    Ok((ep, conn))
+}
+
+/// Uses an established uplink until it ends. Returns why it ended (None: clean shutdown).
+async fn serve(node: &Node, conn: quinn::Connection, backoff: &mut Backoff) -> Option<Ended> {
+    let (send, recv) = match conn.open_bi().await {
+        Ok(s) => s,
+        Err(e) => return Some(lost(&e)),
+    };
+    let mut ctl = stream::framed(stream::bi(send, recv), 1 << 20);
+    let mut sm = Opener::new(
+        Channel::Uplink,
+        &format!("outpost-gateway {}", outpost_proto::SOFTWARE_VERSION),
+    );
+    if let Err(e) = open(node, &conn, &mut sm, &mut ctl).await {
+        return Some(e);
+    }
+    backoff.on_connected(Instant::now().into_std());
+    info!(remote = %conn.remote_address(), "uplink up");
+    node.uplink().set_up(conn.clone());
+    node.status_changed();
+
+    let mut report = tokio::time::interval(node.config().uplink.report_interval);
+    loop {
+        tokio::select! {
+            e = conn.closed() => break Some(lost(&e)),
+            _ = report.tick() => {
+                let r = node.report();
+                // A failed send shows up as `closed()` on the next turn.
+                if sm.send(Msg::GatewayReport(r)).is_ok() {
+                    let _ = stream::send_queued(&mut ctl, &mut sm).await;
+                }
+                node.status_changed();
+            }
+            m = ctl.next() => match m {
+                Some(Ok(msg)) => {
+                    if let Err(e) = sm.handle_message(msg) {
+                        let _ = stream::send_queued(&mut ctl, &mut sm).await;
+                        break Some(e.into());
+                    }
+                    while let Some(OpenerEvent::Message(m)) = sm.poll_event() {
+                        if let Msg::GatewayDirective(d) = *m {
+                            info!(?d, "directive from the server");
+                        }
+                    }
+                }
+                Some(Err(e)) => break Some(Ended::Lost(e.to_string())),
+                None => break Some(lost(&conn.closed().await)),
+            },
+            _ = node.runtime().cancelled() => {
+                conn.close(quinn::VarInt::from_u32(0), b"gateway shutting down");
+                break None;
+            }
+        }
+    }
+}
+
+/// Runs the opening exchange: hello out, the server's answer within the hello timeout.
+async fn open<S>(
+    node: &Node,
+    conn: &quinn::Connection,
+    sm: &mut Opener,
+    ctl: &mut stream::Framed<S>,
+) -> Result<(), Ended>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    stream::send_queued(ctl, sm)
+        .await
+        .map_err(|e| Ended::Lost(e.to_string()))?;
+    let wait = node.config().timing.uplink_hello_timeout;
+    let deadline = tokio::time::sleep(wait);
+    tokio::pin!(deadline);
+    while !sm.is_open() {
+        let m = tokio::select! {
+            m = ctl.next() => m,
+            _ = &mut deadline => {
+                return Err(Ended::Lost(format!("no hello answer from the server within {wait:?}")));
+            }
+        };
+        match m {
+            Some(Ok(msg)) => {
+                if let Err(e) = sm.handle_message(msg) {
+                    let _ = stream::send_queued(ctl, sm).await;
+                    return Err(e.into());
+                }
+            }
+            // The stream ends when the server closes the connection with a refusal.
+            _ => {
+                return Err(match conn.close_reason() {
+                    Some(e) => lost(&e),
+                    None => Ended::Lost(
+                        "the server ended the control stream without a hello answer".into(),
+                    ),
+                });
+            }
+        }
+    }
+    // Established.
+    while sm.poll_event().is_some() {}
+    Ok(())
+}
+
+/// Keeps the uplink of a listen-mode gateway (used by [`listen`]).
+async fn serve_accepted(node: &Node, conn: quinn::Connection) {
+    let mut backoff = Backoff::new(BackoffConfig::default());
+    let ended = serve(node, conn, &mut backoff).await;
+    if !node.runtime().is_shutting_down() {
+        let why = ended
+            .map(|e| e.to_string())
+            .unwrap_or_else(|| "closed".into());
+        warn!(reason = %why, "uplink down; waiting for the server to dial in again");
+        set_down(node, why, 0);
+    }
+}
+
+/// Counts a listen address for status.
+fn set_listen_addr(node: &Node, addr: Option<SocketAddr>) {
+    *node.uplink().listen_addr.lock().expect("listen addr lock") = addr;
+}

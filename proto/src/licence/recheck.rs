@@ -1,0 +1,151 @@
+//! When a live session re-runs the licence check, and when it sends the result (S3, L7, L9).
+//!
+//! A session checks at connect. Afterwards, at each sync, it checks again when something
+//! licence-related changed on the server (the licence epoch moved: a key assigned, a seat
+//! freed, a device moved …) or when the grant it last sent is past half its lifetime, so a
+//! connected agent never runs out of grant. It sends the new result only when it differs from
+//! what the agent holds — licensed or not, key, reason — or the grant needs refreshing; an
+//! unchanged licensed result costs the agent nothing. (An unlicensed agent holds no grant, so
+//! its result counts as due for refreshing and goes out at every re-check.)
+
+use prost::Message;
+
+use crate::pb::v1::{GrantBody, LicenceStatus};
+
+/// What a session last told its agent about the licence.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Sent {
+    /// Licensed or not.
+    pub licensed: bool,
+    /// Key of the active grant ("" when none).
+    pub key_id: String,
+    /// Why unlicensed ("" when licensed).
+    pub reason: String,
+    /// Expiry of the active grant, unix seconds (0 when none).
+    pub grant_expires_at: i64,
+}
+
+impl Sent {
+    /// What a status message tells the agent.
+    pub fn of(status: &LicenceStatus) -> Sent {
+        let (key_id, grant_expires_at) = status
+            .active
+            .as_ref()
+            .and_then(|g| GrantBody::decode(g.body.as_slice()).ok())
+            .map(|b| (b.key_id, b.expires_at))
+            .unwrap_or_default();
+        Sent {
+            licensed: status.licensed,
+            key_id,
+            reason: status.reason.clone(),
+            grant_expires_at,
+        }
+    }
+
+    fn grant_needs_refresh(&self, now: i64, grant_ttl: i64) -> bool {
+        self.grant_expires_at - now < grant_ttl / 2
+    }
+}
+
+/// Whether a session must run the licence check again at this sync: nothing was sent yet,
+/// the licence epoch moved since the last check, or the grant sent is past half its lifetime.
+pub fn needs_recheck(last: Option<&Sent>, epoch_moved: bool, now: i64, grant_ttl: i64) -> bool {
+    epoch_moved || last.is_none_or(|l| l.grant_needs_refresh(now, grant_ttl))
+}
+
+/// Whether a fresh check result is worth sending: it differs from what was sent, or the grant
+/// sent needs refreshing.
+pub fn worth_sending(last: Option<&Sent>, fresh: &Sent, now: i64, grant_ttl: i64) -> bool {
+    match last {
+        None => true,
+        Some(prev) => {
+            prev.licensed != fresh.licensed
+                || prev.key_id != fresh.key_id
+                || prev.reason != fresh.reason
+                || prev.grant_needs_refresh(now, grant_ttl)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TTL: i64 = 1000;
+
+    fn licensed(key: &str, exp: i64) -> Sent {
+        Sent {
+            licensed: true,
+            key_id: key.into(),
+            reason: String::new(),
+            grant_expires_at: exp,
+        }
+    }
+
+    fn unlicensed(reason: &str) -> Sent {
+        Sent {
+            reason: reason.into(),
+            ..Sent::default()
+        }
+    }
+
+    #[test]
+    fn s3_first_sync_always_checks_and_sends() {
+        assert!(needs_recheck(None, false, 0, TTL));
+        assert!(worth_sending(None, &unlicensed("x"), 0, TTL));
+    }
+
+    #[test]
+    fn l9_epoch_move_rechecks_but_unchanged_result_is_not_resent() {
+        let sent = licensed("K", 900);
+        assert!(!needs_recheck(Some(&sent), false, 100, TTL));
+        assert!(needs_recheck(Some(&sent), true, 100, TTL));
+        assert!(!worth_sending(Some(&sent), &licensed("K", 1100), 100, TTL));
+        assert!(worth_sending(Some(&sent), &licensed("K2", 1100), 100, TTL));
+        assert!(worth_sending(
+            Some(&sent),
+            &unlicensed("no free seat"),
+            100,
+            TTL
+        ));
+        let refused = unlicensed("no free seat on key K, 1 of 1 used");
+        assert!(worth_sending(
+            Some(&refused),
+            &unlicensed("no licence key is assigned"),
+            100,
+            TTL
+        ));
+        // An unlicensed device holds no grant: each re-check result goes out, so the agent's
+        // stored reason is always the latest one.
+        assert!(worth_sending(Some(&refused), &refused.clone(), 100, TTL));
+    }
+
+    #[test]
+    fn l7_grant_past_half_its_life_is_refreshed() {
+        let sent = licensed("K", 1000);
+        assert!(!needs_recheck(Some(&sent), false, 499, TTL));
+        assert!(needs_recheck(Some(&sent), false, 501, TTL));
+        assert!(worth_sending(Some(&sent), &licensed("K", 1501), 501, TTL));
+        // An unlicensed device has no grant to refresh: it is re-checked every sync, which
+        // is what lets it pick up a freed seat.
+        assert!(needs_recheck(Some(&unlicensed("r")), false, 0, TTL));
+    }
+
+    #[test]
+    fn s3_sent_of_status_reads_the_active_grant() {
+        let signer = crate::licence::GrantSigner::generate().0;
+        let grant = signer.sign(&GrantBody {
+            device_id: "a".into(),
+            key_id: "K".into(),
+            expires_at: 77,
+            ..Default::default()
+        });
+        let s = LicenceStatus {
+            licensed: true,
+            active: Some(grant),
+            ..Default::default()
+        };
+        assert_eq!(Sent::of(&s), licensed("K", 77));
+        assert_eq!(Sent::of(&LicenceStatus::default()), Sent::default());
+    }
+}

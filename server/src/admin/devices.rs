@@ -1,0 +1,151 @@
+//! Admin actions on devices, groups and enrollment tokens (S6, S7, S8, L4).
+
+use outpost_proto::pb::admin::{
+    AdminResponse, DeviceInfo, DeviceList, DeviceListResult, DeviceMove, DeviceRef, GroupCreate,
+    GroupInfo, GroupListResult, TokenCreate, TokenCreated, TokenInfo, TokenListResult,
+    admin_response::Result as R,
+};
+use tracing::info;
+
+use super::{done, ok};
+use crate::node::Node;
+use crate::store::{DeviceRow, StoreError, TokenSpec};
+
+type Answer = Result<AdminResponse, StoreError>;
+
+pub(super) async fn token_create(node: &Node, t: TokenCreate) -> Answer {
+    let spec = TokenSpec {
+        role: if t.role.is_empty() {
+            "agent".into()
+        } else {
+            t.role
+        },
+        group: t.group,
+        ttl_secs: if t.ttl_secs == 0 { 86_400 } else { t.ttl_secs },
+        uses: if t.uses == 0 { 1 } else { t.uses },
+        comment: t.comment,
+    };
+    let now = outpost_net::unix_now();
+    let (token, row) = node
+        .store()
+        .create_token(&spec, node.enrollment().ca_sha256(), now)
+        .await?;
+    info!(token = %token, role = %row.role, group = %row.group_path, uses = row.uses_total, "enrollment token created");
+    Ok(ok(R::TokenCreated(TokenCreated {
+        token_id: row.id,
+        token: token.to_text(),
+        expires_at: row.expires_at,
+        uses: row.uses_total as u32,
+        role: row.role,
+        group: row.group_path,
+    })))
+}
+
+pub(super) async fn token_list(node: &Node) -> Answer {
+    let tokens = node
+        .store()
+        .tokens()
+        .await?
+        .into_iter()
+        .map(|t| TokenInfo {
+            token_id: t.id,
+            role: t.role,
+            group: t.group_path,
+            expires_at: t.expires_at,
+            uses_left: t.uses_left as u32,
+            uses_total: t.uses_total as u32,
+            comment: t.comment,
+            created_at: t.created_at,
+        })
+        .collect();
+    Ok(ok(R::Tokens(TokenListResult { tokens })))
+}
+
+pub(super) async fn list(node: &Node, d: DeviceList) -> Answer {
+    let store = node.store();
+    let role = (!d.role.is_empty()).then_some(d.role.as_str());
+    let mut out = vec![];
+    for row in store.devices(role).await? {
+        let events = if row.role == "agent" {
+            store.event_count(&row.id).await? as u64
+        } else {
+            0
+        };
+        out.push(device_info(node, row, events));
+    }
+    Ok(ok(R::Devices(DeviceListResult { devices: out })))
+}
+
+pub(super) async fn revoke(node: &Node, d: DeviceRef) -> Answer {
+    node.store()
+        .revoke_device(&d.device_id, outpost_net::unix_now())
+        .await?;
+    node.sessions().registry().kick(&d.device_id);
+    info!(device = %d.device_id, "device revoked; its seats are free");
+    Ok(done(format!(
+        "device {} revoked; its seats are free",
+        d.device_id
+    )))
+}
+
+pub(super) async fn remove(node: &Node, d: DeviceRef) -> Answer {
+    node.store().remove_device(&d.device_id).await?;
+    node.sessions().registry().kick(&d.device_id);
+    info!(device = %d.device_id, "device removed; its seats are free");
+    Ok(done(format!(
+        "device {} removed; its seats are free",
+        d.device_id
+    )))
+}
+
+pub(super) async fn move_to(node: &Node, d: DeviceMove) -> Answer {
+    node.store().move_device(&d.device_id, &d.group).await?;
+    Ok(done(format!("device {} moved to {}", d.device_id, d.group)))
+}
+
+pub(super) async fn group_create(node: &Node, g: GroupCreate) -> Answer {
+    let path = node
+        .store()
+        .create_group(&g.path, outpost_net::unix_now())
+        .await?;
+    Ok(done(format!("group {path} created")))
+}
+
+pub(super) async fn group_list(node: &Node) -> Answer {
+    let groups = node
+        .store()
+        .groups()
+        .await?
+        .into_iter()
+        .map(|(path, n)| GroupInfo {
+            path,
+            devices: n as u32,
+        })
+        .collect();
+    Ok(ok(R::Groups(GroupListResult { groups })))
+}
+
+fn device_info(node: &Node, d: DeviceRow, events: u64) -> DeviceInfo {
+    DeviceInfo {
+        online: match d.role.as_str() {
+            "gateway" => node.gateways().is_up(&d.id),
+            _ => node.sessions().registry().is_online(&d.id),
+        },
+        device_id: d.id,
+        role: d.role,
+        hostname: d.hostname,
+        machine_id: d.machine_id,
+        group: d.group_path,
+        licence_state: d.licence_state,
+        licence_key: d.licence_key.unwrap_or_default(),
+        licence_reason: d.licence_reason,
+        grant_expires_at: 0,
+        last_seen: d.last_seen,
+        enrolled_at: d.enrolled_at,
+        revoked: d.revoked_at.is_some(),
+        path: d.path,
+        os: d.os,
+        agent_version: d.agent_version,
+        events_stored: events,
+    }
+}

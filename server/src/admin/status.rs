@@ -1,0 +1,23 @@
+//! `admin status`: sessions, gateways, devices, uptime, refusals.
+
+use outpost_proto::pb::admin::{AdminResponse, ServerStatusResult, admin_response::Result as R};
+
+use super::ok;
+use crate::node::Node;
+use crate::sessions::Stats;
+use crate::store::StoreError;
+
+pub(super) async fn status(node: &Node) -> Result<AdminResponse, StoreError> {
+    let gateways = node.gateways().infos();
+    let devices = node.store().devices(None).await?.len() as u64;
+    Ok(ok(R::ServerStatus(ServerStatusResult {
+        software: format!("outpost-server {}", outpost_proto::SOFTWARE_VERSION),
+        listen: node.local_addr().to_string(),
+        sessions: node.sessions().registry().online_count() as u32,
+        gateways_connected: gateways.len() as u32,
+        devices,
+        uptime_secs: node.runtime().uptime().as_secs(),
+        sessions_refused: Stats::get(&node.sessions().stats().sessions_refused),
+        gateways,
+    })))
+}

@@ -1,0 +1,108 @@
+//! The gateways connected now (T3, T4): one uplink per gateway, with its last report.
+//! Written by the uplink tasks; read by admin status, device lists and pushes.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use outpost_proto::pb::admin::GatewayLinkInfo;
+use outpost_proto::pb::v1::GatewayReport;
+
+/// Who opened an uplink.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Direction {
+    /// The gateway dialled the server (T3).
+    DialIn,
+    /// The server dialled a gateway in a DMZ (T4).
+    Dmz,
+}
+
+impl Direction {
+    /// As shown by `admin status`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Direction::DialIn => "dial-in",
+            Direction::Dmz => "dmz",
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Link {
+    connection: quinn::Connection,
+    since: i64,
+    direction: Direction,
+    report: GatewayReport,
+}
+
+/// Connected gateways by device id. The lock is held only for map operations.
+#[derive(Debug, Default)]
+pub struct Gateways {
+    links: Mutex<HashMap<String, Link>>,
+}
+
+impl Gateways {
+    fn links(&self) -> std::sync::MutexGuard<'_, HashMap<String, Link>> {
+        self.links.lock().expect("gateways lock")
+    }
+
+    /// Records a gateway's uplink as up (replacing an older one).
+    pub fn up(&self, id: &str, connection: quinn::Connection, since: i64, direction: Direction) {
+        self.links().insert(
+            id.to_owned(),
+            Link {
+                connection,
+                since,
+                direction,
+                report: GatewayReport::default(),
+            },
+        );
+    }
+
+    /// Records an uplink as gone, unless a newer one already replaced it.
+    pub fn down(&self, id: &str, connection: &quinn::Connection) {
+        let mut links = self.links();
+        if links
+            .get(id)
+            .is_some_and(|l| l.connection.stable_id() == connection.stable_id())
+        {
+            links.remove(id);
+        }
+    }
+
+    /// Keeps a gateway's latest report.
+    pub fn report(&self, id: &str, report: GatewayReport) {
+        if let Some(l) = self.links().get_mut(id) {
+            l.report = report;
+        }
+    }
+
+    /// Whether the gateway's uplink is up.
+    pub fn is_up(&self, id: &str) -> bool {
+        self.links().contains_key(id)
+    }
+
+    /// How many uplinks are up.
+    pub fn count(&self) -> usize {
+        self.links().len()
+    }
+
+    /// Every uplink, for `admin status`.
+    pub fn infos(&self) -> Vec<GatewayLinkInfo> {
+        let mut v: Vec<GatewayLinkInfo> = self
+            .links()
+            .iter()
+            .map(|(id, l)| GatewayLinkInfo {
+                device_id: id.clone(),
+                remote: l.connection.remote_address().to_string(),
+                rtt_ms: l.connection.rtt().as_millis() as u32,
+                agents_connected: l.report.agents_connected,
+                sessions_relayed: l.report.sessions_relayed,
+                connected_since: l.since,
+                direction: l.direction.as_str().into(),
+                connection_id: l.connection.stable_id() as u64,
+            })
+            .collect();
+        v.sort_by(|a, b| a.device_id.cmp(&b.device_id));
+        v
+    }
+}

@@ -1,0 +1,161 @@
+//! Building a running server from an initialised data directory.
+
+use std::sync::Arc;
+
+use outpost_net::{endpoint, transport};
+use outpost_proto::alpn;
+use outpost_proto::licence::GrantSigner;
+use outpost_proto::pki::{self, ClientAuth};
+use tracing::info;
+
+use super::{Node, ServerHandle};
+use crate::config::ServerConfig;
+use crate::datadir::{DataDir, DataDirError};
+use crate::enroll::Enrollment;
+use crate::licence::Licensing;
+use crate::sessions::Sessions;
+use crate::store::{Store, StoreError};
+use outpost_net::runtime::Runtime;
+
+/// Why the server could not start. Each names the file, address or setting at fault.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StartError {
+    /// The data directory was never initialised.
+    #[error(
+        "{0} is not initialised (run `outpost-server run --data-dir {0} --authority-key <file>` once)"
+    )]
+    NotInitialised(String),
+    /// `server.toml` is unreadable or invalid.
+    #[error(transparent)]
+    Config(#[from] outpost_net::config::ConfigError),
+    /// A file of the data directory (CA, server certificate, grant key) is unreadable.
+    #[error(transparent)]
+    DataDir(#[from] DataDirError),
+    /// The store could not be opened.
+    #[error("cannot open the store: {0}")]
+    Store(#[from] StoreError),
+    /// The UDP port could not be bound.
+    #[error("cannot listen on udp {addr}: {source}")]
+    Listen {
+        /// The address.
+        addr: std::net::SocketAddr,
+        /// What the system said.
+        source: std::io::Error,
+    },
+    /// TLS could not be set up from the stored certificates.
+    #[error("TLS set-up: {0}")]
+    Tls(String),
+}
+
+fn tls(e: impl std::fmt::Display) -> StartError {
+    StartError::Tls(e.to_string())
+}
+
+/// Starts a server on an initialised data directory.
+pub async fn start(data: DataDir) -> Result<ServerHandle, StartError> {
+    if !data.is_initialized() {
+        return Err(StartError::NotInitialised(
+            data.root().display().to_string(),
+        ));
+    }
+    let config = Arc::new(ServerConfig::load(&data.config())?);
+    let ca = data.load_ca()?;
+    let identity = data.load_server_identity()?;
+    let grants = GrantSigner::from_pkcs8(&data.read(&data.grant_key())?).map_err(|e| {
+        DataDirError::Damaged {
+            path: data.grant_key(),
+            what: e.to_string(),
+        }
+    })?;
+    let authority_public = outpost_proto::licence::key::decode_public_key(
+        &config.authority_public_key,
+    )
+    .map_err(|e| outpost_net::config::ConfigError::invalid(format!("authority_public_key: {e}")))?;
+    let store = Store::open(&data.db(), config.store.durability).await?;
+
+    let ca_der = ca.cert_der().clone();
+    let mut server_tls = pki::server_config(
+        &identity,
+        &ca_der,
+        &[alpn::AGENT, alpn::GATEWAY, alpn::ADMIN, alpn::ENROLL],
+        ClientAuth::OptionalForEnrollment,
+    )
+    .map_err(tls)?;
+    server_tls.max_early_data_size = 0;
+    let quic_tls =
+        quinn::crypto::rustls::QuicServerConfig::try_from(Arc::new(server_tls)).map_err(tls)?;
+    let mut server_config = quinn::ServerConfig::with_crypto(Arc::new(quic_tls));
+    server_config.transport_config(transport::listener(config.timing.idle_timeout));
+    let reset_key = endpoint::reset_key(data.root()).map_err(|e| DataDirError::Damaged {
+        path: data.root().join("reset.key"),
+        what: e.to_string(),
+    })?;
+    let ep = endpoint::endpoint_with_reset_key(
+        config.listen,
+        &config.socket,
+        Some(server_config),
+        Some(&reset_key),
+    )
+    .map_err(|source| StartError::Listen {
+        addr: config.listen,
+        source,
+    })?;
+    let local_addr = ep.local_addr().map_err(|source| StartError::Listen {
+        addr: config.listen,
+        source,
+    })?;
+
+    let inner_session = pki::server_config(
+        &identity,
+        &ca_der,
+        &[alpn::INNER_SESSION],
+        ClientAuth::Required,
+    )
+    .map_err(tls)?;
+    let inner_enroll =
+        pki::server_config(&identity, &ca_der, &[alpn::ENROLL], ClientAuth::None).map_err(tls)?;
+
+    if local_addr.port() != config.listen.port() || data.admin().join("admin.toml").exists() {
+        let mut c = (*config).clone();
+        c.listen = local_addr;
+        data.set_admin_server(&c.client_address())?;
+    }
+
+    let node = Arc::new(Node {
+        licensing: Licensing::new(store, grants, authority_public, &config, data.keys()),
+        sessions: Sessions::new(config.limits.max_sessions),
+        gateways: Default::default(),
+        enrollment: Enrollment::new(
+            ca,
+            tokio_rustls::TlsAcceptor::from(Arc::new(inner_session)),
+            tokio_rustls::TlsAcceptor::from(Arc::new(inner_enroll)),
+        ),
+        runtime: Runtime::default(),
+        config,
+        data,
+        local_addr,
+    });
+    info!(addr = %local_addr, "outpost-server listening");
+    if !node.config.dmz_gateways.is_empty() {
+        let client = crate::dmz::client_config(&identity, &ca_der).map_err(tls)?;
+        for target in node.config.dmz_gateways.clone() {
+            node.runtime.spawn(crate::dmz::run(
+                node.clone(),
+                ep.clone(),
+                client.clone(),
+                target,
+            ));
+        }
+    }
+    if let Some(rx) = node.store().take_notice_receiver() {
+        node.runtime.spawn(crate::notify::run(node.clone(), rx));
+    }
+    node.runtime.spawn(crate::licence::clock::run(node.clone()));
+    let accept = tokio::spawn(super::accept::accept_loop(node.clone(), ep.clone()));
+    Ok(ServerHandle {
+        node,
+        endpoint: ep,
+        accept,
+    })
+}

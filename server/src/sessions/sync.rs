@@ -1,0 +1,102 @@
+//! One sync of a live session (S4, S5): inventory written when it changed, events stored and
+//! acknowledged after their commit, the licence re-checked when due
+//! (`outpost_proto::licence::recheck`), and what changed since the agent's known versions.
+
+use outpost_proto::licence::recheck::{self, Sent};
+use outpost_proto::pb::v1::{GatewayList, LicenceStatus, SyncRequest, SyncResponse, Versions};
+use tokio::io::{AsyncRead, AsyncWrite};
+
+use super::driver::Driver;
+use crate::store::StoreError;
+
+/// How often a connected device's `last_seen` is refreshed when nothing else changes.
+const TOUCH_EVERY_SECS: i64 = 60;
+
+impl<S: AsyncRead + AsyncWrite + Unpin + Send> Driver<S> {
+    /// Runs the licence check (it also records `last_seen` and the path).
+    pub(super) async fn check(&mut self) -> Result<LicenceStatus, StoreError> {
+        // Mark the epoch seen first: a change during the check triggers another one later.
+        self.epoch.borrow_and_update();
+        let status = self
+            .node
+            .licensing()
+            .check(&self.device.id, Some(&self.path))
+            .await?;
+        self.last_touch = outpost_net::unix_now();
+        self.device.path = self.path.clone();
+        Ok(status)
+    }
+
+    pub(super) async fn sync(&mut self, req: SyncRequest) -> Result<SyncResponse, StoreError> {
+        let now = outpost_net::unix_now();
+        let store = self.node.store().clone();
+        // Inventory: written when it changed; otherwise only last_seen, now and then.
+        if let Some(inv) = &req.inventory {
+            let d = &self.device;
+            let addresses = inv.addresses.join(",");
+            let changed = d.hostname != inv.hostname
+                || d.os != inv.os
+                || d.agent_version != inv.agent_version
+                || d.addresses != addresses;
+            if changed {
+                store.update_inventory(&d.id, inv, &self.path, now).await?;
+                self.device.hostname = inv.hostname.clone();
+                self.device.os = inv.os.clone();
+                self.device.agent_version = inv.agent_version.clone();
+                self.device.addresses = addresses;
+                self.last_touch = now;
+            }
+        }
+        let max = self.node.config().limits.max_events_per_sync as usize;
+        let events = &req.events[..req.events.len().min(max)];
+        let acked = store.store_events(&self.device.id, events, now).await?;
+        // The licence can change while connected (key assigned, seat freed, grant half-way to
+        // expiry): re-check when due, send only what changed.
+        let ttl = self.node.licensing().grant_ttl();
+        let epoch_moved = self.epoch.has_changed().unwrap_or(false);
+        let licence = if recheck::needs_recheck(self.last_licence.as_ref(), epoch_moved, now, ttl) {
+            let status = self.check().await?;
+            let fresh = Sent::of(&status);
+            recheck::worth_sending(self.last_licence.as_ref(), &fresh, now, ttl).then(|| {
+                self.last_licence = Some(fresh);
+                status
+            })
+        } else {
+            if now - self.last_touch >= TOUCH_EVERY_SECS {
+                store.touch(&self.device.id, &self.path, now).await?;
+                self.last_touch = now;
+            }
+            None
+        };
+        let gw = &self.node.config().gateways;
+        let gw_rev = gateways_revision(gw);
+        let known = req.known.unwrap_or_default();
+        let gateways = (known.gateways != gw_rev && gw_rev != 0).then(|| GatewayList {
+            revision: gw_rev,
+            addresses: gw.clone(),
+        });
+        Ok(SyncResponse {
+            seq: req.seq,
+            acked_event_ids: acked,
+            licence,
+            policy: None,
+            tasks: None,
+            manifest_revision: 0,
+            gateways,
+            next_sync_secs: self.node.config().timing.sync_interval.as_secs().max(1) as u32,
+            current: Some(Versions {
+                gateways: gw_rev,
+                ..Default::default()
+            }),
+        })
+    }
+}
+
+/// A stable revision number for a gateway list (0 = no list).
+fn gateways_revision(list: &[String]) -> u64 {
+    if list.is_empty() {
+        return 0;
+    }
+    let d = ring::digest::digest(&ring::digest::SHA256, list.join("\n").as_bytes());
+    u64::from_be_bytes(d.as_ref()[..8].try_into().expect("8 bytes")) | 1
+}
