@@ -212,14 +212,19 @@ pub fn human(r: &R) -> String {
             out
         }
         R::ServerStatus(s) => format!(
-            "{}\nlistening on {}\nagent sessions online: {}\ngateways connected: {}\ndevices: {}\nuptime: {}\nsessions refused (overload): {}\n",
+            "{}\nlistening on {}\nagent sessions online: {}\ngateways connected: {}\ndevices: {}\nuptime: {}\n\
+             sessions refused (overload): {}\nconnections refused (authentication): {}\n\
+             bad frames: {}\nnotifications not delivered (queue full; in the log): {}\n",
             s.software,
             s.listen,
             s.sessions,
             s.gateways_connected,
             s.devices,
             humantime::format_duration(std::time::Duration::from_secs(s.uptime_secs)),
-            s.sessions_refused
+            s.sessions_refused,
+            s.connections_refused,
+            s.bad_frames,
+            s.notifications_dropped,
         ),
     }
 }

@@ -169,13 +169,8 @@ pub enum StartError {
     )]
     NotEnrolled(String),
     /// The office port could not be bound.
-    #[error("cannot listen on udp {addr}: {source}")]
-    Listen {
-        /// The address.
-        addr: std::net::SocketAddr,
-        /// What the system said.
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Listen(#[from] endpoint::ListenError),
     /// TLS could not be set up from the stored certificates.
     #[error("TLS set-up: {0}")]
     Tls(String),
@@ -272,21 +267,7 @@ pub async fn start(data: &Path, opts: StartOptions) -> Result<GatewayHandle, Sta
             .idle_timeout
             .max(std::time::Duration::from_secs(30)),
     ));
-    let reset_key = endpoint::reset_key(data).map_err(|e| tls(format!("reset.key: {e}")))?;
-    let ep = endpoint::endpoint_with_reset_key(
-        config.listen,
-        &config.socket,
-        Some(server_cfg),
-        Some(&reset_key),
-    )
-    .map_err(|source| StartError::Listen {
-        addr: config.listen,
-        source,
-    })?;
-    let local_addr = ep.local_addr().map_err(|source| StartError::Listen {
-        addr: config.listen,
-        source,
-    })?;
+    let (ep, local_addr) = endpoint::listen(config.listen, &config.socket, server_cfg, data)?;
 
     let up_tls = pki::client_config(
         Some(&identity.identity),

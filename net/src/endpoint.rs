@@ -119,6 +119,46 @@ pub fn reset_key(data: &std::path::Path) -> std::io::Result<[u8; 32]> {
     Ok(k)
 }
 
+/// Why a node's listener could not be opened.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ListenError {
+    /// The stateless-reset key in the data directory is unusable.
+    #[error("{}: {source}", path.display())]
+    ResetKey {
+        /// `reset.key`.
+        path: std::path::PathBuf,
+        /// What the system said.
+        source: std::io::Error,
+    },
+    /// The UDP port could not be bound (in use, no permission, no such address).
+    #[error("cannot listen on udp {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// What the system said.
+        source: std::io::Error,
+    },
+}
+
+/// A node's listening endpoint on `addr`, with the stateless-reset key kept in `data` (see
+/// [`endpoint_with_reset_key`]). Returns it and the address actually bound.
+pub fn listen(
+    addr: SocketAddr,
+    opts: &SocketOptions,
+    server: quinn::ServerConfig,
+    data: &std::path::Path,
+) -> Result<(quinn::Endpoint, SocketAddr), ListenError> {
+    let key = reset_key(data).map_err(|source| ListenError::ResetKey {
+        path: data.join("reset.key"),
+        source,
+    })?;
+    let bind = |source| ListenError::Bind { addr, source };
+    let ep = endpoint_with_reset_key(addr, opts, Some(server), Some(&key)).map_err(bind)?;
+    let local = ep.local_addr().map_err(bind)?;
+    Ok((ep, local))
+}
+
 /// A client endpoint bound to an ephemeral port of the right address family for `remote`.
 pub fn client_endpoint(remote: SocketAddr) -> std::io::Result<quinn::Endpoint> {
     let bind: SocketAddr = if remote.is_ipv6() {

@@ -165,6 +165,7 @@ async fn relayed(
     let open = match stream::read_one_frame(&mut recv, node.config().limits.max_frame).await {
         Ok(Msg::RelayOpen(o)) => o,
         Ok(other) => {
+            node.sessions().bad_frame();
             warn!(
                 got = msg_name(&other),
                 "relayed stream did not start with RelayOpen"
@@ -172,7 +173,12 @@ async fn relayed(
             return;
         }
         Err(e) => {
-            debug!(error = %e, "relayed stream ended before RelayOpen");
+            if e.to_refusal().is_some() {
+                node.sessions().bad_frame();
+                warn!(error = %e, "relayed stream did not start with a valid RelayOpen");
+            } else {
+                debug!(error = %e, "relayed stream ended before RelayOpen");
+            }
             return;
         }
     };

@@ -7,6 +7,7 @@
 #![forbid(unsafe_code)]
 
 pub mod bench;
+pub mod licensing;
 pub mod netbed;
 
 use std::future::Future;

@@ -18,6 +18,9 @@ pub(super) async fn status(node: &Node) -> Result<AdminResponse, StoreError> {
         devices,
         uptime_secs: node.runtime().uptime().as_secs(),
         sessions_refused: Stats::get(&node.sessions().stats().sessions_refused),
+        connections_refused: Stats::get(&node.sessions().stats().connections_refused),
+        bad_frames: Stats::get(&node.sessions().stats().bad_frames),
+        notifications_dropped: node.store().notices_dropped(),
         gateways,
     })))
 }

@@ -36,13 +36,8 @@ pub enum StartError {
     #[error("cannot open the store: {0}")]
     Store(#[from] StoreError),
     /// The UDP port could not be bound.
-    #[error("cannot listen on udp {addr}: {source}")]
-    Listen {
-        /// The address.
-        addr: std::net::SocketAddr,
-        /// What the system said.
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Listen(#[from] endpoint::ListenError),
     /// TLS could not be set up from the stored certificates.
     #[error("TLS set-up: {0}")]
     Tls(String),
@@ -87,24 +82,8 @@ pub async fn start(data: DataDir) -> Result<ServerHandle, StartError> {
         quinn::crypto::rustls::QuicServerConfig::try_from(Arc::new(server_tls)).map_err(tls)?;
     let mut server_config = quinn::ServerConfig::with_crypto(Arc::new(quic_tls));
     server_config.transport_config(transport::listener(config.timing.idle_timeout));
-    let reset_key = endpoint::reset_key(data.root()).map_err(|e| DataDirError::Damaged {
-        path: data.root().join("reset.key"),
-        what: e.to_string(),
-    })?;
-    let ep = endpoint::endpoint_with_reset_key(
-        config.listen,
-        &config.socket,
-        Some(server_config),
-        Some(&reset_key),
-    )
-    .map_err(|source| StartError::Listen {
-        addr: config.listen,
-        source,
-    })?;
-    let local_addr = ep.local_addr().map_err(|source| StartError::Listen {
-        addr: config.listen,
-        source,
-    })?;
+    let (ep, local_addr) =
+        endpoint::listen(config.listen, &config.socket, server_config, data.root())?;
 
     let inner_session = pki::server_config(
         &identity,

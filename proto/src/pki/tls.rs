@@ -1,0 +1,195 @@
+//! The rustls configurations every Outpost link uses: servers and gateways requiring (or, for
+//! enrollment, allowing the absence of) client certificates from the CA; clients trusting the
+//! CA, a CA pinned by fingerprint (enrollment tokens) or a pinned leaf (the authority service).
+
+use std::sync::Arc;
+
+use rustls::client::WebPkiServerVerifier;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::CryptoProvider;
+use rustls::server::WebPkiClientVerifier;
+use rustls::{DigitallySignedStruct, RootCertStore, SignatureScheme};
+use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
+
+use super::{Identity, PkiError, fingerprint};
+
+/// The crypto provider every Outpost TLS configuration uses (ring).
+pub fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+fn roots(ca: &CertificateDer<'static>) -> Result<Arc<RootCertStore>, PkiError> {
+    let mut store = RootCertStore::empty();
+    store.add(ca.clone())?;
+    Ok(Arc::new(store))
+}
+
+/// Whether a listener requires client certificates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientAuth {
+    /// Every client presents a certificate issued by the CA.
+    Required,
+    /// A client may connect without a certificate (enrollment ALPN only; the listener closes
+    /// any other certificate-less connection right after the handshake). A certificate that is
+    /// presented is always verified against the CA.
+    OptionalForEnrollment,
+    /// No client certificate is asked for (inner enrollment sessions).
+    None,
+}
+
+/// A TLS 1.3 server configuration with this identity, verifying clients against the CA.
+pub fn server_config(
+    identity: &Identity,
+    ca: &CertificateDer<'static>,
+    alpn: &[&[u8]],
+    client_auth: ClientAuth,
+) -> Result<rustls::ServerConfig, PkiError> {
+    let provider = provider();
+    let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
+        .with_protocol_versions(&[&rustls::version::TLS13])?;
+    let builder = match client_auth {
+        ClientAuth::None => builder.with_no_client_auth(),
+        ClientAuth::Required | ClientAuth::OptionalForEnrollment => {
+            let mut vb = WebPkiClientVerifier::builder_with_provider(roots(ca)?, provider);
+            if client_auth == ClientAuth::OptionalForEnrollment {
+                vb = vb.allow_unauthenticated();
+            }
+            let verifier = vb.build().map_err(|e| PkiError::Verifier(e.to_string()))?;
+            builder.with_client_cert_verifier(verifier)
+        }
+    };
+    let mut cfg = builder.with_single_cert(identity.chain.clone(), identity.key.clone_key())?;
+    cfg.alpn_protocols = alpn.iter().map(|a| a.to_vec()).collect();
+    // No session resumption: it buys little here (NOTES §3) and a ticket per connection is
+    // memory held per idle agent.
+    cfg.send_tls13_tickets = 0;
+    cfg.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+    Ok(cfg)
+}
+
+/// How a client decides to trust the server it reaches.
+#[derive(Debug, Clone)]
+pub enum Trust {
+    /// The deployment CA certificate (enrolled devices).
+    Ca(CertificateDer<'static>),
+    /// Only the SHA-256 of the CA certificate, from an enrollment token: the server's chain
+    /// must contain a CA certificate with this hash, and the leaf must verify against it.
+    PinnedCa([u8; 32]),
+    /// The SHA-256 of the peer's own (self-signed) certificate: the licence authority service.
+    PinnedLeaf([u8; 32]),
+}
+
+/// A TLS 1.3 client configuration presenting `identity` (if any).
+pub fn client_config(
+    identity: Option<&Identity>,
+    trust: &Trust,
+    alpn: &[&[u8]],
+) -> Result<rustls::ClientConfig, PkiError> {
+    let provider = provider();
+    let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_protocol_versions(&[&rustls::version::TLS13])?;
+    let builder = match trust {
+        Trust::Ca(ca) => builder.with_root_certificates(roots(ca)?),
+        Trust::PinnedCa(hash) => builder
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(PinnedCaVerifier {
+                pin: *hash,
+                provider: provider.clone(),
+                leaf: false,
+            })),
+        Trust::PinnedLeaf(hash) => builder
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(PinnedCaVerifier {
+                pin: *hash,
+                provider: provider.clone(),
+                leaf: true,
+            })),
+    };
+    let mut cfg = match identity {
+        Some(id) => builder.with_client_auth_cert(id.chain.clone(), id.key.clone_key())?,
+        None => builder.with_no_client_auth(),
+    };
+    cfg.alpn_protocols = alpn.iter().map(|a| a.to_vec()).collect();
+    Ok(cfg)
+}
+
+/// Verifies a server whose CA is known only by hash (enrollment). Not a weakening: the chain
+/// is fully verified by webpki against the pinned CA, which the server sends along.
+#[derive(Debug)]
+struct PinnedCaVerifier {
+    pin: [u8; 32],
+    provider: Arc<CryptoProvider>,
+    /// Pin the end-entity certificate itself (the handshake signature still proves the peer
+    /// holds its key).
+    leaf: bool,
+}
+
+impl ServerCertVerifier for PinnedCaVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        if self.leaf {
+            return if fingerprint(end_entity) == self.pin {
+                Ok(ServerCertVerified::assertion())
+            } else {
+                Err(rustls::Error::General(
+                    "the licence authority's certificate does not match licensing.authority_tls_sha256".to_owned(),
+                ))
+            };
+        }
+        let ca = intermediates
+            .iter()
+            .find(|c| fingerprint(c) == self.pin)
+            .ok_or_else(|| {
+                rustls::Error::General(
+                    "the server's CA does not match the CA fingerprint in the enrollment token \
+                     (wrong server address, or a token from another deployment)"
+                        .to_owned(),
+                )
+            })?;
+        let mut store = RootCertStore::empty();
+        store.add(ca.clone().into_owned())?;
+        let inner =
+            WebPkiServerVerifier::builder_with_provider(Arc::new(store), self.provider.clone())
+                .build()
+                .map_err(|e| rustls::Error::General(e.to_string()))?;
+        inner.verify_server_cert(end_entity, &[], server_name, ocsp_response, now)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        _message: &[u8],
+        _cert: &CertificateDer<'_>,
+        _dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        // Outpost configurations speak TLS 1.3 only.
+        Err(rustls::Error::PeerIncompatible(
+            rustls::PeerIncompatible::Tls12NotOffered,
+        ))
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}

@@ -1,0 +1,178 @@
+//! A simulated agent/server pair with a virtual clock.
+
+use std::time::{Duration, Instant};
+
+use super::*;
+use crate::pb::v1::{Event, PushKind};
+use crate::pb::v1::{LicenceStatus, Push, SyncRequest, SyncResponse};
+
+struct Pair {
+    client: ClientSession,
+    server: ServerSession,
+    now: Instant,
+}
+
+impl Pair {
+    fn new() -> Pair {
+        Pair {
+            client: ClientSession::new(hello(Role::Agent, "test", &[]), Duration::from_secs(30)),
+            server: ServerSession::new("d-1", "server"),
+            now: Instant::now(),
+        }
+    }
+
+    /// Moves every queued message both ways until quiet.
+    fn drive(&mut self) -> Result<(), SessionError> {
+        loop {
+            let mut moved = false;
+            while let Some(m) = self.client.poll_transmit() {
+                moved = true;
+                self.server.handle_message(m, 0)?;
+            }
+            while let Some(m) = self.server.poll_transmit() {
+                moved = true;
+                self.client.handle_message(m, self.now)?;
+            }
+            if !moved {
+                return Ok(());
+            }
+        }
+    }
+}
+
+#[test]
+fn s3_licence_check_comes_before_any_sync() {
+    let mut p = Pair::new();
+    p.drive().unwrap();
+    assert!(matches!(
+        p.server.poll_action(),
+        Some(ServerAction::CheckLicence { version: 1, .. })
+    ));
+    assert!(!p.client.is_ready());
+    // A client that syncs before its licence check is refused.
+    let mut rogue = ServerSession::new("d-2", "server");
+    rogue
+        .handle_message(Msg::Hello(hello(Role::Agent, "x", &[])), 0)
+        .unwrap();
+    let err = rogue
+        .handle_message(Msg::SyncRequest(SyncRequest::default()), 0)
+        .unwrap_err();
+    assert!(matches!(
+        err,
+        SessionError::Unexpected {
+            got: "SyncRequest",
+            ..
+        }
+    ));
+    assert!(matches!(rogue.poll_transmit(), Some(Msg::HelloAck(_))));
+    assert!(matches!(rogue.poll_transmit(), Some(Msg::Refusal(_))));
+
+    p.server.licence_checked(LicenceStatus {
+        licensed: true,
+        ..Default::default()
+    });
+    p.drive().unwrap();
+    assert!(matches!(
+        p.client.poll_event(),
+        Some(ClientEvent::Established { .. })
+    ));
+    assert!(matches!(p.client.poll_event(), Some(ClientEvent::Licence(l)) if l.licensed));
+    p.client.handle_timeout(p.now).unwrap();
+    assert_eq!(p.client.poll_event(), Some(ClientEvent::SyncDue));
+}
+
+#[test]
+fn s4_sync_repeats_at_interval_and_on_push() {
+    let mut p = Pair::new();
+    p.drive().unwrap();
+    p.server.poll_action();
+    p.server.licence_checked(LicenceStatus::default());
+    p.drive().unwrap();
+    while p.client.poll_event().is_some() {}
+    p.client.handle_timeout(p.now).unwrap();
+    assert_eq!(p.client.poll_event(), Some(ClientEvent::SyncDue));
+    let req = SyncRequest {
+        events: vec![Event {
+            id: "e1".into(),
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    let seq = p.client.send_sync(req, p.now);
+    p.drive().unwrap();
+    let Some(ServerAction::Sync(got)) = p.server.poll_action() else {
+        panic!()
+    };
+    assert_eq!(got.seq, seq);
+    p.server.sync_done(SyncResponse {
+        seq,
+        acked_event_ids: vec!["e1".into()],
+        next_sync_secs: 60,
+        ..Default::default()
+    });
+    p.drive().unwrap();
+    assert!(
+        matches!(p.client.poll_event(), Some(ClientEvent::Synced(r)) if r.acked_event_ids == ["e1"])
+    );
+    assert_eq!(
+        p.client.poll_timeout(),
+        Some(p.now + Duration::from_secs(60))
+    );
+    // A push asking for a sync makes one due now, and is acknowledged.
+    assert!(p.server.push(Push {
+        id: "p1".into(),
+        kind: PushKind::SyncNow as i32,
+        ..Default::default()
+    }));
+    p.drive().unwrap();
+    assert_eq!(
+        p.server.poll_action(),
+        Some(ServerAction::PushAcked("p1".into()))
+    );
+    assert!(matches!(p.client.poll_event(), Some(ClientEvent::Push(_))));
+    assert_eq!(p.client.poll_timeout(), Some(p.now));
+}
+
+#[test]
+fn s2_version_mismatch_is_refused_with_both_versions() {
+    let mut server = ServerSession::new("d-1", "server");
+    let mut h = hello(Role::Agent, "future", &[]);
+    h.min_version = 7;
+    h.max_version = 9;
+    let err = server.handle_message(Msg::Hello(h), 0).unwrap_err();
+    assert!(matches!(err, SessionError::Version(_)));
+    match server.poll_transmit() {
+        Some(Msg::Refusal(r)) => {
+            assert_eq!(r.code, RefusalCode::UnsupportedVersion as i32);
+            assert!(
+                r.message.contains("7..=9") && r.message.contains("1..=1"),
+                "{}",
+                r.message
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn sync_timeout_fails_the_session() {
+    let mut p = Pair::new();
+    p.drive().unwrap();
+    p.server.poll_action();
+    p.server.licence_checked(LicenceStatus::default());
+    p.drive().unwrap();
+    p.client.send_sync(SyncRequest::default(), p.now);
+    assert_eq!(
+        p.client.poll_timeout(),
+        Some(p.now + Duration::from_secs(30))
+    );
+    assert!(
+        p.client
+            .handle_timeout(p.now + Duration::from_secs(29))
+            .is_ok()
+    );
+    assert!(matches!(
+        p.client.handle_timeout(p.now + Duration::from_secs(30)),
+        Err(SessionError::Timeout(_))
+    ));
+}

@@ -1,0 +1,282 @@
+//! Scenarios with agents through a gateway: `connect_storm`, `push_fanout`, `idle_memory`.
+
+use super::*;
+use crate::child::spawn_child;
+
+/// Enrolls `n` agents (32 at a time) with the server; returns their data directories.
+pub(crate) async fn enroll_agents(
+    root: &Path,
+    server: std::net::SocketAddr,
+    token: &str,
+    n: usize,
+    prefix: &str,
+) -> anyhow::Result<Vec<PathBuf>> {
+    let token = outpost_proto::token::Token::parse(token)?;
+    let mut dirs = vec![];
+    let mut set = tokio::task::JoinSet::new();
+    for i in 0..n {
+        let data = root.join(format!("{prefix}{i:05}"));
+        dirs.push(data.clone());
+        let token = token.clone();
+        let machine = format!("{prefix}{i}");
+        set.spawn(async move {
+            let cfg = test_agent_config(vec![], Some(server), &machine);
+            outpost_agent::enroll(&data, &cfg, &token).await
+        });
+        if set.len() >= 32 {
+            set.join_next().await.expect("task")??;
+        }
+    }
+    while let Some(r) = set.join_next().await {
+        r??;
+    }
+    Ok(dirs)
+}
+
+pub(crate) fn start_agents(
+    dirs: &[PathBuf],
+    gateway: std::net::SocketAddr,
+    endpoints: &[quinn::Endpoint],
+    hold: &tokio::sync::watch::Receiver<bool>,
+) -> anyhow::Result<Vec<outpost_agent::AgentHandle>> {
+    dirs.iter()
+        .enumerate()
+        .map(|(i, d)| {
+            let mut cfg = test_agent_config(vec![gateway.to_string()], None, &format!("a{i}"));
+            // Thousands of handshakes at once queue up on a small machine: an agent that gave
+            // up after the tests' 2 s would abandon a half-done handshake and start another,
+            // and the gateway would hold both (churn without progress). Be as patient as a
+            // deployed agent would be in a mass restart.
+            cfg.connect.dial_timeout = Duration::from_secs(60);
+            cfg.connect.idle_timeout = Duration::from_secs(120);
+            outpost_agent::start(
+                d,
+                outpost_agent::StartOptions {
+                    endpoint: Some(endpoints[i % endpoints.len()].clone()),
+                    config: Some(cfg),
+                    no_status_file: true,
+                    hold: Some(hold.clone()),
+                },
+            )
+            .map_err(anyhow::Error::from)
+        })
+        .collect()
+}
+
+pub(crate) async fn wait_all_checked(agents: &[outpost_agent::AgentHandle]) {
+    for a in agents {
+        a.wait_for(|s| s.state == "connected" && s.last_sync > 0)
+            .await;
+    }
+}
+
+/// connect_storm: N agents connect through one gateway at once, each licence-checked and
+/// synced. push_fanout: the server then pushes to all of them.
+pub(crate) async fn connect_storm_and_push(
+    n: usize,
+    push: bool,
+) -> anyhow::Result<(ScenarioResult, Option<ScenarioResult>)> {
+    let pki = bench::BarePki::generate();
+    let auth = Authority::new();
+    let durability = match std::env::var("OUTPOST_BENCH_DURABILITY").as_deref() {
+        Ok("normal") => Durability::Normal,
+        _ => Durability::Full,
+    };
+    let server = Server::start(&auth, |c| {
+        c.store.durability = durability;
+        c.timing.session_setup_timeout = Duration::from_secs(120);
+    })
+    .await;
+    server
+        .import_key(
+            &auth.key("K-BENCH", n as u32, Duration::from_secs(86_400)),
+            true,
+        )
+        .await?;
+    let gw = outpost_tests::Gateway::start(&server, |o, _| o.no_status_file = true).await;
+    let token = server.token("agent", n as u32).await;
+    let root = tempfile::tempdir()?;
+    let dirs = enroll_agents(root.path(), server.addr(), &token, n, "s").await?;
+
+    let endpoints = bench::client_endpoints(8);
+    if std::env::var_os("OUTPOST_BENCH_PAUSE").is_some() {
+        // Lets a profiler attach to the storm alone.
+        eprintln!("storm starts in 3s (pid {})", std::process::id());
+        tokio::time::sleep(Duration::from_secs(3)).await;
+    }
+    // Agents start (load identities, build TLS configs) first, then connect all at once.
+    let (go, hold) = tokio::sync::watch::channel(false);
+    let t = Instant::now();
+    let agents = start_agents(&dirs, gw.addr(), &endpoints, &hold)?;
+    let startup = t.elapsed();
+    let cpu0 = bench::cpu_time(std::process::id());
+    let started = Instant::now();
+    go.send_replace(true);
+    wait_all_checked(&agents).await;
+    let storm = started.elapsed();
+    let rate = n as f64 / storm.as_secs_f64();
+    let cpu = bench::cpu_time(std::process::id()).saturating_sub(cpu0);
+    let licensed = agents
+        .iter()
+        .filter(|a| a.status().borrow().licence.state == "licensed")
+        .count();
+    anyhow::ensure!(licensed == n, "only {licensed} of {n} agents licensed");
+    let bare = bench::bare_connect_storm(&pki, n, 8).await;
+    let storm = ScenarioResult::new(
+        "connect_storm",
+        rate,
+        "agents/s",
+        Some(bare),
+        0.5,
+        "ratio>=",
+    )
+    .with("agents", n as u64)
+    .with("agent_startup_ms", startup.as_millis() as u64)
+    .with("cpu_s", cpu.as_secs_f64())
+    .with("wall_s", storm.as_secs_f64())
+    .with(
+        "via",
+        "one gateway, inner TLS, licence check + sync, grant fsynced",
+    );
+
+    let push_row = if push {
+        let r = server
+            .admin(Op::Push(PushRequest {
+                all: true,
+                kind: "message".into(),
+                message: "bench".into(),
+                wait_ms: 60_000,
+                ..Default::default()
+            }))
+            .await;
+        let R::Push(p) = r else {
+            anyhow::bail!("push failed: {r:?}")
+        };
+        let acked: Vec<f64> = p
+            .outcomes
+            .iter()
+            .filter(|o| o.state == "acked")
+            .map(|o| o.latency_us as f64 / 1000.0)
+            .collect();
+        anyhow::ensure!(
+            acked.len() == n,
+            "{} of {n} pushes acknowledged",
+            acked.len()
+        );
+        let mut lat = acked;
+        lat.sort_by(|a, b| a.partial_cmp(b).unwrap());
+        let bare = bench::bare_push_fanout(&pki, n, 8).await;
+        Some(
+            ScenarioResult::new(
+                "push_fanout",
+                bench::percentile(&lat, 0.99),
+                "ms p99",
+                Some(bench::percentile(&bare, 0.99)),
+                2.0,
+                "ratio<=",
+            )
+            .with("p50_ms", bench::percentile(&lat, 0.5))
+            .with("bare_p50_ms", bench::percentile(&bare, 0.5))
+            .with("agents", n as u64),
+        )
+    } else {
+        None
+    };
+    for a in agents {
+        a.shutdown().await;
+    }
+    Ok((storm, push_row))
+}
+
+/// idle_memory: RSS of the gateway process per idle connected agent, against a bare quinn
+/// server process holding the same number of connections with default settings.
+pub(crate) async fn idle_memory(n: usize) -> anyhow::Result<ScenarioResult> {
+    let auth = Authority::new();
+    let server = Server::start(&auth, |c| {
+        c.store.durability = Durability::Normal;
+        c.timing.session_setup_timeout = Duration::from_secs(120);
+    })
+    .await;
+    server
+        .import_key(
+            &auth.key("K-IDLE", n as u32, Duration::from_secs(86_400)),
+            true,
+        )
+        .await?;
+    let root = tempfile::tempdir()?;
+    // The gateway runs in its own process so its RSS is its own.
+    let gw_dir = root.path().join("gateway");
+    let tok = outpost_proto::token::Token::parse(&server.token("gateway", 1).await)?;
+    let inv =
+        outpost_net::identity::inventory(Some("bench-gw"), Some("bench-gw"), &gw_dir, "bench");
+    outpost_net::identity::enroll(
+        &gw_dir,
+        outpost_net::identity::EnrollVia::Server(server.addr()),
+        &tok,
+        outpost_proto::pb::v1::Role::Gateway,
+        inv,
+    )
+    .await?;
+    let gw = spawn_child(&[
+        "child-gateway",
+        gw_dir.to_str().unwrap(),
+        &server.addr().to_string(),
+    ])?;
+    let gw_pid = gw.child.id();
+    let gw_addr: std::net::SocketAddr = gw.addr.parse()?;
+    let token = server.token("agent", n as u32).await;
+    let dirs = enroll_agents(root.path(), server.addr(), &token, n, "i").await?;
+    let before = bench::rss_kib(gw_pid);
+    let endpoints = bench::client_endpoints(16);
+    let (_go, hold) = tokio::sync::watch::channel(true);
+    let agents = start_agents(&dirs, gw_addr, &endpoints, &hold)?;
+    wait_all_checked(&agents).await;
+    tokio::time::sleep(Duration::from_secs(3)).await; // settle: idle means idle
+    let after = bench::rss_kib(gw_pid);
+    let per_agent = after.saturating_sub(before) as f64 / n as f64;
+    for a in agents {
+        a.shutdown().await;
+    }
+    drop(gw);
+
+    // Bare quinn server process holding n idle connections.
+    let pki = bench::BarePki::generate();
+    pki.save(root.path());
+    let bare = spawn_child(&["child-bare", root.path().to_str().unwrap()])?;
+    let bare_pid = bare.child.id();
+    let addr: std::net::SocketAddr = bare.addr.parse()?;
+    let bare_before = bench::rss_kib(bare_pid);
+    let cfg = pki.client_config(Some(Duration::from_secs(10)));
+    let eps = bench::client_endpoints(16);
+    let mut conns = vec![];
+    for i in 0..n {
+        conns.push(
+            eps[i % eps.len()]
+                .connect_with(cfg.clone(), addr, outpost_proto::pki::SERVER_NAME)?
+                .await?,
+        );
+    }
+    // One stream round trip each, so both sides are past the handshake, like the agents.
+    for c in &conns {
+        let (mut s, mut r) = c.open_bi().await?;
+        s.write_all(b"hello").await?;
+        s.finish()?;
+        r.read_to_end(1024).await?;
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let bare_after = bench::rss_kib(bare_pid);
+    let bare_per = bare_after.saturating_sub(bare_before) as f64 / n as f64;
+    drop(conns);
+    drop(bare);
+    Ok(ScenarioResult::new(
+        "idle_memory",
+        per_agent,
+        "KiB/agent",
+        Some(bare_per),
+        20.0,
+        "value<=",
+    )
+    .with("agents", n as u64)
+    .with("gateway_rss_before_kib", before)
+    .with("gateway_rss_after_kib", after))
+}

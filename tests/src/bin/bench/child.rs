@@ -1,0 +1,138 @@
+//! Child processes of the benchmark: simulated gateways (and servers) in processes of their own,
+//! so one process's open-file limit does not cap a scenario.
+
+use super::*;
+
+/// Child processes the benchmark measures from the outside.
+#[derive(Subcommand)]
+pub(crate) enum ChildCmd {
+    /// Run a gateway on an enrolled data directory.
+    #[command(hide = true, name = "child-gateway")]
+    Gateway { data: PathBuf, server: String },
+    /// Run many gateways (data directories listed one per line in a file); when stdin closes,
+    /// write how many held their first uplink throughout to `<list>.held`.
+    #[command(hide = true, name = "child-gateways")]
+    Gateways { list: PathBuf, server: String },
+    /// Run a server on an initialised data directory.
+    #[command(hide = true, name = "child-server")]
+    Server { data: PathBuf },
+    /// Run a bare quinn server with certificates from a directory.
+    #[command(hide = true, name = "child-bare")]
+    Bare { dir: PathBuf },
+}
+
+pub(crate) async fn run_child(c: ChildCmd) -> anyhow::Result<()> {
+    match c {
+        ChildCmd::Gateway { data, server } => {
+            let mut cfg = test_gateway_config(server.parse()?);
+            cfg.uplink = Default::default();
+            let gw = outpost_gateway::start(
+                &data,
+                outpost_gateway::StartOptions {
+                    config: Some(cfg),
+                    no_status_file: true,
+                    ..Default::default()
+                },
+            )
+            .await?;
+            gw.wait_uplink().await;
+            println!("READY {}", gw.addr());
+            wait_stdin_closed().await;
+            gw.shutdown().await;
+        }
+        ChildCmd::Gateways { list, server } => {
+            let mut gws = vec![];
+            for d in std::fs::read_to_string(&list)?.lines() {
+                let mut cfg = test_gateway_config(server.parse()?);
+                cfg.uplink = Default::default(); // default 15 s keep-alive
+                gws.push(
+                    outpost_gateway::start(
+                        Path::new(d),
+                        outpost_gateway::StartOptions {
+                            config: Some(cfg),
+                            no_status_file: true,
+                            ..Default::default()
+                        },
+                    )
+                    .await?,
+                );
+            }
+            for g in &gws {
+                g.wait_uplink().await;
+            }
+            println!("READY {}", gws.len());
+            wait_stdin_closed().await;
+            let held = gws
+                .iter()
+                .filter(|g| {
+                    let st = g.status();
+                    st.uplink == "up" && st.uplink_connects == 1
+                })
+                .count();
+            std::fs::write(list.with_extension("held"), held.to_string())?;
+            for g in gws {
+                g.shutdown().await;
+            }
+        }
+        ChildCmd::Server { data } => {
+            let s = outpost_server::start(outpost_server::DataDir::new(&data)).await?;
+            println!("READY {}", s.addr());
+            wait_stdin_closed().await;
+            s.shutdown().await;
+        }
+        ChildCmd::Bare { dir } => {
+            let (ca, id) = bench::BarePki::load_server(&dir);
+            let ep = bench::bare_server(&ca, &id, "127.0.0.1:0".parse()?);
+            println!("READY {}", ep.local_addr()?);
+            wait_stdin_closed().await;
+        }
+    }
+    Ok(())
+}
+
+pub(crate) async fn wait_stdin_closed() {
+    let mut lines = tokio::io::BufReader::new(tokio::io::stdin()).lines();
+    while let Ok(Some(_)) = lines.next_line().await {}
+}
+
+/// A child process, killed when dropped.
+pub(crate) struct Proc {
+    /// The process; killed on drop.
+    pub(crate) child: Child,
+    /// The address it printed once ready.
+    pub(crate) addr: String,
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        // Closing stdin asks the child to shut down cleanly (profilers write their output at
+        // exit); kill it if it does not within a few seconds.
+        drop(self.child.stdin.take());
+        for _ in 0..100 {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub(crate) fn spawn_child(args: &[&str]) -> anyhow::Result<Proc> {
+    let mut child = Command::new(std::env::current_exe()?)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()?;
+    let stdout = child.stdout.take().context("child stdout")?;
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(stdout), &mut line)?;
+    let addr = line
+        .trim()
+        .strip_prefix("READY ")
+        .with_context(|| format!("child said {line:?}"))?
+        .to_owned();
+    Ok(Proc { child, addr })
+}

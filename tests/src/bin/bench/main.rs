@@ -1,0 +1,134 @@
+//! `outpost-bench`: Outpost's performance figures as ratios against bare quinn measured in the
+//! same run (SPEC §8). Writes a table and `target/bench/results.json`.
+//!
+//! ```sh
+//! cargo run --release -p outpost-tests --bin outpost-bench            # full run
+//! cargo run --release -p outpost-tests --bin outpost-bench -- --quick # smoke test (CI)
+//! ```
+
+mod agents;
+mod child;
+mod seats;
+mod uplinks;
+
+use agents::{connect_storm_and_push, idle_memory};
+use child::{ChildCmd, run_child};
+use seats::seat_checks;
+use uplinks::uplinks_held;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use outpost_proto::pb::admin::{PushRequest, admin_request::Op, admin_response::Result as R};
+use outpost_server::store::{Durability, Store};
+use outpost_tests::bench::{self, ScenarioResult};
+use outpost_tests::{Authority, Server, test_agent_config, test_gateway_config};
+use tokio::io::AsyncBufReadExt;
+
+#[derive(Parser)]
+#[command(
+    name = "outpost-bench",
+    about = "Outpost benchmarks with a bare-quinn baseline in the same run"
+)]
+struct Cli {
+    /// Small sizes, for a smoke test.
+    #[arg(long)]
+    quick: bool,
+    /// Only these scenarios (comma-separated): connect_storm, push_fanout, idle_memory, seat_checks, uplinks.
+    #[arg(long, value_delimiter = ',')]
+    only: Vec<String>,
+    /// Agents for connect_storm and push_fanout.
+    #[arg(long)]
+    agents: Option<usize>,
+    /// Idle agents for idle_memory.
+    #[arg(long)]
+    idle_agents: Option<usize>,
+    /// Seats for seat_checks (2 x seats devices check).
+    #[arg(long)]
+    seats: Option<u32>,
+    /// Gateway uplinks for uplinks.
+    #[arg(long)]
+    uplinks: Option<usize>,
+    /// Results file.
+    #[arg(long)]
+    out: Option<PathBuf>,
+    #[command(subcommand)]
+    child: Option<ChildCmd>,
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    outpost_net::logging::init(Some(
+        &std::env::var("RUST_LOG").unwrap_or_else(|_| "error".into()),
+    ));
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    if let Some(child) = cli.child {
+        return rt.block_on(run_child(child));
+    }
+    rt.block_on(run(cli))
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    let q = cli.quick;
+    let agents = cli.agents.unwrap_or(if q { 200 } else { 2000 });
+    let idle = cli.idle_agents.unwrap_or(if q { 300 } else { 10_000 });
+    let seats = cli.seats.unwrap_or(if q { 500 } else { 5000 });
+    let uplinks = cli.uplinks.unwrap_or(if q { 50 } else { 2000 });
+    let want = |n: &str| cli.only.is_empty() || cli.only.iter().any(|o| o == n);
+    let mut rows = vec![];
+    println!(
+        "outpost-bench ({} mode) on {}",
+        if q { "quick" } else { "full" },
+        bench::machine()
+    );
+    if want("connect_storm") || want("push_fanout") {
+        let (storm, push) = connect_storm_and_push(agents, want("push_fanout")).await?;
+        if want("connect_storm") {
+            println!("{}", one(&storm));
+            rows.push(storm);
+        }
+        if let Some(p) = push {
+            println!("{}", one(&p));
+            rows.push(p);
+        }
+    }
+    if want("idle_memory") {
+        let r = idle_memory(idle).await?;
+        println!("{}", one(&r));
+        rows.push(r);
+    }
+    if want("seat_checks") {
+        let r = seat_checks(seats).await?;
+        println!("{}", one(&r));
+        rows.push(r);
+    }
+    if want("uplinks") {
+        let r = uplinks_held(uplinks, if q { 5 } else { 20 }).await?;
+        println!("{}", one(&r));
+        rows.push(r);
+    }
+    let out = cli.out.unwrap_or_else(|| {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/bench/results.json")
+    });
+    let table = bench::write_results(&out, &rows, &bench::machine())?;
+    println!("\n{table}\nresults written to {}", out.display());
+    Ok(())
+}
+
+fn one(r: &ScenarioResult) -> String {
+    format!(
+        "  {:<14} {:.2} {} (bare quinn {}, ratio {}) {}",
+        r.name,
+        r.value,
+        r.unit,
+        bench::figure(r.baseline),
+        bench::figure(r.ratio),
+        serde_json::Value::Object(r.extra.clone())
+    )
+}

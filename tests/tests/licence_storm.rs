@@ -1,0 +1,198 @@
+//! L6 under load: a storm of twice as many agents as seats, and the server killed (SIGKILL)
+//! in the middle of one.
+
+use std::time::Duration;
+
+use outpost_proto::pb::admin::{
+    Empty, KeyImport, KeyRef, TokenCreate, admin_request::Op, admin_response::Result as R,
+};
+use outpost_tests::licensing::*;
+use outpost_tests::*;
+
+/// L6 under a storm: 2 × S agents connect at once to a key of S seats → exactly S licensed;
+/// again with a fresh key while the server process is killed (SIGKILL) mid-storm and
+/// restarted → still exactly S, no seat lost or doubled.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn l6_storm_of_twice_the_seats_and_server_killed_mid_storm() {
+    init_logs();
+    const S: u32 = 20;
+    let auth = Authority::new();
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("server");
+    let port = std::net::UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let mut cfg = test_server_config();
+    cfg.listen = port;
+    outpost_server::DataDir::new(&data)
+        .init(&outpost_server::InitOptions {
+            authority_public_key: auth.public_text.clone(),
+            base: Some(cfg),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let spawn = || {
+        std::process::Command::new(bin("outpost-server"))
+            .args(["run", "--data-dir"])
+            .arg(&data)
+            .env("RUST_LOG", "warn")
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("spawn outpost-server")
+    };
+    let admin = async |op: Op| -> R {
+        within("admin", async {
+            loop {
+                if let Ok(c) =
+                    outpost_admin::AdminClient::from_bundle(&data.join("admin"), None).await
+                    && let Ok(r) = c.request(op.clone()).await
+                {
+                    c.close();
+                    return r;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        })
+        .await
+    };
+    let used = async |key: &str| -> u32 {
+        match admin(Op::KeyList(Empty {})).await {
+            R::Keys(k) => k
+                .keys
+                .iter()
+                .find(|k| k.key_id == key)
+                .map(|k| k.seats_used)
+                .unwrap_or(0),
+            other => panic!("{other:?}"),
+        }
+    };
+    let mut child = spawn();
+    let k1 = issue(&auth, "K-STORM1", S, 30 * DAY, AV_FW, false, None);
+    let r = admin(Op::KeyImport(KeyImport {
+        file_name: "K-STORM1.key".into(),
+        content: k1.file.clone(),
+        assign_everyone: true,
+        ..Default::default()
+    }))
+    .await;
+    assert!(matches!(r, R::KeyImport(_)), "{r:?}");
+    let R::TokenCreated(t) = admin(Op::TokenCreate(TokenCreate {
+        role: "agent".into(),
+        uses: 2 * S,
+        ttl_secs: 3600,
+        ..Default::default()
+    }))
+    .await
+    else {
+        panic!("token")
+    };
+    let mut agents = vec![];
+    for i in 0..2 * S {
+        agents.push(
+            Agent::enroll(
+                test_agent_config(vec![], Some(port), &format!("storm-{i}")),
+                &t.token,
+            )
+            .await,
+        );
+    }
+    let count = |agents: &[Agent], key: &str| {
+        agents
+            .iter()
+            .filter(|a| {
+                let s = a.h().status().borrow().clone();
+                s.licence.state == "licensed" && s.licence.key == key
+            })
+            .count()
+    };
+
+    // Storm 1: everyone at once.
+    for a in agents.iter_mut() {
+        a.boot();
+    }
+    for a in &agents {
+        a.wait_checked().await;
+    }
+    assert_eq!(count(&agents, "K-STORM1"), S as usize);
+    assert_eq!(used("K-STORM1").await, S);
+
+    // Storm 2 on a fresh key, the server killed mid-storm.
+    for a in agents.iter_mut() {
+        a.stop().await;
+    }
+    admin(Op::KeyRemove(KeyRef {
+        key_id: "K-STORM1".into(),
+    }))
+    .await;
+    let k2 = issue(&auth, "K-STORM2", S, 30 * DAY, AV_FW, false, None);
+    let r = admin(Op::KeyImport(KeyImport {
+        file_name: "K-STORM2.key".into(),
+        content: k2.file.clone(),
+        assign_everyone: true,
+        ..Default::default()
+    }))
+    .await;
+    assert!(matches!(r, R::KeyImport(_)), "{r:?}");
+    for a in agents.iter_mut() {
+        a.boot();
+    }
+    // Kill as soon as the first agent holds a seat on the fresh key (agents report instantly).
+    within("first seat of storm 2", async {
+        while count(&agents, "K-STORM2") == 0 {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    })
+    .await;
+    child.kill().expect("SIGKILL");
+    child.wait().unwrap();
+    println!(
+        "server killed with {} of {S} seats granted to agents",
+        count(&agents, "K-STORM2")
+    );
+    let mut child = spawn();
+    // Every agent reconnects and is checked against the fresh key.
+    until("every agent re-checked after the restart", || async {
+        let list = match admin(Op::DeviceList(outpost_proto::pb::admin::DeviceList {
+            role: "agent".into(),
+        }))
+        .await
+        {
+            R::Devices(d) => d.devices,
+            _ => return false,
+        };
+        list.len() == 2 * S as usize
+            && list
+                .iter()
+                .all(|d| d.online && d.licence_state != "unknown")
+    })
+    .await;
+    let list = match admin(Op::DeviceList(outpost_proto::pb::admin::DeviceList {
+        role: "agent".into(),
+    }))
+    .await
+    {
+        R::Devices(d) => d.devices,
+        other => panic!("{other:?}"),
+    };
+    let licensed = list
+        .iter()
+        .filter(|d| d.licence_state == "licensed" && d.licence_key == "K-STORM2")
+        .count();
+    assert_eq!(licensed, S as usize, "exactly S licensed on the server");
+    assert_eq!(used("K-STORM2").await, S, "seat count matches the holders");
+    until("agents hold the same view", || async {
+        count(&agents, "K-STORM2") == S as usize
+            && agents.iter().all(|a| {
+                let s = a.h().status().borrow().clone();
+                s.licence.key == "K-STORM2" || s.licence.state == "unlicensed"
+            })
+    })
+    .await;
+    for a in agents.iter_mut() {
+        a.stop().await;
+    }
+    child.kill().ok();
+    child.wait().ok();
+}
