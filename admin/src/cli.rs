@@ -174,15 +174,25 @@ enum DeviceCmd {
         #[arg(long)]
         role: Option<String>,
     },
-    /// Revoke a device: its next connect is refused, its seat freed.
+    /// Revoke a device: its session ends and its next connect is refused; its seats are held
+    /// until its offline grants expire or it confirms it dropped them.
     Revoke {
         /// Device id.
         id: String,
+        /// Free its seats at once instead of holding them until its offline grants expire
+        /// (recorded in the notification log).
+        #[arg(long)]
+        free_seat_now: bool,
     },
-    /// Remove a device record; its seat is freed.
+    /// Remove a device record: its session ends, its seats are held until its offline grants
+    /// expire or it confirms it dropped them.
     Remove {
         /// Device id.
         id: String,
+        /// Free its seats at once instead of holding them until its offline grants expire
+        /// (recorded in the notification log).
+        #[arg(long)]
+        free_seat_now: bool,
     },
     /// Move a device to a group.
     Move {
@@ -290,8 +300,14 @@ pub async fn run(a: AdminArgs) -> Result<(), AdminError> {
             DeviceCmd::List { role } => Op::DeviceList(DeviceList {
                 role: role.unwrap_or_default(),
             }),
-            DeviceCmd::Revoke { id } => Op::DeviceRevoke(DeviceRef { device_id: id }),
-            DeviceCmd::Remove { id } => Op::DeviceRemove(DeviceRef { device_id: id }),
+            DeviceCmd::Revoke { id, free_seat_now } => Op::DeviceRevoke(DeviceRef {
+                device_id: id,
+                free_seat_now,
+            }),
+            DeviceCmd::Remove { id, free_seat_now } => Op::DeviceRemove(DeviceRef {
+                device_id: id,
+                free_seat_now,
+            }),
             DeviceCmd::Move { id, group } => Op::DeviceMove(DeviceMove {
                 device_id: id,
                 group,

@@ -237,6 +237,7 @@ fn keys_table(keys: &[outpost_proto::pb::admin::KeyInfo]) -> String {
             "KIND",
             "SEATS",
             "USED",
+            "HELD OFFLINE",
             "LEASED",
             "FREE",
             "VALID FROM",
@@ -257,6 +258,15 @@ fn keys_table(keys: &[outpost_proto::pb::admin::KeyInfo]) -> String {
                     ),
                     k.seats_total.to_string(),
                     k.seats_used.to_string(),
+                    if k.seats_held_offline == 0 {
+                        "0".into()
+                    } else {
+                        format!(
+                            "{} (first returns by {})",
+                            k.seats_held_offline,
+                            when(k.held_next_return)
+                        )
+                    },
                     k.seats_leased_out.to_string(),
                     k.seats_free.to_string(),
                     when(k.valid_from),

@@ -42,6 +42,8 @@ struct Verified {
     active: Option<GrantBody>,
     reserve: Option<GrantBody>,
     reason: String,
+    /// When the server made the status (its `checked_at_ms`).
+    checked_at_ms: i64,
 }
 
 /// Why grants from the server were not stored.
@@ -80,6 +82,7 @@ fn verify(
         active: check(&status.active)?,
         reserve: check(&status.reserve)?,
         reason: status.reason.clone(),
+        checked_at_ms: status.checked_at_ms,
     })
 }
 
@@ -112,6 +115,25 @@ impl Grants {
         self.slot.write(&status.encode_to_vec())?;
         *self.mem.lock().expect("grants lock") = v;
         Ok(())
+    }
+
+    /// `checked_at_ms` of the stored status: the agent tells the server which status it
+    /// holds, so seats of grants it replaced stop counting (L15).
+    pub fn checked_at_ms(&self) -> i64 {
+        self.mem.lock().expect("grants lock").checked_at_ms
+    }
+
+    /// Drops every grant at once, durably (the server said this device is revoked or removed,
+    /// S8): the agent is unlicensed with `reason` from now on, offline too.
+    pub fn drop_all(&self, reason: &str, now: i64) -> Result<(), StoreError> {
+        self.store(&LicenceStatus {
+            licensed: false,
+            active: None,
+            reserve: None,
+            reason: reason.to_owned(),
+            checked_at: now,
+            checked_at_ms: now.saturating_mul(1000),
+        })
     }
 
     /// The licence state at `now`.

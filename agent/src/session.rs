@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use outpost_net::{refuse, stream};
+use outpost_proto::error::RefusalCode;
 use outpost_proto::pb::v1::{PushKind, Role, SyncRequest, Versions};
 use outpost_proto::session::{ClientEvent, ClientSession, SessionError, hello};
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -78,6 +79,9 @@ where
                         return match e {
                             SessionError::Refused(r) => {
                                 warn!(refusal = %r, "session refused by the server");
+                                if let Some(why) = dropped_reason(&r) {
+                                    drop_grants(shared, &mut sm, &mut f, &r, why).await;
+                                }
                                 refused_attempt(shared, &r, established)
                             }
                             other => end(format!("{label}: {other}"), None, established),
@@ -168,7 +172,12 @@ async fn on_event(
             let sh = shared.clone();
             let stored = tokio::task::spawn_blocking(move || sh.grants.store(&status)).await;
             match stored {
-                Ok(Ok(())) => shared.grants_changed.notify_one(),
+                Ok(Ok(())) => {
+                    shared.grants_changed.notify_one();
+                    // Tell the server at once which status is stored: seats of grants it
+                    // replaced stop counting (L15).
+                    sm.request_sync(Instant::now().into_std());
+                }
                 Ok(Err(e)) => warn!(error = %e, "licence status from the server not stored"),
                 Err(e) => warn!(error = %e, "licence store task failed"),
             }
@@ -182,6 +191,7 @@ async fn on_event(
                 .unwrap_or_default();
             let rev = shared.server_gateways.lock().expect("gateways lock").0;
             let req = SyncRequest {
+                licence_checked_at_ms: shared.grants.checked_at_ms(),
                 seq: 0,
                 inventory: Some(shared.inventory.clone()),
                 events,
@@ -245,5 +255,48 @@ async fn on_event(
             });
             let _ = shared.events.send(AgentEvent::Push(p));
         }
+    }
+}
+
+/// What the agent shows when the server said it is revoked or removed (S8); `None` for every
+/// other refusal.
+fn dropped_reason(r: &outpost_proto::error::Refused) -> Option<&'static str> {
+    match r.code() {
+        RefusalCode::Revoked => Some("revoked"),
+        RefusalCode::Removed => Some("removed"),
+        _ => None,
+    }
+}
+
+/// The server said this device is revoked or removed (S8): drop every grant durably, then
+/// confirm it on the same stream so the server frees the seats it held for them (L15).
+async fn drop_grants<S>(
+    shared: &Arc<Shared>,
+    sm: &mut ClientSession,
+    f: &mut outpost_net::stream::Framed<S>,
+    r: &outpost_proto::error::Refused,
+    why: &'static str,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send,
+{
+    let sh = shared.clone();
+    let now = outpost_net::unix_now();
+    let dropped = tokio::task::spawn_blocking(move || sh.grants.drop_all(why, now)).await;
+    match dropped {
+        Ok(Ok(())) => {
+            shared.grants_changed.notify_one();
+            warn!(reason = why, "licence grants dropped: {r}");
+            sm.licence_dropped(r.code());
+            let _ = outpost_net::stream::send_queued(f, sm).await;
+            let _ = f.close().await;
+            // The server ends the stream once it has the confirmation: wait for that (briefly),
+            // so closing the connection does not discard it in flight.
+            let _ = tokio::time::timeout(Duration::from_secs(2), async {
+                while let Some(Ok(_)) = f.next().await {}
+            })
+            .await;
+        }
+        Ok(Err(e)) => warn!(error = %e, "could not drop the licence grants"),
+        Err(e) => warn!(error = %e, "licence store task failed"),
     }
 }

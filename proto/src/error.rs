@@ -40,9 +40,8 @@ impl RefusalCode {
         match self {
             Malformed | FrameTooLarge | UnexpectedMessage => Fault::PeerMisbehaved,
             UnsupportedVersion | WrongRole => Fault::PeerIncompatible,
-            Unauthenticated | Revoked | TokenInvalid | TokenExpired | TokenUsedUp | Forbidden => {
-                Fault::NotAllowed
-            }
+            Unauthenticated | Revoked | Removed | TokenInvalid | TokenExpired | TokenUsedUp
+            | Forbidden => Fault::NotAllowed,
             InvalidArgument | NotFound | Conflict => Fault::BadRequest,
             Overloaded | ShuttingDown | UpstreamUnavailable => Fault::Unavailable,
             Internal | Unspecified => Fault::LocalMisuse,

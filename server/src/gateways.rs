@@ -69,6 +69,17 @@ impl Gateways {
         }
     }
 
+    /// Ends a gateway's uplink with a refusal (revoked, removed). Returns whether it was up.
+    pub fn disconnect(&self, id: &str, why: &outpost_proto::error::Refused) -> bool {
+        match self.links().get(id) {
+            Some(l) => {
+                outpost_net::refuse::close(&l.connection, why);
+                true
+            }
+            None => false,
+        }
+    }
+
     /// Keeps a gateway's latest report.
     pub fn report(&self, id: &str, report: GatewayReport) {
         if let Some(l) = self.links().get_mut(id) {

@@ -20,8 +20,9 @@ use tokio::time::Instant;
 use tracing::{Instrument, debug, info, info_span, warn};
 
 use crate::gateways::Direction;
+use crate::node::Identified;
 use crate::node::Node;
-use crate::sessions::driver::refuse_stream;
+use crate::sessions::driver::{Peer, refuse_stream};
 use crate::store::{DeviceRow, fp_hex};
 
 /// Time to wait for a relayed session's inner TLS handshake.
@@ -233,16 +234,19 @@ async fn serve_relayed(
                 refuse_stream(tls, max_frame, &r).await;
                 return;
             }
-            let device = match node.store().device_by_cert(&fp_hex(&fp)).await {
-                Ok(Some(d)) if d.revoked_at.is_some() => {
-                    let r = Refused::new(
-                        RefusalCode::Revoked,
-                        format!("device {} was revoked by an administrator", d.id),
-                    );
-                    refuse_stream(tls, max_frame, &r).await;
-                    return;
-                }
-                Ok(Some(d)) if d.role == "agent" => d,
+            let fp = fp_hex(&fp);
+            let peer = match crate::node::identify(&node, &fp).await {
+                Ok(Identified::Active(d)) if d.role == "agent" => Peer::Device(d),
+                Ok(Identified::Revoked(d)) => Peer::Refused {
+                    refusal: crate::node::revoked(&d.id),
+                    device_id: d.id,
+                    cert_sha256: fp,
+                },
+                Ok(Identified::Removed) => Peer::Refused {
+                    device_id: String::new(),
+                    cert_sha256: fp,
+                    refusal: crate::node::removed(),
+                },
                 Ok(_) => {
                     let r = Refused::new(
                         RefusalCode::Unauthenticated,
@@ -251,13 +255,12 @@ async fn serve_relayed(
                     refuse_stream(tls, max_frame, &r).await;
                     return;
                 }
-                Err(e) => {
-                    let r = e.to_refusal("device registry lookup failed");
+                Err(r) => {
                     refuse_stream(tls, max_frame, &r).await;
                     return;
                 }
             };
-            crate::sessions::driver::run(node, device, format!("via {gateway}"), tls).await;
+            crate::sessions::driver::run(node, peer, format!("via {gateway}"), tls).await;
         }
         _ => {
             let r = Refused::new(RefusalCode::InvalidArgument, "unknown relay kind");

@@ -64,8 +64,9 @@ async fn l6_fifty_agents_through_one_gateway_forty_seats() {
     assert_eq!((key.seats_used, key.seats_free), (40, 0));
     assert!(server.h().store().audit_seats().await.unwrap().is_empty());
 
-    // S8/L9: revoking a licensed device frees its seat; an unlicensed agent gets it at its
-    // next connect.
+    // S8, L9, L15: revoking a licensed online device ends its session with "revoked"; the
+    // agent drops its grant at once and confirms, so its seat returns, and an unlicensed online
+    // agent gets it within seconds, without reconnecting.
     let holder = statuses
         .iter()
         .find(|s| s.licence.state == "licensed")
@@ -75,23 +76,33 @@ async fn l6_fifty_agents_through_one_gateway_forty_seats() {
     server
         .admin(Op::DeviceRevoke(DeviceRef {
             device_id: holder.clone(),
+            ..Default::default()
         }))
         .await;
-    assert_eq!(server.key_info("K-40").await.seats_used, 39);
-    let waiting = agents
-        .iter_mut()
-        .find(|a| a.h().status().borrow().licence.state == "unlicensed")
-        .unwrap();
-    waiting.stop().await;
-    waiting.boot();
-    let s = waiting.wait_checked().await;
-    assert_eq!(
-        s.licence.state, "licensed",
-        "freed seat goes to the next unlicensed device"
-    );
+    let by_id = |id: &str| agents.iter().find(|a| a.h().device_id() == id).unwrap();
+    let revoked = within(
+        "the revoked agent drops its grant",
+        by_id(&holder)
+            .h()
+            .wait_for(|s| s.licence.state == "unlicensed"),
+    )
+    .await;
+    assert_eq!(revoked.licence.reason, "revoked", "the agent shows why");
+    let licensed_now = |agents: &[Agent]| {
+        agents
+            .iter()
+            .filter(|a| a.h().status().borrow().licence.state == "licensed")
+            .count()
+    };
+    until(
+        "the freed seat goes to an unlicensed online agent",
+        || async { licensed_now(&agents) == 40 },
+    )
+    .await;
     assert_eq!(server.key_info("K-40").await.seats_used, 40);
+    assert!(server.h().store().audit_seats().await.unwrap().is_empty());
 
-    // Removing a device frees its seat the same way.
+    // Removing a device frees its seat the same way ("removed").
     let holder2 = agents
         .iter()
         .find(|a| {
@@ -102,9 +113,25 @@ async fn l6_fifty_agents_through_one_gateway_forty_seats() {
         .device_id()
         .to_owned();
     server
-        .admin(Op::DeviceRemove(DeviceRef { device_id: holder2 }))
+        .admin(Op::DeviceRemove(DeviceRef {
+            device_id: holder2.clone(),
+            ..Default::default()
+        }))
         .await;
-    assert_eq!(server.key_info("K-40").await.seats_used, 39);
+    let removed = within(
+        "the removed agent drops its grant",
+        by_id(&holder2)
+            .h()
+            .wait_for(|s| s.licence.state == "unlicensed"),
+    )
+    .await;
+    assert_eq!(removed.licence.reason, "removed");
+    until(
+        "the seat of the removed device goes to an unlicensed agent",
+        || async { licensed_now(&agents) == 40 },
+    )
+    .await;
+    assert_eq!(server.key_info("K-40").await.seats_used, 40);
     assert!(server.h().store().audit_seats().await.unwrap().is_empty());
     for a in agents.iter_mut() {
         a.stop().await;

@@ -312,8 +312,12 @@ async fn l12_b_renewal_added_by_hand_given_to_remaining_objects_leftovers_unlice
     let mut gone = gone.unwrap();
     let id = gone.h().device_id().to_owned();
     gone.stop().await;
+    // Removed while offline, its seat would be held for its grant (L15): free it now.
     server
-        .admin(Op::DeviceRemove(DeviceRef { device_id: id }))
+        .admin(Op::DeviceRemove(DeviceRef {
+            device_id: id,
+            free_seat_now: true,
+        }))
         .await;
     for a in left.iter_mut() {
         assert_eq!(reconnect(a).await.licence.state, "licensed");

@@ -368,13 +368,9 @@ async fn s8_revoked_device_is_refused_at_next_connect() {
     server
         .admin(Op::DeviceRevoke(DeviceRef {
             device_id: id.clone(),
+            ..Default::default()
         }))
         .await;
-    assert_eq!(
-        server.key_info("K-R").await.seats_used,
-        0,
-        "seat freed at revocation"
-    );
     let s = within(
         "agent refused after revocation",
         agent
@@ -387,7 +383,24 @@ async fn s8_revoked_device_is_refused_at_next_connect() {
         "{}",
         s.last_error
     );
+    // S8: told it is revoked, the agent dropped its grants at once (offline too) …
+    assert_eq!(
+        (s.licence.state.as_str(), s.licence.reason.as_str()),
+        ("unlicensed", "revoked")
+    );
+    // … and confirmed, so its seat is free (L15).
+    until("the revoked agent's seat returns", || async {
+        server.key_info("K-R").await.seats_used == 0
+    })
+    .await;
+    // The state is on disk: the status command shows it after the agent stopped.
     agent.stop().await;
+    let (st, running) = outpost_agent::status::read(&agent.data).unwrap();
+    assert!(!running);
+    assert_eq!(
+        (st.licence.state.as_str(), st.licence.reason.as_str()),
+        ("unlicensed", "revoked")
+    );
     still_serving(&server).await;
 }
 

@@ -15,4 +15,4 @@ pub use grant::{GrantError, GrantSigner, LicenceView, effective_licence, verify_
 pub use key::{Authority, KeyBody, KeyError, LicenceKey, verify_key_file};
 pub use object::{Object, ObjectError, group_chain};
 pub use rank::{Origin, rank};
-pub use seat::{Candidate, SeatDecision, SeatPlan, Slot, Source, plan_seat};
+pub use seat::{Candidate, SeatDecision, SeatPlan, Settled, Slot, Source, plan_seat, settle};

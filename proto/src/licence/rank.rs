@@ -33,6 +33,7 @@ pub fn rank(found: Vec<(Origin, Candidate)>, device_id: &str, group_path: &str) 
                 Origin::Held => (2, 0, Source::Stale),
             };
             c.source = source;
+            c.distance = near;
             Some((class, near, c))
         })
         .collect();
@@ -65,6 +66,7 @@ mod tests {
             expires_at,
             held: None,
             source: Source::Stale,
+            distance: 0,
         }
     }
 

@@ -52,6 +52,9 @@ pub struct Candidate {
     pub held: Option<Slot>,
     /// Why it is a candidate.
     pub source: Source,
+    /// For an assigned key, how near its assignment is to the device: 0 the device itself, 1
+    /// its group, 2 the group's parent … (see `Object::nearness`). 0 for the other sources.
+    pub distance: usize,
 }
 
 impl Candidate {
@@ -124,8 +127,10 @@ fn seat(c: &Candidate) -> SeatDecision {
 
 /// Decides a device's seats at `now` (L5, L6, L8).
 ///
-/// Active: the nearest assigned key usable now on which the device holds a seat or a seat is
-/// free; failing that, an automatically distributed key. Reserve: when the active key expires
+/// Active: the keys assigned nearest to the device among those valid now are its budget (L6):
+/// it keeps its seat on one of them or takes a free one; when all are full it is unlicensed,
+/// naming the key — never a farther key. A device with no assigned key valid now gets an
+/// automatically distributed key (L8). Reserve: when the active key expires
 /// within `expiring_soon` seconds, the next assigned (then auto-distributed) key that is valid
 /// when the active one expires and lasts beyond it. Everything else held is released, so a
 /// device never holds more than one active and one reserve seat.
@@ -136,7 +141,19 @@ pub fn plan_seat(candidates: &[Candidate], now: i64, expiring_soon: i64) -> Seat
             .filter(|c| c.source == source && c.usable_at(now))
             .find(|c| c.obtainable())
     };
-    let active = pick(Source::Assigned).or_else(|| pick(Source::Auto));
+    // Candidates come ranked (see `rank`): assigned nearest first, then auto, then stale.
+    let nearest = candidates
+        .iter()
+        .filter(|c| c.source == Source::Assigned && c.usable_at(now))
+        .map(|c| c.distance)
+        .min();
+    let active = match nearest {
+        Some(d) => candidates
+            .iter()
+            .filter(|c| c.source == Source::Assigned && c.usable_at(now) && c.distance == d)
+            .find(|c| c.obtainable()),
+        None => pick(Source::Auto),
+    };
     let reserve = active.and_then(|a| {
         if a.expires_at - now > expiring_soon {
             return None;
@@ -185,6 +202,55 @@ pub fn plan_seat(candidates: &[Candidate], now: i64, expiring_soon: i64) -> Seat
                 wanted,
             }
         }
+    }
+}
+
+/// How many times a check re-plans after losing a conditional update to another writer.
+pub const MAX_ATTEMPTS: u32 = 5;
+
+/// What a check reports once the store executed a plan.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Settled {
+    /// Licensed by `active`, with `reserve` when that seat was obtained too.
+    Licensed {
+        /// The active key.
+        active: String,
+        /// The reserve key.
+        reserve: Option<String>,
+    },
+    /// Unlicensed, for this reason.
+    Unlicensed(String),
+    /// A conditional update lost to another writer: read again and re-plan.
+    Retry,
+}
+
+/// Settles attempt number `attempt` (from 1) of executing `plan`: `active_ok` / `reserve_ok`
+/// say whether the store holds those seats now (kept or taken). A seat lost to another writer
+/// is re-planned up to [`MAX_ATTEMPTS`]; after that, a device whose active seat is held is
+/// licensed without a reserve (the reserve is retried at its next check) — it is never
+/// reported unlicensed while it holds its active seat.
+pub fn settle(plan: &SeatPlan, active_ok: bool, reserve_ok: bool, attempt: u32) -> Settled {
+    let active = match &plan.decision {
+        SeatDecision::Unlicensed(r) => return Settled::Unlicensed(r.clone()),
+        SeatDecision::Keep(k) | SeatDecision::Take(k) => k,
+    };
+    let retry = attempt < MAX_ATTEMPTS;
+    if !active_ok {
+        return if retry {
+            Settled::Retry
+        } else {
+            Settled::Unlicensed(format!(
+                "no free seat on key {active}: the last seats were taken concurrently; the next check tries again"
+            ))
+        };
+    }
+    let reserve = plan.reserve_key().map(str::to_owned);
+    if reserve.is_some() && !reserve_ok && retry {
+        return Settled::Retry;
+    }
+    Settled::Licensed {
+        active: active.clone(),
+        reserve: reserve.filter(|_| reserve_ok),
     }
 }
 
@@ -254,7 +320,13 @@ mod tests {
             expires_at: 10_000,
             held: held.then_some(Slot::Active),
             source: Source::Assigned,
+            distance: 1,
         }
+    }
+
+    fn at(mut c: Candidate, distance: usize) -> Candidate {
+        c.distance = distance;
+        c
     }
 
     fn plan(c: &[Candidate], now: i64) -> SeatPlan {
@@ -296,15 +368,51 @@ mod tests {
 
     #[test]
     fn l6_nearest_key_wins_and_farther_seat_is_released() {
-        let p = plan(&[key("NEAR", 5, 0, false), key("FAR", 5, 3, true)], 10);
+        let p = plan(
+            &[
+                at(key("NEAR", 5, 0, false), 1),
+                at(key("FAR", 5, 3, true), 2),
+            ],
+            10,
+        );
         assert_eq!(p.decision, SeatDecision::Take("NEAR".into()));
         assert_eq!(p.release, vec!["FAR".to_string()]);
     }
 
     #[test]
-    fn l6_full_nearest_falls_back_to_farther() {
-        let p = plan(&[key("NEAR", 5, 5, false), key("FAR", 5, 3, false)], 10);
-        assert_eq!(p.decision, SeatDecision::Take("FAR".into()));
+    fn l6_full_nearest_is_unlicensed_naming_it_never_farther() {
+        let near = at(key("NEAR", 5, 5, false), 1);
+        let far = at(key("FAR", 5, 3, false), 2);
+        let p = plan(&[near.clone(), far.clone()], 10);
+        assert_eq!(
+            p.decision,
+            SeatDecision::Unlicensed("no free seat on key NEAR, 5 of 5 used".into())
+        );
+        assert_eq!(p.wanted.as_deref(), Some("NEAR"));
+        // A seat the device still holds on the farther key is given back, not kept.
+        let mut holding = far;
+        holding.held = Some(Slot::Active);
+        let p = plan(&[near, holding], 10);
+        assert!(matches!(p.decision, SeatDecision::Unlicensed(_)));
+        assert_eq!(p.release, vec!["FAR".to_string()]);
+    }
+
+    #[test]
+    fn l6_keys_assigned_at_the_same_distance_share_the_budget() {
+        let a = at(key("A", 5, 5, false), 1);
+        let b = at(key("B", 5, 2, false), 1);
+        assert_eq!(plan(&[a, b], 10).decision, SeatDecision::Take("B".into()));
+    }
+
+    #[test]
+    fn l6_an_expired_nearest_key_is_no_budget() {
+        let mut old = at(key("OLD", 5, 0, false), 1);
+        old.expires_at = 5;
+        let far = at(key("FAR", 5, 0, false), 2);
+        assert_eq!(
+            plan(&[old, far], 10).decision,
+            SeatDecision::Take("FAR".into())
+        );
     }
 
     #[test]
@@ -318,24 +426,6 @@ mod tests {
         assert!(
             matches!(p.decision, SeatDecision::Unlicensed(ref r) if r.contains("no licence key is assigned"))
         );
-    }
-
-    #[test]
-    fn l6_never_over_allocates_in_a_simulated_storm() {
-        let seats = 37u32;
-        let mut used = 0u32;
-        let mut licensed = 0;
-        for _ in 0..(2 * seats) {
-            match plan(&[key("K", seats, used, false)], 10).decision {
-                SeatDecision::Take(_) => {
-                    used += 1;
-                    licensed += 1;
-                }
-                SeatDecision::Unlicensed(_) => {}
-                SeatDecision::Keep(_) => unreachable!(),
-            }
-        }
-        assert_eq!(licensed, seats);
     }
 
     #[test]
@@ -386,9 +476,16 @@ mod tests {
             plan(&[key("K", 1, 0, false), auto.clone()], 10).decision,
             SeatDecision::Take("K".into())
         );
-        // A full assigned key: the auto key fills in.
-        assert_eq!(
+        // A full assigned key is the device's budget (L6): the auto key does not fill in.
+        assert!(matches!(
             plan(&[key("K", 1, 1, false), auto.clone()], 10).decision,
+            SeatDecision::Unlicensed(_)
+        ));
+        // An assigned key that is no longer valid is no budget: the auto key licenses.
+        let mut expired = key("K", 1, 0, false);
+        expired.expires_at = 5;
+        assert_eq!(
+            plan(&[expired, auto.clone()], 10).decision,
             SeatDecision::Take("AUTO".into())
         );
         // As reserve for a device whose active key expires soon and has no reserve.
@@ -397,6 +494,48 @@ mod tests {
         let p = plan(&[active, auto], 950);
         assert_eq!(p.decision, SeatDecision::Keep("K".into()));
         assert_eq!(p.reserve, Some(SeatDecision::Take("AUTO".into())));
+    }
+
+    #[test]
+    fn l5_reserve_lost_to_a_race_keeps_the_active_seat() {
+        let mut a = key("A", 5, 1, true);
+        a.expires_at = 1000;
+        let r = key("R", 5, 0, false);
+        let p = plan(&[a, r], 950);
+        assert_eq!(p.reserve, Some(SeatDecision::Take("R".into())));
+        for attempt in 1..MAX_ATTEMPTS {
+            assert_eq!(settle(&p, true, false, attempt), Settled::Retry);
+        }
+        assert_eq!(
+            settle(&p, true, false, MAX_ATTEMPTS),
+            Settled::Licensed {
+                active: "A".into(),
+                reserve: None
+            },
+            "the active seat is held: licensed, never unlicensed"
+        );
+        assert_eq!(
+            settle(&p, true, true, 1),
+            Settled::Licensed {
+                active: "A".into(),
+                reserve: Some("R".into())
+            }
+        );
+    }
+
+    #[test]
+    fn l6_active_lost_to_a_race_is_retried_then_unlicensed() {
+        let p = plan(&[key("K", 5, 4, false)], 10);
+        assert_eq!(settle(&p, false, false, 1), Settled::Retry);
+        match settle(&p, false, false, MAX_ATTEMPTS) {
+            Settled::Unlicensed(r) => assert!(r.contains("key K"), "{r}"),
+            other => panic!("{other:?}"),
+        }
+        let none = plan(&[key("K", 5, 5, false)], 10);
+        assert!(matches!(
+            settle(&none, false, false, 1),
+            Settled::Unlicensed(_)
+        ));
     }
 
     #[test]

@@ -141,6 +141,16 @@ impl ClientSession {
         seq
     }
 
+    /// After the server refused this device as revoked or removed (S8) and the application
+    /// dropped its grants: confirms it on the same stream, so the server frees the seats it
+    /// held for them (L15).
+    pub fn licence_dropped(&mut self, reason: crate::pb::v1::RefusalCode) {
+        self.transmit
+            .push_back(Msg::LicenceDropped(crate::pb::v1::LicenceDropped {
+                reason: reason as i32,
+            }));
+    }
+
     /// Feeds one received message.
     pub fn handle_message(&mut self, msg: Msg, now: Instant) -> Result<(), SessionError> {
         let unexpected = |msg: &Msg, phase: ClientPhase| SessionError::Unexpected {

@@ -85,6 +85,7 @@ pub fn msg_name(msg: &Msg) -> &'static str {
         Msg::AdminResponse(_) => "AdminResponse",
         Msg::RenewalQuery(_) => "RenewalQuery",
         Msg::RenewalOffer(_) => "RenewalOffer",
+        Msg::LicenceDropped(_) => "LicenceDropped",
     }
 }
 

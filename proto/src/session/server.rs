@@ -14,6 +14,9 @@ enum ServerPhase {
     AwaitHello,
     AwaitLicenceCheck,
     Ready,
+    /// The device was told it is revoked or removed; waiting for it to confirm it dropped
+    /// its grants.
+    AwaitDrop,
     Closed,
 }
 
@@ -23,6 +26,7 @@ impl ServerPhase {
             ServerPhase::AwaitHello => "waiting for Hello",
             ServerPhase::AwaitLicenceCheck => "checking the licence",
             ServerPhase::Ready => "established",
+            ServerPhase::AwaitDrop => "waiting for the device to drop its grants",
             ServerPhase::Closed => "closed",
         }
     }
@@ -42,6 +46,9 @@ pub enum ServerAction {
     Sync(SyncRequest),
     /// The agent acknowledged a push.
     PushAcked(String),
+    /// The device confirmed it dropped its grants after being told it is revoked or removed
+    /// (S8): the seats held for them can be freed (L15). The session is over.
+    LicenceDropped,
 }
 
 /// Server side of a session.
@@ -82,6 +89,16 @@ impl ServerSession {
     /// Whether the licence check has been answered and the session is live.
     pub fn is_ready(&self) -> bool {
         self.phase == ServerPhase::Ready
+    }
+
+    /// Whether the session is over (nothing more will be read).
+    pub fn is_closed(&self) -> bool {
+        self.phase == ServerPhase::Closed
+    }
+
+    /// Whether the device was told it is revoked or removed and its confirmation is awaited.
+    pub fn awaits_drop(&self) -> bool {
+        self.phase == ServerPhase::AwaitDrop
     }
 
     /// Feeds one received message. On error a refusal has been queued for the peer; send it
@@ -130,6 +147,13 @@ impl ServerSession {
                 self.actions.push_back(ServerAction::PushAcked(ack.id));
                 Ok(())
             }
+            (ServerPhase::AwaitDrop, Msg::LicenceDropped(_)) => {
+                self.phase = ServerPhase::Closed;
+                self.actions.push_back(ServerAction::LicenceDropped);
+                Ok(())
+            }
+            // What the device sent before it read the refusal.
+            (ServerPhase::AwaitDrop, _) => Ok(()),
             (phase, msg) => Err(SessionError::Unexpected {
                 got: msg_name(&msg),
                 phase: phase.describe(),
@@ -162,7 +186,24 @@ impl ServerSession {
         true
     }
 
-    /// Ends the session with a refusal (revoked, shutting down …).
+    /// Tells an established session its licence changed (a freed seat, L9) without waiting
+    /// for its next sync. Ignored before the licence check.
+    pub fn licence_changed(&mut self, status: LicenceStatus) {
+        if self.phase == ServerPhase::Ready {
+            self.transmit.push_back(Msg::LicenceStatus(status));
+        }
+    }
+
+    /// Tells the device it is revoked or removed (S8), at any point of the session, and waits
+    /// for its `LicenceDropped`; `poll_action` then yields `LicenceDropped`.
+    pub fn refuse_device(&mut self, r: Refused) {
+        if self.phase != ServerPhase::Closed {
+            self.transmit.push_back(Msg::Refusal(r.0));
+            self.phase = ServerPhase::AwaitDrop;
+        }
+    }
+
+    /// Ends the session with a refusal (shutting down, overloaded …).
     pub fn refuse(&mut self, code: RefusalCode, message: impl Into<String>) {
         self.transmit
             .push_back(Msg::Refusal(refusal(code, message)));

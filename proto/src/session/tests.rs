@@ -3,8 +3,9 @@
 use std::time::{Duration, Instant};
 
 use super::*;
+use crate::error::Refused;
 use crate::pb::v1::{Event, PushKind};
-use crate::pb::v1::{LicenceStatus, Push, SyncRequest, SyncResponse};
+use crate::pb::v1::{LicenceStatus, Push, RefusalCode, SyncRequest, SyncResponse};
 
 struct Pair {
     client: ClientSession,
@@ -37,6 +38,16 @@ impl Pair {
                 return Ok(());
             }
         }
+    }
+
+    /// Hello, licence check, established; every event and action drained.
+    fn establish(&mut self) {
+        self.drive().unwrap();
+        while self.server.poll_action().is_some() {}
+        self.server.licence_checked(LicenceStatus::default());
+        self.drive().unwrap();
+        while self.client.poll_event().is_some() {}
+        assert!(self.client.is_ready() && self.server.is_ready());
     }
 }
 
@@ -175,4 +186,54 @@ fn sync_timeout_fails_the_session() {
         p.client.handle_timeout(p.now + Duration::from_secs(30)),
         Err(SessionError::Timeout(_))
     ));
+}
+
+#[test]
+fn s8_revoked_device_confirms_it_dropped_its_grants() {
+    // A live session is told the device was revoked; whatever the agent sent meanwhile is
+    // ignored, its confirmation ends the session with an action for the server.
+    let mut p = Pair::new();
+    p.establish();
+    let r = Refused::new(
+        RefusalCode::Revoked,
+        "device d-1 was revoked by an administrator",
+    );
+    p.server.refuse_device(r.clone());
+    assert!(p.server.awaits_drop());
+    let refusal = p.server.poll_transmit().expect("refusal queued");
+    match p.client.handle_message(refusal, p.now) {
+        Err(SessionError::Refused(got)) => assert_eq!(got, r),
+        other => panic!("{other:?}"),
+    }
+    p.server
+        .handle_message(Msg::SyncRequest(SyncRequest::default()), 0)
+        .expect("a sync in flight is ignored");
+    p.client.licence_dropped(RefusalCode::Revoked);
+    let confirm = p.client.poll_transmit().expect("confirmation queued");
+    assert!(matches!(confirm, Msg::LicenceDropped(_)));
+    p.server.handle_message(confirm, 0).unwrap();
+    assert_eq!(p.server.poll_action(), Some(ServerAction::LicenceDropped));
+    assert!(p.server.is_closed());
+}
+
+#[test]
+fn l9_server_tells_a_live_session_its_licence_changed() {
+    let mut p = Pair::new();
+    p.establish();
+    p.server.licence_changed(LicenceStatus {
+        licensed: true,
+        checked_at: 7,
+        ..Default::default()
+    });
+    let m = p.server.poll_transmit().expect("status queued");
+    p.client.handle_message(m, p.now).unwrap();
+    let mut got = false;
+    while let Some(ev) = p.client.poll_event() {
+        got |= matches!(ev, ClientEvent::Licence(s) if s.licensed && s.checked_at == 7);
+    }
+    assert!(got);
+    // Before the licence check nothing is sent.
+    let mut fresh = ServerSession::new("d-2", "server");
+    fresh.licence_changed(LicenceStatus::default());
+    assert!(fresh.poll_transmit().is_none());
 }

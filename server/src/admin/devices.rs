@@ -9,7 +9,7 @@ use tracing::info;
 
 use super::{done, ok};
 use crate::node::Node;
-use crate::store::{DeviceRow, StoreError, TokenSpec};
+use crate::store::{DeviceRow, GaveBack, StoreError, TokenSpec};
 
 type Answer = Result<AdminResponse, StoreError>;
 
@@ -77,25 +77,78 @@ pub(super) async fn list(node: &Node, d: DeviceList) -> Answer {
 }
 
 pub(super) async fn revoke(node: &Node, d: DeviceRef) -> Answer {
-    node.store()
-        .revoke_device(&d.device_id, outpost_net::unix_now())
+    let ttl = node.licensing().grant_ttl();
+    let now = outpost_net::unix_now();
+    let seats = node
+        .store()
+        .revoke_device(&d.device_id, now, ttl, d.free_seat_now)
         .await?;
-    node.sessions().registry().kick(&d.device_id);
-    info!(device = %d.device_id, "device revoked; its seats are free");
-    Ok(done(format!(
-        "device {} revoked; its seats are free",
-        d.device_id
-    )))
+    let r = crate::node::revoked(&d.device_id);
+    let online = node.sessions().registry().kick(&d.device_id, r.clone())
+        | node.gateways().disconnect(&d.device_id, &r);
+    info!(device = %d.device_id, online, "device revoked");
+    finish(node, "revoked", &d, online, seats).await
 }
 
 pub(super) async fn remove(node: &Node, d: DeviceRef) -> Answer {
-    node.store().remove_device(&d.device_id).await?;
-    node.sessions().registry().kick(&d.device_id);
-    info!(device = %d.device_id, "device removed; its seats are free");
-    Ok(done(format!(
-        "device {} removed; its seats are free",
-        d.device_id
-    )))
+    let ttl = node.licensing().grant_ttl();
+    let now = outpost_net::unix_now();
+    let seats = node
+        .store()
+        .remove_device(&d.device_id, now, ttl, d.free_seat_now)
+        .await?;
+    let r = crate::node::removed();
+    let online = node.sessions().registry().kick(&d.device_id, r.clone())
+        | node.gateways().disconnect(&d.device_id, &r);
+    info!(device = %d.device_id, online, "device removed");
+    finish(node, "removed", &d, online, seats).await
+}
+
+/// Says what became of a revoked or removed device's seats (L15), and records an override.
+async fn finish(
+    node: &Node,
+    what: &str,
+    d: &DeviceRef,
+    online: bool,
+    seats: Vec<(String, GaveBack)>,
+) -> Answer {
+    let id = &d.device_id;
+    if d.free_seat_now && !seats.is_empty() {
+        let keys: Vec<&str> = seats.iter().map(|(k, _)| k.as_str()).collect();
+        node.store()
+            .notify(
+                "seat-freed-by-admin",
+                keys.first().copied(),
+                &format!(
+                    "seats of {what} device {id} freed at once on key(s) {} (--free-seat-now): \
+                     if it still holds a grant offline, these keys may be over-allocated until it expires",
+                    keys.join(", ")
+                ),
+                serde_json::json!({ "device": id, "keys": keys, "why": what }),
+            )
+            .await?;
+    }
+    let mut parts = vec![];
+    for (key, how) in &seats {
+        parts.push(match how {
+            GaveBack::Released => format!("seat on {key} freed"),
+            GaveBack::Held(until) => format!(
+                "seat on {key} held for its offline grant until {} at the latest (freed as soon as the device confirms it dropped it; --free-seat-now frees it at once)",
+                outpost_proto::licence::key::format_time(*until)
+            ),
+        });
+    }
+    let seats = if parts.is_empty() {
+        "it held no seat".to_owned()
+    } else {
+        parts.join("; ")
+    };
+    let session = if online {
+        "its session was told and ended"
+    } else {
+        "it is told at its next connect"
+    };
+    Ok(done(format!("device {id} {what}; {session}; {seats}")))
 }
 
 pub(super) async fn move_to(node: &Node, d: DeviceMove) -> Answer {

@@ -10,7 +10,7 @@ use tracing::info;
 
 use super::{done, error, ok};
 use crate::node::Node;
-use crate::store::{KeyRow, StoreError};
+use crate::store::{HeldSeats, KeyRow, StoreError};
 use outpost_proto::pb::admin::AdminResponse;
 
 type Answer = Result<AdminResponse, StoreError>;
@@ -27,10 +27,11 @@ pub(super) async fn import(node: &Node, k: KeyImport) -> Answer {
     .await?;
     info!(keys = ?ids, file = %k.file_name, "licence keys imported");
     let now = outpost_net::unix_now();
+    let held = node.store().held_seats().await?;
     let mut out = vec![];
     for id in ids {
         if let Some(row) = node.store().key(&id).await? {
-            out.push(key_info(node, row, now).await?);
+            out.push(key_info(node, row, now, &held).await?);
         }
     }
     Ok(ok(R::KeyImport(KeyImportResult { keys: out })))
@@ -38,9 +39,10 @@ pub(super) async fn import(node: &Node, k: KeyImport) -> Answer {
 
 pub(super) async fn list(node: &Node) -> Answer {
     let now = outpost_net::unix_now();
+    let held = node.store().held_seats().await?;
     let mut out = vec![];
     for row in node.store().keys().await? {
-        out.push(key_info(node, row, now).await?);
+        out.push(key_info(node, row, now, &held).await?);
     }
     Ok(ok(R::Keys(KeyListResult { keys: out })))
 }
@@ -140,7 +142,13 @@ pub(super) async fn notifications(node: &Node, n: NotificationList) -> Answer {
     })))
 }
 
-async fn key_info(node: &Node, row: KeyRow, now: i64) -> Result<KeyInfo, StoreError> {
+async fn key_info(
+    node: &Node,
+    row: KeyRow,
+    now: i64,
+    held: &std::collections::HashMap<String, HeldSeats>,
+) -> Result<KeyInfo, StoreError> {
+    let h = held.get(&row.id).copied().unwrap_or_default();
     let objects = node
         .store()
         .key_objects(&row.id)
@@ -165,5 +173,7 @@ async fn key_info(node: &Node, row: KeyRow, now: i64) -> Result<KeyInfo, StoreEr
         objects,
         file_name: row.file_name.clone(),
         expired: now >= row.expires_at,
+        seats_held_offline: h.count as u32,
+        held_next_return: h.next_return,
     })
 }

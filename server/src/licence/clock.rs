@@ -31,6 +31,13 @@ async fn once(node: &Node, last_update: &mut Instant) -> Result<(), StoreError> 
     let now = outpost_net::unix_now();
     expiry_notices(node, now).await?;
     promote_expired(node, now).await?;
+    let returned = node.store().expire_holds(now).await?;
+    if !returned.is_empty() {
+        info!(
+            seats = returned.len(),
+            "seats held for offline grants returned: the grants expired"
+        );
+    }
     if !cfg.reclaim_after.is_zero() {
         reclaim(node, now - cfg.reclaim_after.as_secs() as i64, now).await?;
     }
@@ -99,7 +106,8 @@ pub async fn promote_expired(node: &Node, now: i64) -> Result<(), StoreError> {
 pub async fn reclaim(node: &Node, cutoff: i64, now: i64) -> Result<usize, StoreError> {
     let online = node.sessions().registry().online();
     let store = node.store();
-    let freed = store.reclaim_inactive(cutoff, now, &online).await?;
+    let ttl = node.licensing().grant_ttl();
+    let freed = store.reclaim_inactive(cutoff, now, &online, ttl).await?;
     if !freed.is_empty() {
         store
             .notify(

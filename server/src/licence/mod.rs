@@ -113,6 +113,8 @@ impl Licensing {
             .store
             .check_licence_via(device_id, path, now, &self.policy)
             .await?;
+        // Taken after the commit: later than every hold the check created (L15).
+        let checked_at_ms = outpost_net::unix_now_ms();
         Ok(match outcome {
             CheckOutcome::Licensed(l) => LicenceStatus {
                 licensed: true,
@@ -123,6 +125,7 @@ impl Licensing {
                     .map(|r| self.sign(device_id, r, GrantSlot::Reserve, now)),
                 reason: String::new(),
                 checked_at: now,
+                checked_at_ms,
             },
             CheckOutcome::Unlicensed(reason) => LicenceStatus {
                 licensed: false,
@@ -130,6 +133,7 @@ impl Licensing {
                 reserve: None,
                 reason,
                 checked_at: now,
+                checked_at_ms,
             },
         })
     }

@@ -52,8 +52,8 @@ async fn handle_incoming(node: Arc<Node>, incoming: quinn::Incoming) {
     match proto.as_deref() {
         Some(a) if a == alpn::ENROLL => enroll::serve_connection(node, conn).await,
         Some(a) if a == alpn::AGENT => {
-            if let Some(dev) = authenticate(&node, &conn, "agent").await {
-                sessions::driver::serve_direct(node, conn, dev).await
+            if let Some(peer) = authenticate_agent(&node, &conn).await {
+                sessions::driver::serve_direct(node, conn, peer).await
             }
         }
         Some(a) if a == alpn::GATEWAY => {
@@ -77,6 +77,105 @@ async fn handle_incoming(node: Arc<Node>, incoming: quinn::Incoming) {
     }
 }
 
+/// Who holds a certificate, as the registry knows it.
+pub enum Identified {
+    /// A registered device that may connect.
+    Active(DeviceRow),
+    /// A registered device an administrator revoked (S8).
+    Revoked(DeviceRow),
+    /// A device whose record was removed while it may still hold grants (S8, L15).
+    Removed,
+    /// Nobody this server knows.
+    Unknown,
+}
+
+/// Looks a certificate fingerprint (hex) up in the registry.
+pub async fn identify(node: &Node, fp: &str) -> Result<Identified, Refused> {
+    let store = node.store();
+    let found = store
+        .device_by_cert(fp)
+        .await
+        .map_err(|e| e.to_refusal("device registry lookup failed"))?;
+    Ok(match found {
+        Some(d) if d.revoked_at.is_some() => Identified::Revoked(d),
+        Some(d) => Identified::Active(d),
+        None => match store.removed_with_holds(fp).await {
+            Ok(true) => Identified::Removed,
+            Ok(false) => Identified::Unknown,
+            Err(e) => return Err(e.to_refusal("device registry lookup failed")),
+        },
+    })
+}
+
+/// The refusal a revoked device is told (S8).
+pub fn revoked(device_id: &str) -> Refused {
+    Refused::new(
+        RefusalCode::Revoked,
+        format!("device {device_id} was revoked by an administrator"),
+    )
+}
+
+/// The refusal a removed device is told (S8).
+pub fn removed() -> Refused {
+    Refused::new(
+        RefusalCode::Removed,
+        "this device was removed by an administrator; enroll again with a new token if that was a mistake",
+    )
+}
+
+/// The refusal for a certificate the registry does not know.
+pub fn not_registered() -> Refused {
+    Refused::new(
+        RefusalCode::Unauthenticated,
+        "this certificate is not registered (device removed or re-enrolled elsewhere); enroll again with a new token",
+    )
+}
+
+/// As [`authenticate`] for agents, whose sessions also carry the end of a revoked or removed
+/// device (S8): such a device is not cut off at the connection but told on its session
+/// stream, where it confirms it dropped its grants (L15).
+pub async fn authenticate_agent(
+    node: &Node,
+    conn: &quinn::Connection,
+) -> Option<sessions::driver::Peer> {
+    use sessions::driver::Peer;
+    let refused = |r: Refused| {
+        node.sessions().refused_connection();
+        warn!(refusal = %r, "connection refused");
+        refuse::close(conn, &r);
+        None
+    };
+    let Some(leaf) = endpoint::peer_leaf(conn) else {
+        return refused(Refused::new(
+            RefusalCode::Unauthenticated,
+            "a client certificate is required: enroll this device with a token first",
+        ));
+    };
+    let fp = fp_hex(&pki::fingerprint(&leaf));
+    match identify(node, &fp).await {
+        Err(r) => refused(r),
+        Ok(Identified::Active(d)) if d.role == "agent" => {
+            tracing::Span::current().record("device", d.id.as_str());
+            Some(Peer::Device(d))
+        }
+        Ok(Identified::Active(d)) => refused(Refused::new(
+            RefusalCode::WrongRole,
+            format!("device {} is a {}, not an agent", d.id, d.role),
+        )),
+        Ok(Identified::Revoked(d)) => Some(Peer::Refused {
+            refusal: revoked(&d.id),
+            device_id: d.id,
+            cert_sha256: fp,
+        }),
+        Ok(Identified::Removed) => Some(Peer::Refused {
+            device_id: String::new(),
+            cert_sha256: fp,
+            refusal: removed(),
+        }),
+        Ok(Identified::Unknown) => refused(not_registered()),
+    }
+}
+
 /// Maps the connection's certificate to a registered device of the expected role; closes the
 /// connection with a readable refusal otherwise.
 pub async fn authenticate(node: &Node, conn: &quinn::Connection, role: &str) -> Option<DeviceRow> {
@@ -93,24 +192,15 @@ pub async fn authenticate(node: &Node, conn: &quinn::Connection, role: &str) -> 
         ));
     };
     let fp = fp_hex(&pki::fingerprint(&leaf));
-    let dev = match node.store().device_by_cert(&fp).await {
-        Ok(d) => d,
-        Err(e) => return refused(e.to_refusal("device registry lookup failed")),
-    };
-    match dev {
-        None => refused(Refused::new(
-            RefusalCode::Unauthenticated,
-            "this certificate is not registered (device removed or re-enrolled elsewhere); enroll again with a new token",
-        )),
-        Some(d) if d.revoked_at.is_some() => refused(Refused::new(
-            RefusalCode::Revoked,
-            format!("device {} was revoked by an administrator", d.id),
-        )),
-        Some(d) if d.role != role => refused(Refused::new(
+    match identify(node, &fp).await {
+        Err(r) => refused(r),
+        Ok(Identified::Unknown | Identified::Removed) => refused(not_registered()),
+        Ok(Identified::Revoked(d)) => refused(revoked(&d.id)),
+        Ok(Identified::Active(d)) if d.role != role => refused(Refused::new(
             RefusalCode::WrongRole,
             format!("device {} is a {}, not a {role}", d.id, d.role),
         )),
-        Some(d) => {
+        Ok(Identified::Active(d)) => {
             tracing::Span::current().record("device", d.id.as_str());
             Some(d)
         }

@@ -1,26 +1,53 @@
 //! The session driver: the async loop around `outpost_proto::session::ServerSession` for one
-//! agent session — hello (S2), licence check (S3, L6), syncs (S4, S5), pushes (T7).
+//! agent session — hello (S2), licence check (S3, L6), syncs (S4, S5), pushes (T7), a freed
+//! seat offered at once (L9), and the end of a revoked or removed device (S8): the refusal,
+//! then its confirmation that it dropped its grants, which frees the seats held for them
+//! (L15).
 //!
 //! One task per session. It owns the state machine and the framed stream; it reaches the rest
 //! of the server only through the node's handles (licensing, sessions, config).
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use outpost_net::stream::{self, Framed};
 use outpost_proto::error::{RefusalCode, Refused};
-use outpost_proto::licence::recheck::Sent;
+use outpost_proto::licence::recheck::{self, Sent};
 use outpost_proto::pb::v1::{Push, Role, envelope::Msg};
 use outpost_proto::session::{ServerAction, ServerSession};
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::sync::mpsc;
+use tokio::time::Instant;
 use tracing::{Instrument, debug, info, info_span, warn};
 
+use super::registry::Registration;
 use crate::node::Node;
 use crate::store::{DeviceRow, StoreError};
 
+/// How long a refused device has to confirm it dropped its grants.
+const DROP_CONFIRM_WAIT: Duration = Duration::from_secs(10);
+/// Freed-seat re-checks of many unlicensed sessions spread over this long (L9).
+const RECHECK_SPREAD: Duration = Duration::from_millis(500);
+
+/// Who is on the other end of a session stream.
+#[derive(Debug, Clone)]
+pub enum Peer {
+    /// A registered, active device.
+    Device(DeviceRow),
+    /// A device told at once that it is revoked or removed (S8): the stream only waits for
+    /// its confirmation that it dropped its grants. `device_id` may be a removed record's.
+    Refused {
+        /// The device's id (as far as known) for logs and holds.
+        device_id: String,
+        /// Its certificate's fingerprint (hex): holds of a removed device are found by it.
+        cert_sha256: String,
+        /// What it is told.
+        refusal: Refused,
+    },
+}
+
 /// Serves a direct agent connection: every bidi stream the agent opens is a session.
-pub async fn serve_direct(node: Arc<Node>, conn: quinn::Connection, device: DeviceRow) {
+pub async fn serve_direct(node: Arc<Node>, conn: quinn::Connection, peer: Peer) {
     loop {
         let (send, recv) = tokio::select! {
             s = conn.accept_bi() => match s {
@@ -33,10 +60,10 @@ pub async fn serve_direct(node: Arc<Node>, conn: quinn::Connection, device: Devi
             _ = node.runtime().cancelled() => return,
         };
         let n = node.clone();
-        let device = device.clone();
+        let peer = peer.clone();
         node.runtime().spawn(
             async move {
-                run(n, device, "direct".into(), stream::bi(send, recv)).await;
+                run(n, peer, "direct".into(), stream::bi(send, recv)).await;
             }
             .in_current_span(),
         );
@@ -55,7 +82,7 @@ pub async fn refuse_stream<S: AsyncRead + AsyncWrite + Unpin>(
 }
 
 /// Runs one session to its end.
-pub async fn run<S>(node: Arc<Node>, device: DeviceRow, path: String, io: S)
+pub async fn run<S>(node: Arc<Node>, peer: Peer, path: String, io: S)
 where
     S: AsyncRead + AsyncWrite + Unpin + Send,
 {
@@ -71,13 +98,31 @@ where
         refuse_stream(io, max_frame, &r).await;
         return;
     };
+    let software = format!("outpost-server {}", outpost_proto::SOFTWARE_VERSION);
+    let (device, sm, drop_deadline) = match peer {
+        Peer::Device(d) => {
+            let sm = ServerSession::new(d.id.clone(), software);
+            (d, sm, None)
+        }
+        Peer::Refused {
+            device_id,
+            cert_sha256,
+            refusal,
+        } => {
+            let mut sm = ServerSession::new(device_id.clone(), software);
+            sm.refuse_device(refusal);
+            let d = DeviceRow {
+                id: device_id,
+                cert_sha256,
+                ..DeviceRow::default()
+            };
+            (d, sm, Some(Instant::now() + DROP_CONFIRM_WAIT))
+        }
+    };
     let span = info_span!("session", device = %device.id, path = %path);
     let mut driver = Driver {
         epoch: node.licensing().epoch(),
-        sm: ServerSession::new(
-            device.id.clone(),
-            format!("outpost-server {}", outpost_proto::SOFTWARE_VERSION),
-        ),
+        sm,
         framed: stream::framed(io, max_frame),
         node,
         device,
@@ -85,6 +130,9 @@ where
         registered: None,
         last_licence: None,
         last_touch: 0,
+        drop_deadline,
+        recheck_at: None,
+        confirmed_checked_at: 0,
     };
     driver.run().instrument(span).await;
 }
@@ -95,14 +143,20 @@ pub(super) struct Driver<S> {
     framed: Framed<S>,
     pub(super) device: DeviceRow,
     pub(super) path: String,
-    /// Registry session id and the push receiver, once the licence check passed.
-    registered: Option<(u64, mpsc::Receiver<Push>)>,
+    /// The registry entry (pushes, kicks), once the licence check passed.
+    registered: Option<Registration>,
     /// What the agent was last told about its licence.
     pub(super) last_licence: Option<Sent>,
-    /// The licence epoch; `has_changed` says whether a re-check is due (L9).
+    /// The licence epoch; a change means a re-check is due (L9).
     pub(super) epoch: tokio::sync::watch::Receiver<u64>,
     /// When `last_seen` was last written for this device.
     pub(super) last_touch: i64,
+    /// While the device was told it is revoked or removed: how long it has to confirm.
+    drop_deadline: Option<Instant>,
+    /// A freed-seat re-check of an unlicensed device, due at this time (L9).
+    recheck_at: Option<Instant>,
+    /// The newest licence status the agent confirmed storing (L15).
+    pub(super) confirmed_checked_at: i64,
 }
 
 enum Step {
@@ -110,23 +164,76 @@ enum Step {
     End,
 }
 
+/// What the registry delivered to a session.
+enum Command {
+    Push(Push),
+    Kicked(Refused),
+    /// A newer session of the same device took over, or the registry let go.
+    Gone,
+}
+
+async fn next_command(reg: &mut Option<Registration>) -> Command {
+    let Some(r) = reg else {
+        return std::future::pending().await;
+    };
+    // A kick drops the push sender too: look at the kick first.
+    tokio::select! {
+        biased;
+        k = &mut r.kicked => k.map(Command::Kicked).unwrap_or(Command::Gone),
+        p = r.pushes.recv() => p.map(Command::Push).unwrap_or(Command::Gone),
+    }
+}
+
+async fn sleep_until(t: Option<Instant>) {
+    match t {
+        Some(t) => tokio::time::sleep_until(t).await,
+        None => std::future::pending().await,
+    }
+}
+
 impl<S: AsyncRead + AsyncWrite + Unpin + Send> Driver<S> {
     async fn run(&mut self) {
         let setup = tokio::time::sleep(self.node.config().timing.session_setup_timeout);
         tokio::pin!(setup);
         loop {
-            if self.flush().await.is_err() {
+            if self.flush().await.is_err() || self.sm.is_closed() {
                 break;
             }
+            // A freed seat is offered to an unlicensed device without waiting for its next
+            // sync (L9): re-check soon after the epoch moved, spread a little.
+            let unlicensed = self.last_licence.as_ref().is_some_and(|l| !l.licensed);
+            let watch_epoch = self.sm.is_ready() && unlicensed && self.recheck_at.is_none();
             let step = tokio::select! {
                 msg = self.framed.next() => self.on_frame(msg),
-                push = recv_push(&mut self.registered) => {
-                    match push {
-                        Some(p) => { self.sm.push(p); Step::Continue }
-                        None => Step::End,
+                cmd = next_command(&mut self.registered) => match cmd {
+                    Command::Push(p) => { self.sm.push(p); Step::Continue }
+                    Command::Kicked(r) => {
+                        info!(refusal = %r, "session ended by an administrator");
+                        self.registered = None;
+                        self.sm.refuse_device(r);
+                        self.drop_deadline = Some(Instant::now() + DROP_CONFIRM_WAIT);
+                        Step::Continue
+                    }
+                    Command::Gone => Step::End,
+                },
+                r = self.epoch.changed(), if watch_epoch => {
+                    if r.is_ok() {
+                        self.recheck_at = Some(Instant::now() + RECHECK_SPREAD.mul_f64(outpost_net::jitter_unit()));
+                    }
+                    Step::Continue
+                }
+                _ = sleep_until(self.recheck_at) => {
+                    self.recheck_at = None;
+                    match self.offer_freed_seat().await {
+                        Ok(()) => Step::Continue,
+                        Err(e) => { self.fail(e).await; Step::End }
                     }
                 }
-                _ = &mut setup, if !self.sm.is_ready() => {
+                _ = sleep_until(self.drop_deadline) => {
+                    debug!("the device did not confirm dropping its grants; they are held until they expire");
+                    Step::End
+                }
+                _ = &mut setup, if !self.sm.is_ready() && self.drop_deadline.is_none() => {
                     self.sm.refuse(RefusalCode::Timeout, "session setup took too long");
                     Step::End
                 }
@@ -142,49 +249,49 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Driver<S> {
             }
         }
         let _ = self.framed.close().await;
-        if let Some((sid, _)) = self.registered.take() {
+        if let Some(r) = self.registered.take() {
             self.node
                 .sessions()
                 .registry()
-                .unregister(&self.device.id, sid);
+                .unregister(&self.device.id, r.session);
         }
         debug!("session ended");
     }
 
     async fn flush(&mut self) -> Result<(), ()> {
         loop {
-            let mut wrote = false;
-            while let Some(m) = self.sm.poll_transmit() {
-                wrote = true;
-                if let Err(e) = self.framed.feed(m).await {
-                    debug!(error = %e, "write failed");
-                    return Err(());
-                }
-            }
-            if wrote {
-                self.framed.flush().await.map_err(|_| ())?;
+            if stream::send_queued(&mut self.framed, &mut self.sm)
+                .await
+                .is_err()
+            {
+                return Err(());
             }
             let Some(action) = self.sm.poll_action() else {
                 return Ok(());
             };
             if let Err(e) = self.act(action).await {
-                if !e.is_internal() {
-                    warn!(error = %e, "session action refused");
-                }
-                let r = e.to_refusal("session action failed");
-                self.sm.refuse(r.code(), r.0.message);
-                while let Some(m) = self.sm.poll_transmit() {
-                    let _ = self.framed.feed(m).await;
-                }
-                let _ = self.framed.flush().await;
+                self.fail(e).await;
                 return Err(());
             }
         }
     }
 
+    /// Ends the session over a store error, telling the agent only what it may know.
+    async fn fail(&mut self, e: StoreError) {
+        if !e.is_internal() {
+            warn!(error = %e, "session action refused");
+        }
+        let r = e.to_refusal("session action failed");
+        self.sm.refuse(r.code(), r.0.message);
+        let _ = stream::send_queued(&mut self.framed, &mut self.sm).await;
+    }
+
     fn on_frame(&mut self, msg: Option<Result<Msg, outpost_proto::FrameError>>) -> Step {
         match msg {
-            None => Step::End,
+            None => {
+                debug!("the agent ended the session stream");
+                Step::End
+            }
             Some(Err(e)) => match e.to_refusal() {
                 Some(r) => {
                     self.node.sessions().bad_frame();
@@ -193,17 +300,20 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Driver<S> {
                     Step::End
                 }
                 None => {
-                    debug!(error = %e, "session stream ended");
+                    debug!(error = %e, "session stream failed");
                     Step::End
                 }
             },
-            Some(Ok(m)) => match self.sm.handle_message(m, outpost_net::unix_now_ms()) {
-                Ok(()) => Step::Continue,
-                Err(e) => {
-                    info!(error = %e, "session refused");
-                    Step::End
+            Some(Ok(m)) => {
+                let name = outpost_proto::session::msg_name(&m);
+                match self.sm.handle_message(m, outpost_net::unix_now_ms()) {
+                    Ok(()) => Step::Continue,
+                    Err(e) => {
+                        info!(error = %e, got = name, "session refused");
+                        Step::End
+                    }
                 }
-            },
+            }
         }
     }
 
@@ -227,13 +337,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Driver<S> {
                 );
                 self.last_licence = Some(Sent::of(&status));
                 self.sm.licence_checked(status);
-                let (tx, rx) = mpsc::channel(self.node.config().limits.push_queue);
-                let sid = self
-                    .node
-                    .sessions()
-                    .registry()
-                    .register(&self.device.id, tx);
-                self.registered = Some((sid, rx));
+                let queue = self.node.config().limits.push_queue;
+                self.registered = Some(
+                    self.node
+                        .sessions()
+                        .registry()
+                        .register(&self.device.id, queue),
+                );
                 // Pushes that waited for this device (T7, D4).
                 for p in self
                     .node
@@ -252,14 +362,37 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Driver<S> {
                 self.node.sessions().registry().acked(&self.device.id, &id);
                 self.node.store().push_acked(&self.device.id, &id).await;
             }
+            ServerAction::LicenceDropped => {
+                let freed = self
+                    .node
+                    .store()
+                    .grants_dropped(&self.device.id, &self.device.cert_sha256)
+                    .await?;
+                info!(keys = ?freed, "the device dropped its grants; the seats held for them are free");
+            }
         }
         Ok(())
     }
-}
 
-async fn recv_push(reg: &mut Option<(u64, mpsc::Receiver<Push>)>) -> Option<Push> {
-    match reg {
-        Some((_, rx)) => rx.recv().await,
-        None => std::future::pending().await,
+    /// The L9 re-check of an unlicensed session: sends the result if it changed.
+    async fn offer_freed_seat(&mut self) -> Result<(), StoreError> {
+        let now = outpost_net::unix_now();
+        let ttl = self.node.licensing().grant_ttl();
+        let status = self.check().await?;
+        let fresh = Sent::of(&status);
+        let changed = self.last_licence.as_ref().is_none_or(|l| {
+            l.licensed != fresh.licensed || l.key_id != fresh.key_id || l.reason != fresh.reason
+        });
+        if changed
+            || recheck::worth_sending(self.last_licence.as_ref(), &fresh, now, ttl)
+                && fresh.licensed
+        {
+            if fresh.licensed {
+                info!(key = %fresh.key_id, "a freed seat went to this device");
+            }
+            self.last_licence = Some(fresh);
+            self.sm.licence_changed(status);
+        }
+        Ok(())
     }
 }

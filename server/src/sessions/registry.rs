@@ -10,6 +10,7 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use outpost_proto::error::Refused;
 use outpost_proto::pb::v1::Push;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
@@ -18,6 +19,20 @@ use tokio::time::Instant;
 struct Entry {
     session: u64,
     tx: mpsc::Sender<Push>,
+    /// Ends the session with this refusal (revoked, removed, S8).
+    kick: oneshot::Sender<Refused>,
+}
+
+/// What a session task keeps of its registration.
+#[derive(Debug)]
+pub struct Registration {
+    /// Its id in the registry.
+    pub session: u64,
+    /// Pushes for it.
+    pub pushes: mpsc::Receiver<Push>,
+    /// Resolves when an administrator ends the device's session (or a newer session of the
+    /// same device replaced this one: then the sender is gone).
+    pub kicked: oneshot::Receiver<Refused>,
 }
 
 /// Registry of live sessions. Shared by all tasks; each map has its own lock, held only for
@@ -53,14 +68,21 @@ pub enum Delivery {
 }
 
 impl Registry {
-    /// Registers a live session for a device, replacing an older one. Returns its id.
-    pub fn register(&self, device: &str, tx: mpsc::Sender<Push>) -> u64 {
+    /// Registers a live session for a device, replacing an older one; at most `queue` pushes
+    /// wait for it.
+    pub fn register(&self, device: &str, queue: usize) -> Registration {
         let session = self.next_session.fetch_add(1, Ordering::Relaxed);
+        let (tx, pushes) = mpsc::channel(queue.max(1));
+        let (kick, kicked) = oneshot::channel();
         self.live
             .lock()
             .expect("registry lock")
-            .insert(device.to_owned(), Entry { session, tx });
-        session
+            .insert(device.to_owned(), Entry { session, tx, kick });
+        Registration {
+            session,
+            pushes,
+            kicked,
+        }
     }
 
     /// Removes a session, unless a newer one for the same device replaced it.
@@ -71,9 +93,16 @@ impl Registry {
         }
     }
 
-    /// Ends a device's live session (revoked, removed): dropping its sender ends the session.
-    pub fn kick(&self, device: &str) {
-        self.live.lock().expect("registry lock").remove(device);
+    /// Ends a device's live session (revoked, removed) with a refusal it can act on (S8).
+    /// Returns whether it had one.
+    pub fn kick(&self, device: &str, why: Refused) -> bool {
+        match self.live.lock().expect("registry lock").remove(device) {
+            Some(e) => {
+                let _ = e.kick.send(why);
+                true
+            }
+            None => false,
+        }
     }
 
     /// Whether the device has a live session.

@@ -47,6 +47,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Driver<S> {
                 self.last_touch = now;
             }
         }
+        // The agent stored a newer licence status: grants it replaced no longer count (L15).
+        if req.licence_checked_at_ms > self.confirmed_checked_at {
+            self.confirmed_checked_at = req.licence_checked_at_ms;
+            store
+                .grants_replaced(&self.device.id, req.licence_checked_at_ms)
+                .await?;
+        }
         let max = self.node.config().limits.max_events_per_sync as usize;
         let events = &req.events[..req.events.len().min(max)];
         let acked = store.store_events(&self.device.id, events, now).await?;

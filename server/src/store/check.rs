@@ -6,10 +6,13 @@
 
 use std::collections::{BTreeSet, HashMap};
 
-use outpost_proto::licence::{Candidate, Object, Origin, SeatDecision, Slot, Source, plan_seat};
+use outpost_proto::licence::{
+    Candidate, Object, Origin, SeatDecision, Settled, Slot, Source, plan_seat, settle,
+};
 
 use super::backend::{Row, Tx};
-use super::seats::{release_seat, set_slot, take_seat};
+use super::holds::{GaveBack, give_back};
+use super::seats::{record_grant, set_slot, take_seat};
 use super::{KeyRow, StoreError};
 
 /// How the server licenses: grant lifetime and the "expiring soon" window.
@@ -86,6 +89,8 @@ struct CheckRow {
     recorded: Recorded,
     object: Option<String>,
     held: Option<String>,
+    /// `grant_until` of the seat held on this key.
+    held_until: Option<i64>,
     key: Option<KeyRow>,
 }
 
@@ -118,6 +123,7 @@ impl<'r> sqlx::FromRow<'r, Row> for CheckRow {
             },
             object: row.try_get("object")?,
             held: row.try_get("held")?,
+            held_until: row.try_get("held_until")?,
             key: match id {
                 Some(_) => Some(KeyRow::from_row(row)?),
                 None => None,
@@ -159,17 +165,22 @@ pub(super) async fn check_in_tx(
                 .find(|c| c.key_id == id)
                 .and_then(|c| c.held)
         };
+        // Seats the device no longer uses: freed, or held while its grant may be valid (L15).
         for k in &plan.release {
-            if release_seat(tx, k, device_id).await? {
+            let how = give_back(tx, k, device_id, now, "superseded", policy.grant_ttl).await?;
+            if how == Some(GaveBack::Released) {
                 touched.insert(k.clone());
             }
         }
-        let mut raced = false;
-        // Active seat, then reserve seat.
-        for (decision, slot) in [
+        // Active seat, then reserve seat; each is held afterwards unless its take lost.
+        let mut ok = [true, true];
+        for (i, (decision, slot)) in [
             (Some(&plan.decision), Slot::Active),
             (plan.reserve.as_ref(), Slot::Reserve),
-        ] {
+        ]
+        .into_iter()
+        .enumerate()
+        {
             match decision {
                 Some(SeatDecision::Keep(k)) if held(k).is_some_and(|h| h != slot) => {
                     // A reserve taking over from an expired active key, or an active seat
@@ -180,38 +191,56 @@ pub(super) async fn check_in_tx(
                     if take_seat(tx, k, device_id, super::seats::slot_name(slot), now).await? {
                         touched.insert(k.clone());
                     } else {
-                        raced = true;
+                        ok[i] = false;
                     }
                 }
                 _ => {}
             }
         }
-        if raced && attempts < 5 {
-            continue;
-        }
-        let key = |id: Option<&str>| id.and_then(|id| keys.rows.get(id));
-        let mut outcome = match (&plan.decision, key(plan.active_key())) {
-            (SeatDecision::Unlicensed(reason), _) => CheckOutcome::Unlicensed(reason.clone()),
-            (_, Some(a)) if !raced => {
-                let active = GrantKey::from_row(a, now, now.saturating_add(policy.grant_ttl));
+        let key = |id: &str| keys.rows.get(id);
+        let mut outcome = match settle(&plan, ok[0], ok[1], attempts) {
+            Settled::Retry => continue,
+            Settled::Unlicensed(reason) => CheckOutcome::Unlicensed(reason),
+            Settled::Licensed { active, reserve } => {
+                let a = key(&active).expect("planned keys come from the rows read");
+                let grant = GrantKey::from_row(a, now, now.saturating_add(policy.grant_ttl));
                 // Valid from when it may be used, long enough to cover the time after the
                 // active key expires.
-                let reserve = key(plan.reserve_key()).map(|r| {
+                let reserve = reserve.as_deref().and_then(key).map(|r| {
                     GrantKey::from_row(
                         r,
                         now.max(r.valid_from),
                         a.expires_at.max(now).saturating_add(policy.grant_ttl),
                     )
                 });
+                // How long the device may hold these grants offline (L15).
+                let recorded = |id: &str| keys.until.get(id).copied().unwrap_or(0);
+                record_grant(
+                    tx,
+                    &active,
+                    device_id,
+                    grant.expires_at,
+                    recorded(&active),
+                    a.expires_at,
+                )
+                .await?;
+                if let Some(r) = &reserve {
+                    record_grant(
+                        tx,
+                        &r.key_id,
+                        device_id,
+                        r.expires_at,
+                        recorded(&r.key_id),
+                        r.key_expires_at,
+                    )
+                    .await?;
+                }
                 CheckOutcome::Licensed(Box::new(Licensed {
-                    active,
+                    active: grant,
                     reserve,
                     kept: false,
                 }))
             }
-            _ => CheckOutcome::Unlicensed(
-                "no free seat: seats were taken concurrently, try again".into(),
-            ),
         };
         // L8: a device keeps an auto-distributed key it received after the key left the
         // repository.
@@ -237,10 +266,12 @@ pub(super) async fn check_in_tx(
     }
 }
 
-/// The keys found for a device: as ranking input, and their rows by id.
+/// The keys found for a device: as ranking input, their rows by id, and the recorded grant
+/// bound of the seats it holds.
 struct Found {
     found: Vec<(Origin, Candidate)>,
     rows: HashMap<String, KeyRow>,
+    until: HashMap<String, i64>,
 }
 
 /// Everything the decision needs in one statement: the device, the keys assigned to it or to
@@ -255,6 +286,7 @@ async fn read_candidates(
         "SELECT d.group_path, d.revoked_at, d.licence_state, d.licence_key, d.licence_reserve_key,
                 d.licence_wanted_key, d.licence_reason, d.last_check_at, d.path, c.object,
                 (SELECT s.slot FROM seats s WHERE s.key_id = k.id AND s.device_id = d.id) AS held,
+                (SELECT s.grant_until FROM seats s WHERE s.key_id = k.id AND s.device_id = d.id) AS held_until,
                 k.id, k.licensee, k.product, k.components, k.seats, k.seats_used,
                 k.seats_leased_out, k.valid_from, k.expires_at, k.kind, k.renews,
                 k.auto_distribute, k.origin, k.file_name, k.imported_at
@@ -280,13 +312,20 @@ async fn read_candidates(
     let mut found = Found {
         found: vec![],
         rows: HashMap::new(),
+        until: HashMap::new(),
     };
-    let first_key = first.key.take();
-    let first_row = (first.object.take(), first.held.take(), first_key);
-    for (object, held, key) in
-        std::iter::once(first_row).chain(rows.map(|r| (r.object, r.held, r.key)))
-    {
+    let first_row = (
+        first.object.take(),
+        first.held.take(),
+        first.held_until.take(),
+        first.key.take(),
+    );
+    let rest = rows.map(|r| (r.object, r.held, r.held_until, r.key));
+    for (object, held, held_until, key) in std::iter::once(first_row).chain(rest) {
         let Some(k) = key else { continue };
+        if let Some(u) = held_until {
+            found.until.insert(k.id.clone(), u);
+        }
         let origin = match object.as_deref() {
             Some("auto") => Origin::Auto,
             Some(o) => match Object::from_stored(o) {
@@ -313,6 +352,7 @@ async fn read_candidates(
                 expires_at: k.expires_at,
                 held,
                 source: Source::Stale,
+                distance: 0,
             },
         ));
         found.rows.insert(k.id.clone(), k);

@@ -4,10 +4,29 @@
 use outpost_proto::error::RefusalCode;
 use outpost_proto::token::{Token, secret_matches};
 
+use super::backend::Tx;
+use super::holds::{GaveBack, give_back_all};
 use super::{Store, StoreError};
 
+/// Gives back every seat of a device that loses them: held for offline grants (L15), or
+/// freed at once when an administrator says so.
+async fn give_back_seats(
+    tx: &mut Tx<'_>,
+    id: &str,
+    now: i64,
+    reason: &str,
+    grant_ttl: i64,
+    free_now: bool,
+) -> Result<Vec<(String, GaveBack)>, StoreError> {
+    if free_now {
+        let keys = super::seats::release_all_seats(tx, id).await?;
+        return Ok(keys.into_iter().map(|k| (k, GaveBack::Released)).collect());
+    }
+    give_back_all(tx, id, now, reason, grant_ttl).await
+}
+
 /// A device as stored.
-#[derive(Debug, Clone, sqlx::FromRow)]
+#[derive(Debug, Clone, Default, sqlx::FromRow)]
 pub struct DeviceRow {
     /// Device id (`a-…` agent, `g-…` gateway, `admin-…`).
     pub id: String,
@@ -322,14 +341,26 @@ impl Store {
         Ok(())
     }
 
-    /// Revokes a device (S8): its next connect is refused and its seats are freed.
-    pub async fn revoke_device(&self, id: &str, now: i64) -> Result<(), StoreError> {
+    /// Revokes a device (S8): its next connect is refused; its seats are freed, or held while
+    /// it may still hold unexpired grants offline (L15) unless `free_now`. Returns each key
+    /// and what became of its seat.
+    pub async fn revoke_device(
+        &self,
+        id: &str,
+        now: i64,
+        grant_ttl: i64,
+        free_now: bool,
+    ) -> Result<Vec<(String, GaveBack)>, StoreError> {
         let mut tx = self.write.begin().await?;
-        let r = sqlx::query("UPDATE devices SET revoked_at = $2, licence_state = 'unlicensed', licence_key = NULL, licence_reason = 'revoked' WHERE id = $1 AND revoked_at IS NULL")
-            .bind(id)
-            .bind(now)
-            .execute(&mut *tx)
-            .await?;
+        let r = sqlx::query(
+            "UPDATE devices SET revoked_at = $2, licence_state = 'unlicensed', licence_key = NULL,
+                    licence_reserve_key = NULL, licence_reason = 'revoked'
+             WHERE id = $1 AND revoked_at IS NULL",
+        )
+        .bind(id)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
         if r.rows_affected() == 0 {
             let exists: Option<(String,)> = sqlx::query_as("SELECT id FROM devices WHERE id = $1")
                 .bind(id)
@@ -340,16 +371,24 @@ impl Store {
                 None => StoreError::NotFound(format!("no device {id} (see `admin device list`)")),
             });
         }
-        super::seats::release_all_seats(&mut tx, id).await?;
+        let seats = give_back_seats(&mut tx, id, now, "revoked", grant_ttl, free_now).await?;
         tx.commit().await?;
         self.licence_changed();
-        Ok(())
+        Ok(seats)
     }
 
-    /// Removes a device record; its seats are freed (S8, L9).
-    pub async fn remove_device(&self, id: &str) -> Result<(), StoreError> {
+    /// Removes a device record (S8); its seats are freed, or held while it may still hold
+    /// unexpired grants offline (L15) unless `free_now`. Returns each key and what became of
+    /// its seat.
+    pub async fn remove_device(
+        &self,
+        id: &str,
+        now: i64,
+        grant_ttl: i64,
+        free_now: bool,
+    ) -> Result<Vec<(String, GaveBack)>, StoreError> {
         let mut tx = self.write.begin().await?;
-        super::seats::release_all_seats(&mut tx, id).await?;
+        let seats = give_back_seats(&mut tx, id, now, "removed", grant_ttl, free_now).await?;
         let r = sqlx::query("DELETE FROM devices WHERE id = $1 AND role <> 'admin'")
             .bind(id)
             .execute(&mut *tx)
@@ -361,7 +400,13 @@ impl Store {
         }
         tx.commit().await?;
         self.licence_changed();
-        Ok(())
+        Ok(seats)
+    }
+
+    /// Frees at once the seats held for a revoked or removed device's offline grants (an
+    /// administrator's override, L15). Returns the keys.
+    pub async fn free_held_seats(&self, id: &str) -> Result<Vec<String>, StoreError> {
+        self.grants_dropped(id, "").await
     }
 
     /// Moves a device to another group.

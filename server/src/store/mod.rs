@@ -16,6 +16,7 @@ mod check;
 mod devices;
 mod events;
 mod groups;
+mod holds;
 mod keys;
 mod notices;
 mod pushes;
@@ -32,6 +33,7 @@ pub use backend::Backend;
 pub use check::{CheckOutcome, GrantKey, Licensed, Policy};
 pub use devices::{DeviceRow, EnrollOutcome, NewDevice};
 pub use events::StoredEvent;
+pub use holds::{GaveBack, HeldSeats};
 pub use keys::KeyRow;
 pub use notices::Notice;
 pub use pushes::QueuedPush;
@@ -174,12 +176,14 @@ impl Store {
         self.epoch.send_modify(|e| *e += 1);
     }
 
-    /// Checks the seat invariants: every key's `seats_used` equals its seat rows, and no key
-    /// is over-allocated. Returns a description of each violation (empty = consistent).
+    /// Checks the seat invariants: every key's `seats_used` equals its seat rows plus the
+    /// seats held for offline grants (L15), and no key is over-allocated. Returns a
+    /// description of each violation (empty = consistent).
     pub async fn audit_seats(&self) -> Result<Vec<String>, StoreError> {
         let rows: Vec<(String, i64, i64, i64, i64)> = sqlx::query_as(
             "SELECT k.id, k.seats, k.seats_used, k.seats_leased_out,
                     (SELECT COUNT(*) FROM seats s WHERE s.key_id = k.id)
+                    + (SELECT COUNT(*) FROM seat_holds h WHERE h.key_id = k.id)
              FROM licence_keys k",
         )
         .fetch_all(&self.read)
@@ -189,7 +193,7 @@ impl Store {
             .filter_map(|(id, seats, used, leased, rows)| {
                 (used != rows || used + leased > seats).then(|| {
                     format!(
-                        "key {id}: seats {seats}, used {used}, leased {leased}, seat rows {rows}"
+                        "key {id}: seats {seats}, used {used}, leased {leased}, seat and hold rows {rows}"
                     )
                 })
             })

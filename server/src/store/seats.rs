@@ -53,7 +53,8 @@ pub(crate) async fn release_all_seats(
     Ok(held.into_iter().map(|(k,)| k).collect())
 }
 
-/// Takes a seat if one is free (the only way a seat count grows).
+/// Takes a seat if one is free (the only way a seat count grows). A device that still holds
+/// a grant on the key (a hold, L15) takes its held seat back instead: the count does not move.
 pub(crate) async fn take_seat(
     tx: &mut Tx<'_>,
     key_id: &str,
@@ -61,6 +62,10 @@ pub(crate) async fn take_seat(
     slot: &str,
     now: i64,
 ) -> Result<bool, StoreError> {
+    if super::holds::reclaim_hold(tx, key_id, device_id).await? {
+        insert_seat(tx, key_id, device_id, slot, now).await?;
+        return Ok(true);
+    }
     let took = sqlx::query(
         "UPDATE licence_keys SET seats_used = seats_used + 1
          WHERE id = $1 AND seats_used + seats_leased_out < seats",
@@ -71,6 +76,17 @@ pub(crate) async fn take_seat(
     if took.rows_affected() != 1 {
         return Ok(false);
     }
+    insert_seat(tx, key_id, device_id, slot, now).await?;
+    Ok(true)
+}
+
+async fn insert_seat(
+    tx: &mut Tx<'_>,
+    key_id: &str,
+    device_id: &str,
+    slot: &str,
+    now: i64,
+) -> Result<(), StoreError> {
     sqlx::query("INSERT INTO seats (key_id, device_id, taken_at, slot) VALUES ($1, $2, $3, $4)")
         .bind(key_id)
         .bind(device_id)
@@ -78,7 +94,31 @@ pub(crate) async fn take_seat(
         .bind(slot)
         .execute(&mut **tx)
         .await?;
-    Ok(true)
+    Ok(())
+}
+
+/// Records that a grant valid until `grant_expires` was issued on a seat (L15). Written only
+/// when the recorded bound is exceeded, then with an hour to spare (at most hourly per
+/// device), never beyond the key's expiry.
+pub(crate) async fn record_grant(
+    tx: &mut Tx<'_>,
+    key_id: &str,
+    device_id: &str,
+    grant_expires: i64,
+    recorded: i64,
+    key_expires: i64,
+) -> Result<(), StoreError> {
+    const SLACK: i64 = 3600;
+    if grant_expires <= recorded {
+        return Ok(());
+    }
+    sqlx::query("UPDATE seats SET grant_until = $3 WHERE key_id = $1 AND device_id = $2")
+        .bind(key_id)
+        .bind(device_id)
+        .bind(grant_expires.saturating_add(SLACK).min(key_expires))
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
 }
 
 /// Turns a held seat into the other slot (a reserve taking over, L5).
@@ -108,12 +148,14 @@ impl Store {
     }
 
     /// Frees the seats of agents not seen since `cutoff` (L9), except those in `exclude`
-    /// (online now). Returns (device, key) pairs.
+    /// (online now). A seat whose grant may still be valid is held until it expires (L15).
+    /// Returns (device, key) pairs.
     pub async fn reclaim_inactive(
         &self,
         cutoff: i64,
         now: i64,
         exclude: &[String],
+        grant_ttl: i64,
     ) -> Result<Vec<(String, String)>, StoreError> {
         let mut tx = self.write.begin().await?;
         let mut stale: Vec<(String, String)> = sqlx::query_as(
@@ -125,7 +167,7 @@ impl Store {
         .await?;
         stale.retain(|(d, _)| !exclude.contains(d));
         for (device, key) in &stale {
-            release_seat(&mut tx, key, device).await?;
+            super::holds::give_back(&mut tx, key, device, now, "reclaimed", grant_ttl).await?;
         }
         let devices: BTreeSet<&String> = stale.iter().map(|(d, _)| d).collect();
         for d in devices {
@@ -200,7 +242,8 @@ impl Store {
                 changed.push((device, old, Some(r)));
             } else {
                 if let Some(r) = &reserve {
-                    release_seat(&mut tx, r, &device).await?;
+                    // A reserve not valid yet may still be held offline: hold it (L15).
+                    super::holds::give_back(&mut tx, r, &device, now, "superseded", 0).await?;
                 }
                 sqlx::query(
                     "UPDATE devices SET licence_state = 'unlicensed', licence_key = NULL,
