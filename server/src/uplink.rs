@@ -236,7 +236,7 @@ async fn serve_relayed(
             }
             let fp = fp_hex(&fp);
             let peer = match crate::node::identify(&node, &fp).await {
-                Ok(Identified::Active(d)) if d.role == "agent" => Peer::Device(d),
+                Ok(Identified::Active(d)) if d.role == "agent" => Peer::Device(Box::new(d)),
                 Ok(Identified::Revoked(d)) => Peer::Refused {
                     refusal: crate::node::revoked(&d.id),
                     device_id: d.id,

@@ -156,7 +156,7 @@ pub async fn authenticate_agent(
         Err(r) => refused(r),
         Ok(Identified::Active(d)) if d.role == "agent" => {
             tracing::Span::current().record("device", d.id.as_str());
-            Some(Peer::Device(d))
+            Some(Peer::Device(Box::new(d)))
         }
         Ok(Identified::Active(d)) => refused(Refused::new(
             RefusalCode::WrongRole,

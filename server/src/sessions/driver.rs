@@ -33,7 +33,7 @@ const RECHECK_SPREAD: Duration = Duration::from_millis(500);
 #[derive(Debug, Clone)]
 pub enum Peer {
     /// A registered, active device.
-    Device(DeviceRow),
+    Device(Box<DeviceRow>),
     /// A device told at once that it is revoked or removed (S8): the stream only waits for
     /// its confirmation that it dropped its grants. `device_id` may be a removed record's.
     Refused {
@@ -102,7 +102,7 @@ where
     let (device, sm, drop_deadline) = match peer {
         Peer::Device(d) => {
             let sm = ServerSession::new(d.id.clone(), software);
-            (d, sm, None)
+            (*d, sm, None)
         }
         Peer::Refused {
             device_id,
