@@ -97,6 +97,10 @@ enum TokenCmd {
         /// Free text.
         #[arg(long, default_value = "")]
         comment: String,
+        /// A machine already enrolled may not take over its record with this token (S7):
+        /// re-enrolling it needs `device remove` first.
+        #[arg(long)]
+        no_takeover: bool,
     },
     /// List tokens.
     List,
@@ -246,6 +250,7 @@ pub async fn run(a: AdminArgs) -> Result<(), AdminError> {
                     ttl,
                     uses,
                     comment,
+                    no_takeover,
                 },
         } => Op::TokenCreate(TokenCreate {
             role,
@@ -253,6 +258,7 @@ pub async fn run(a: AdminArgs) -> Result<(), AdminError> {
             ttl_secs: Duration::from(ttl).as_secs(),
             uses,
             comment,
+            no_takeover,
         }),
         AdminCmd::Token {
             cmd: TokenCmd::List,

@@ -22,6 +22,9 @@ pub struct GatewayConfig {
     pub server: String,
     /// Office-side UDP address agents connect to.
     pub listen: SocketAddr,
+    /// Machine identity override (default `/etc/machine-id`). The server keeps one record per
+    /// machine identity (S7): give cloned machines their own.
+    pub machine_id: String,
     /// Uplink behaviour.
     pub uplink: UplinkConfig,
     /// Limits (T9).
@@ -119,6 +122,7 @@ impl Default for GatewayConfig {
         GatewayConfig {
             server: String::new(),
             listen: SocketAddr::from(([0, 0, 0, 0], DEFAULT_PORT)),
+            machine_id: String::new(),
             uplink: UplinkConfig::default(),
             limits: Limits::default(),
             timing: Timing::default(),

@@ -44,6 +44,14 @@ enum Cmd {
         /// Office-side UDP address for agents (first start; later edit gateway.toml).
         #[arg(long)]
         listen: Option<std::net::SocketAddr>,
+        /// Machine identity (first start; default /etc/machine-id). Cloned machines sharing
+        /// one /etc/machine-id need their own (S7).
+        #[arg(long)]
+        machine_id: Option<String>,
+        /// Wait for the server to dial in on this UDP address instead of dialling it (a
+        /// gateway in a DMZ, T4; first start).
+        #[arg(long)]
+        uplink_listen: Option<std::net::SocketAddr>,
     },
     /// Show uplink state, agents, sessions and counters of the gateway using this data directory.
     Status {
@@ -83,24 +91,37 @@ async fn run(cmd: Cmd) -> anyhow::Result<()> {
             server,
             token,
             listen,
+            machine_id,
+            uplink_listen,
         } => {
             let cfg_path = node::config_path(&data_dir);
             let cfg: GatewayConfig = outpost_net::config::load_or_create(
                 &cfg_path,
                 config::HEADER,
                 || {
-                    let server = server.clone().ok_or_else(|| {
-                        outpost_net::config::ConfigError::invalid(format!(
-                            "{} has no gateway.toml: the first start needs --server <host:port> and --token <token>",
-                            data_dir.display()
-                        ))
-                    })?;
+                    let server = match (&server, uplink_listen) {
+                        (Some(s), _) => s.clone(),
+                        // A DMZ gateway is dialled; the address still serves enrollment.
+                        (None, Some(_)) => String::new(),
+                        (None, None) => {
+                            return Err(outpost_net::config::ConfigError::invalid(format!(
+                                "{} has no gateway.toml: the first start needs --server <host:port> and --token <token> \
+                                 (or --uplink-listen <addr> for a gateway in a DMZ the server dials)",
+                                data_dir.display()
+                            )));
+                        }
+                    };
                     let mut cfg = GatewayConfig {
                         server,
+                        machine_id: machine_id.clone().unwrap_or_default(),
                         ..Default::default()
                     };
                     if let Some(l) = listen {
                         cfg.listen = l;
+                    }
+                    if let Some(u) = uplink_listen {
+                        cfg.uplink.mode = outpost_gateway::config::UplinkMode::Listen;
+                        cfg.uplink.listen = u;
                     }
                     Ok(cfg)
                 },
@@ -113,10 +134,14 @@ async fn run(cmd: Cmd) -> anyhow::Result<()> {
                     )
                 })?;
                 let token = Token::parse(&token).context("--token")?;
+                anyhow::ensure!(
+                    !cfg.server.is_empty(),
+                    "the first start enrolls with the server: give --server <host:port> too"
+                );
                 let addr = outpost_net::endpoint::resolve(&cfg.server).await?;
                 let inv = identity::inventory(
                     None,
-                    None,
+                    (!cfg.machine_id.is_empty()).then_some(cfg.machine_id.as_str()),
                     &data_dir,
                     &format!("outpost-gateway {}", outpost_proto::SOFTWARE_VERSION),
                 );

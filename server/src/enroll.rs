@@ -135,9 +135,10 @@ async fn enroll(node: &Node, req: EnrollRequest) -> Result<EnrollResponse, Refus
     let now = outpost_net::unix_now();
     let csr = req.csr_der;
     let ca = &node.enrollment().ca;
+    let live = |id: &str| node.sessions().registry().is_online(id) || node.gateways().is_up(id);
     let out = node
         .store()
-        .enroll(&token, &new, now, |id| {
+        .enroll(&token, &new, now, &live, |id| {
             let der = ca
                 .issue_for_csr(&csr, cert_role, id, now)
                 .map_err(|e| e.to_string())?;
@@ -146,15 +147,25 @@ async fn enroll(node: &Node, req: EnrollRequest) -> Result<EnrollResponse, Refus
         })
         .await
         .map_err(|e| e.to_refusal("enrollment failed in the store"))?;
-    info!(
-        device = %out.device_id,
-        role,
-        token = %token,
-        machine = %inv.machine_id,
-        host = %inv.hostname,
-        took_over = out.took_over,
-        "device enrolled"
-    );
+    match &out.took_over_from {
+        Some(old) => warn!(
+            device = %out.device_id,
+            role,
+            token = %token,
+            machine = %inv.machine_id,
+            host = %inv.hostname,
+            old_cert = %old,
+            "device record taken over by a new enrollment of the same machine id (S7); see `admin notifications --kind device-taken-over`"
+        ),
+        None => info!(
+            device = %out.device_id,
+            role,
+            token = %token,
+            machine = %inv.machine_id,
+            host = %inv.hostname,
+            "device enrolled"
+        ),
+    }
     Ok(EnrollResponse {
         device_id: out.device_id,
         certificate_der: out.cert_der,

@@ -299,6 +299,7 @@ async fn s6_expired_or_used_up_token_is_refused() {
         ttl_secs: 3600,
         uses: 1,
         comment: String::new(),
+        allow_takeover: true,
     };
     // Created two hours ago with a one-hour lifetime.
     let ca = server.h().ca_sha256();

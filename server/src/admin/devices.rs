@@ -24,6 +24,7 @@ pub(super) async fn token_create(node: &Node, t: TokenCreate) -> Answer {
         ttl_secs: if t.ttl_secs == 0 { 86_400 } else { t.ttl_secs },
         uses: if t.uses == 0 { 1 } else { t.uses },
         comment: t.comment,
+        allow_takeover: !t.no_takeover,
     };
     let now = outpost_net::unix_now();
     let (token, row) = node
@@ -56,6 +57,7 @@ pub(super) async fn token_list(node: &Node) -> Answer {
             uses_total: t.uses_total as u32,
             comment: t.comment,
             created_at: t.created_at,
+            allow_takeover: t.allow_takeover != 0,
         })
         .collect();
     Ok(ok(R::Tokens(TokenListResult { tokens })))

@@ -14,6 +14,7 @@
 pub mod backend;
 mod check;
 mod devices;
+mod enroll;
 mod events;
 mod groups;
 mod holds;
@@ -31,7 +32,8 @@ use tokio::sync::{mpsc, watch};
 
 pub use backend::Backend;
 pub use check::{CheckOutcome, GrantKey, Licensed, Policy};
-pub use devices::{DeviceRow, EnrollOutcome, NewDevice};
+pub use devices::DeviceRow;
+pub use enroll::{EnrollOutcome, NewDevice};
 pub use events::StoredEvent;
 pub use holds::{GaveBack, HeldSeats};
 pub use keys::KeyRow;

@@ -18,6 +18,8 @@ pub struct TokenSpec {
     pub uses: u32,
     /// Free text.
     pub comment: String,
+    /// Whether a machine already enrolled may take over its record with this token (S7).
+    pub allow_takeover: bool,
 }
 
 /// A stored token (without its secret).
@@ -39,6 +41,8 @@ pub struct TokenRow {
     pub comment: String,
     /// Unix seconds.
     pub created_at: i64,
+    /// 1 when a machine already enrolled may take over its record with it (S7).
+    pub allow_takeover: i64,
 }
 
 impl Store {
@@ -73,11 +77,12 @@ impl Store {
             uses_total: spec.uses.into(),
             comment: spec.comment.clone(),
             created_at: now,
+            allow_takeover: i64::from(spec.allow_takeover),
         };
         sqlx::query(
             "INSERT INTO tokens (id, secret_sha256, role, group_path, expires_at, uses_left,
-                                 uses_total, comment, created_at)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+                                 uses_total, comment, created_at, allow_takeover)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
         )
         .bind(&row.id)
         .bind(hex::encode(token.secret_hash()))
@@ -88,6 +93,7 @@ impl Store {
         .bind(row.uses_total)
         .bind(&row.comment)
         .bind(row.created_at)
+        .bind(row.allow_takeover)
         .execute(&self.write)
         .await?;
         Ok((token, row))
@@ -96,7 +102,8 @@ impl Store {
     /// All tokens, newest first.
     pub async fn tokens(&self) -> Result<Vec<TokenRow>, StoreError> {
         Ok(sqlx::query_as::<_, TokenRow>(
-            "SELECT id, role, group_path, expires_at, uses_left, uses_total, comment, created_at
+            "SELECT id, role, group_path, expires_at, uses_left, uses_total, comment, created_at,
+                    allow_takeover
              FROM tokens ORDER BY created_at DESC, id",
         )
         .fetch_all(&self.read)
