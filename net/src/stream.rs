@@ -1,7 +1,7 @@
 //! Framed message streams over QUIC bidi streams and over inner TLS.
 
 use futures_util::{SinkExt, StreamExt};
-use outpost_proto::frame::{FRAME_ENVELOPE, FrameCodec, FrameError, HEADER_LEN};
+use outpost_proto::frame::{FRAME_ENVELOPE, FrameCodec, FrameError, HEADER_LEN, RESERVE_STEP};
 use outpost_proto::pb::v1::{Envelope, envelope::Msg};
 use prost::Message as _;
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -63,8 +63,22 @@ pub async fn read_one_frame(recv: &mut quinn::RecvStream, max: usize) -> Result<
     if len > max {
         return Err(FrameError::TooLarge { len, max });
     }
-    let mut payload = vec![0u8; len];
-    read_exact(recv, &mut payload).await?;
+    // Grown as the bytes arrive (T9): a header alone pins nothing.
+    let mut payload = Vec::with_capacity(len.min(RESERVE_STEP));
+    let mut chunk = [0u8; 4096];
+    while payload.len() < len {
+        let want = (len - payload.len()).min(chunk.len());
+        match recv.read(&mut chunk[..want]).await {
+            Ok(Some(n)) => payload.extend_from_slice(&chunk[..n]),
+            Ok(None) => {
+                return Err(FrameError::Truncated {
+                    have: HEADER_LEN + payload.len(),
+                    need: HEADER_LEN + len,
+                });
+            }
+            Err(e) => return Err(FrameError::Io(e.into())),
+        }
+    }
     if header[0] != FRAME_ENVELOPE {
         return Err(FrameError::UnexpectedType(header[0]));
     }

@@ -21,6 +21,10 @@ pub const FRAME_ENVELOPE: u8 = 1;
 pub const HEADER_LEN: usize = 5;
 /// Default largest payload accepted: 1 MiB.
 pub const DEFAULT_MAX_FRAME: usize = 1 << 20;
+/// Most buffer a decoder reserves ahead of the bytes that arrived. A peer announcing a large
+/// frame gets memory as it sends it, not when it announces it (T9): a header alone pins at
+/// most this much (and within the codec's initial 8 KiB buffer, nothing more).
+pub const RESERVE_STEP: usize = 4 << 10;
 
 /// A decoded frame (only envelopes are surfaced; unknown frame types are skipped).
 pub type Frame = Msg;
@@ -142,8 +146,9 @@ impl Decoder for FrameCodec {
                 });
             }
             if src.len() < HEADER_LEN + len {
-                // Safe to reserve: bounded by max_frame, checked above.
-                src.reserve(HEADER_LEN + len - src.len());
+                // Room for what is still missing, a step at a time: the buffer grows as the
+                // bytes arrive, never on the strength of a header alone.
+                src.reserve((HEADER_LEN + len - src.len()).min(RESERVE_STEP));
                 return Ok(None);
             }
             src.advance(HEADER_LEN);
@@ -210,6 +215,37 @@ pub fn encode_frame(msg: Msg) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn t9_a_header_alone_reserves_at_most_one_step() {
+        let mut codec = FrameCodec::new(DEFAULT_MAX_FRAME);
+        let mut buf = BytesMut::new();
+        buf.put_u8(FRAME_ENVELOPE);
+        buf.put_u32(DEFAULT_MAX_FRAME as u32);
+        assert!(codec.decode(&mut buf).unwrap().is_none());
+        assert!(
+            buf.capacity() <= 2 * (HEADER_LEN + RESERVE_STEP),
+            "reserved {} bytes for a header",
+            buf.capacity()
+        );
+        // The frame still decodes once it all arrived, in pieces.
+        let env = Envelope {
+            msg: Some(Msg::PushAck(crate::pb::v1::PushAck {
+                id: "x".repeat(100_000),
+            })),
+        };
+        let body = env.encode_to_vec();
+        let mut buf = BytesMut::new();
+        buf.put_u8(FRAME_ENVELOPE);
+        buf.put_u32(body.len() as u32);
+        let mut got = None;
+        for chunk in body.chunks(7_000) {
+            assert!(got.is_none());
+            buf.extend_from_slice(chunk);
+            got = codec.decode(&mut buf).unwrap();
+        }
+        assert!(matches!(got, Some(Msg::PushAck(a)) if a.id.len() == 100_000));
+    }
     use crate::pb::v1::{Hello, PushAck};
 
     fn hello() -> Msg {

@@ -25,6 +25,9 @@ use crate::node::Node;
 use crate::sessions::driver::{Peer, refuse_stream};
 use crate::store::{DeviceRow, fp_hex};
 
+/// Largest `RelayOpen` frame accepted (it names a certificate hash and an address).
+const RELAY_OPEN_MAX: usize = 4096;
+
 /// Time to wait for a relayed session's inner TLS handshake.
 const INNER_HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
@@ -163,7 +166,7 @@ async fn relayed(
     send: quinn::SendStream,
     mut recv: quinn::RecvStream,
 ) {
-    let open = match stream::read_one_frame(&mut recv, node.config().limits.max_frame).await {
+    let open = match stream::read_one_frame(&mut recv, RELAY_OPEN_MAX).await {
         Ok(Msg::RelayOpen(o)) => o,
         Ok(other) => {
             node.sessions().bad_frame();
