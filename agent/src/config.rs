@@ -52,6 +52,10 @@ pub struct ConnectConfig {
     /// How long to wait for a sync answer before giving up on the session.
     #[serde(with = "humantime_serde")]
     pub sync_timeout: Duration,
+    /// On a fallback path, how often (jittered between half and all of it) the agent checks
+    /// whether a path it prefers answers again, and moves back when one does (T8).
+    #[serde(with = "humantime_serde")]
+    pub return_check: Duration,
 }
 
 /// Event queue (S5).
@@ -74,6 +78,7 @@ impl Default for ConnectConfig {
             reconnect_max: Duration::from_secs(120),
             healthy_after: Duration::from_secs(60),
             sync_timeout: Duration::from_secs(60),
+            return_check: Duration::from_secs(60),
         }
     }
 }
@@ -97,6 +102,9 @@ impl Validate for AgentConfig {
             "server",
             std::iter::once(&self.server).filter(|s| !s.is_empty()),
         )?;
+        ensure(self.connect.return_check >= Duration::from_secs(1), || {
+            "connect.return_check must be at least 1s".into()
+        })?;
         ensure(self.connect.keep_alive < self.connect.idle_timeout, || {
             "connect.keep_alive must be shorter than connect.idle_timeout".into()
         })?;

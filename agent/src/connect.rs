@@ -28,6 +28,9 @@ pub(crate) enum Via {
 pub(crate) enum Attempt {
     /// Could not reach a usable session on this path; try the next.
     Unreachable(String),
+    /// The session ended because a path preferred to it answers again (T8): start over from
+    /// the first path at once.
+    MovedBack(String),
     /// A session ran (or the server refused it); do not try other paths now.
     Ended {
         reason: String,
@@ -36,7 +39,9 @@ pub(crate) enum Attempt {
     },
 }
 
-fn targets(shared: &Shared) -> Vec<(Via, String)> {
+/// The paths in order of preference: the gateways (the server's list, else the configured
+/// one), then the server directly.
+pub(crate) fn targets(shared: &Shared) -> Vec<(Via, String)> {
     let server_list = shared
         .server_gateways
         .lock()
@@ -72,15 +77,23 @@ pub(crate) async fn connect_loop(shared: Arc<Shared>) {
         });
         let mut last = String::from("no gateway or server configured");
         let mut retry_after = None;
-        for (via, target) in targets(&shared) {
+        let mut moved_back = false;
+        let paths = targets(&shared);
+        for (i, (via, target)) in paths.iter().enumerate() {
             if shared.shutdown.is_cancelled() {
                 return;
             }
             let started = Instant::now();
-            match attempt(&shared, via, &target).await {
+            match attempt(&shared, *via, target, &paths[..i]).await {
                 Attempt::Unreachable(e) => {
                     debug!(%target, error = %e, "path unusable, trying the next");
                     last = e;
+                }
+                Attempt::MovedBack(why) => {
+                    info!(reason = %why, "back to a preferred path");
+                    backoff.on_connected(started.into_std());
+                    moved_back = true;
+                    break;
                 }
                 Attempt::Ended {
                     reason,
@@ -95,6 +108,9 @@ pub(crate) async fn connect_loop(shared: Arc<Shared>) {
                     break;
                 }
             }
+        }
+        if moved_back {
+            continue;
         }
         backoff.on_disconnected(Instant::now().into_std());
         if let Some(d) = retry_after {
@@ -141,11 +157,19 @@ pub(crate) fn refused_attempt(shared: &Shared, r: &Refused, established: bool) -
     }
 }
 
-async fn attempt(shared: &Arc<Shared>, via: Via, target: &str) -> Attempt {
-    let addr: SocketAddr = match endpoint::resolve(target).await {
-        Ok(a) => a,
-        Err(e) => return Attempt::Unreachable(e.to_string()),
-    };
+/// A dialled connection on one path.
+pub(crate) struct Dialled {
+    pub(crate) ep: quinn::Endpoint,
+    pub(crate) conn: quinn::Connection,
+    /// "gateway <addr>" or "server <addr> (direct)".
+    pub(crate) label: String,
+}
+
+/// Dials one path (QUIC + mutual TLS with the gateway or the server).
+pub(crate) async fn dial(shared: &Arc<Shared>, via: Via, target: &str) -> Result<Dialled, Attempt> {
+    let addr: SocketAddr = endpoint::resolve(target)
+        .await
+        .map_err(|e| Attempt::Unreachable(e.to_string()))?;
     let (client, name, label) = match via {
         Via::Gateway => (
             shared.relay_client.clone(),
@@ -160,42 +184,56 @@ async fn attempt(shared: &Arc<Shared>, via: Via, target: &str) -> Attempt {
     };
     let ep = match &shared.endpoint {
         Some(e) => e.clone(),
-        None => match endpoint::client_endpoint(addr) {
-            Ok(e) => e,
-            Err(e) => return Attempt::Unreachable(e.to_string()),
-        },
+        None => endpoint::client_endpoint(addr).map_err(|e| Attempt::Unreachable(e.to_string()))?,
     };
-    let connecting = match ep.connect_with(client, addr, name) {
-        Ok(c) => c,
-        Err(e) => return Attempt::Unreachable(refuse::explain_connect(&e)),
-    };
+    let connecting = ep
+        .connect_with(client, addr, name)
+        .map_err(|e| Attempt::Unreachable(refuse::explain_connect(&e)))?;
+    let wait = shared.config.connect.dial_timeout;
     let conn = tokio::select! {
-        r = tokio::time::timeout(shared.config.connect.dial_timeout, connecting) => match r {
+        r = tokio::time::timeout(wait, connecting) => match r {
             Ok(Ok(c)) => c,
             Ok(Err(e)) => {
-                return match refuse::refusal_of(&e) {
+                return Err(match refuse::refusal_of(&e) {
                     Some(r) if is_not_allowed(&r) => refused_attempt(shared, &r, false),
                     _ => Attempt::Unreachable(format!("{label}: {}", refuse::explain(&e))),
-                };
+                });
             }
-            Err(_) => return Attempt::Unreachable(format!("{label}: no answer within {:?}", shared.config.connect.dial_timeout)),
+            Err(_) => return Err(Attempt::Unreachable(format!("{label}: no answer within {wait:?}"))),
         },
-        _ = shared.shutdown.cancelled() => return Attempt::Unreachable("shutting down".into()),
+        _ = shared.shutdown.cancelled() => return Err(Attempt::Unreachable("shutting down".into())),
     };
-    let result = on_connection(shared, via, &conn, &label).await;
-    conn.close(quinn::VarInt::from_u32(0), b"session over");
-    if shared.endpoint.is_none() {
-        // Our own socket: let the close go out, then drop it.
-        let _ = tokio::time::timeout(Duration::from_millis(200), ep.wait_idle()).await;
-    }
-    result
+    Ok(Dialled { ep, conn, label })
 }
 
+/// Closes a dialled connection; lets the close go out when the socket is ours alone.
+pub(crate) async fn hang_up(shared: &Shared, d: Dialled, why: &'static [u8]) {
+    d.conn.close(quinn::VarInt::from_u32(0), why);
+    if shared.endpoint.is_none() {
+        let _ = tokio::time::timeout(Duration::from_millis(200), d.ep.wait_idle()).await;
+    }
+}
+
+async fn attempt(
+    shared: &Arc<Shared>,
+    via: Via,
+    target: &str,
+    preferred: &[(Via, String)],
+) -> Attempt {
+    let d = match dial(shared, via, target).await {
+        Ok(d) => d,
+        Err(a) => return a,
+    };
+    let result = on_connection(shared, via, &d.conn, &d.label, preferred).await;
+    hang_up(shared, d, b"session over").await;
+    result
+}
 async fn on_connection(
     shared: &Arc<Shared>,
     via: Via,
     conn: &quinn::Connection,
     label: &str,
+    preferred: &[(Via, String)],
 ) -> Attempt {
     let closed_reason = |e: &quinn::ConnectionError| match refuse::refusal_of(e) {
         Some(r) => refused_attempt(shared, &r, false),
@@ -206,7 +244,7 @@ async fn on_connection(
         Err(e) => return closed_reason(&e),
     };
     match via {
-        Via::Server => run_session(shared, stream::bi(send, recv), label, conn).await,
+        Via::Server => run_session(shared, stream::bi(send, recv), label, conn, preferred).await,
         Via::Gateway => {
             let sni = ServerName::try_from(pki::SERVER_NAME).expect("static name");
             let tls = tokio::time::timeout(
@@ -219,7 +257,7 @@ async fn on_connection(
             )
             .await;
             match tls {
-                Ok(Ok(t)) => run_session(shared, t, label, conn).await,
+                Ok(Ok(t)) => run_session(shared, t, label, conn, preferred).await,
                 Ok(Err(e)) => {
                     if let Some(e) = conn.close_reason() {
                         return closed_reason(&e);

@@ -8,6 +8,7 @@ pub mod config;
 mod connect;
 pub mod grants;
 pub mod node;
+mod paths;
 pub mod queue;
 mod session;
 pub mod status;

@@ -14,7 +14,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::Instant;
 use tracing::{info, warn};
 
-use crate::connect::{Attempt, refused_attempt};
+use crate::connect::{Attempt, Via, refused_attempt};
 use crate::node::{AgentEvent, Shared};
 
 /// Largest frame the agent accepts from the server.
@@ -25,6 +25,7 @@ pub(crate) async fn run_session<S>(
     io: S,
     label: &str,
     conn: &quinn::Connection,
+    preferred: &[(Via, String)],
 ) -> Attempt
 where
     S: AsyncRead + AsyncWrite + Unpin + Send,
@@ -41,6 +42,13 @@ where
     );
     let setup_deadline = Instant::now() + timeout;
     let mut established = false;
+    // On a fallback path: watch for a preferred one to answer again (T8).
+    let mut back = (!preferred.is_empty()).then(|| {
+        AbortOnDrop(tokio::spawn(crate::paths::probe_preferred(
+            shared.clone(),
+            preferred.to_vec(),
+        )))
+    });
     let end = |reason: String, retry_after: Option<Duration>, established: bool| Attempt::Ended {
         reason,
         retry_after,
@@ -73,6 +81,10 @@ where
             None => Instant::now() + Duration::from_secs(3600),
         };
         tokio::select! {
+            label = moved_back(&mut back), if sm.is_ready() => {
+                let _ = f.close().await;
+                return Attempt::MovedBack(format!("{label} answers again"));
+            }
             m = f.next() => match m {
                 Some(Ok(msg)) => {
                     if let Err(e) = sm.handle_message(msg, Instant::now().into_std()) {
@@ -298,5 +310,25 @@ async fn drop_grants<S>(
         }
         Ok(Err(e)) => warn!(error = %e, "could not drop the licence grants"),
         Err(e) => warn!(error = %e, "licence store task failed"),
+    }
+}
+
+/// A task aborted when its handle is dropped (the probe ends with the session).
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Resolves with the label of a preferred path once the probe found one answering.
+async fn moved_back(probe: &mut Option<AbortOnDrop<String>>) -> String {
+    match probe {
+        Some(p) => match (&mut p.0).await {
+            Ok(label) => label,
+            Err(_) => std::future::pending().await,
+        },
+        None => std::future::pending().await,
     }
 }

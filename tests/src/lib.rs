@@ -361,6 +361,8 @@ impl Gateway {
         if config.uplink.mode == outpost_gateway::config::UplinkMode::Dial {
             within("gateway uplink", handle.wait_uplink()).await;
         }
+        // A restart comes back on the same office port, as a deployed gateway would.
+        config.listen = handle.addr();
         Gateway {
             handle: Some(handle),
             data,

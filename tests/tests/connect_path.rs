@@ -400,7 +400,7 @@ async fn s5_events_arrive_once_and_leave_the_queue() {
 /// T8: the agent uses the first gateway that answers, falls back to the next, then to the
 /// server directly; status shows the path.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn t8_path_falls_back_gateway_then_server() {
+async fn t8_path_falls_back_gateway_then_server_and_returns_to_the_gateway() {
     init_logs();
     let auth = Authority::new();
     let server = Server::start(&auth, |_| {}).await;
@@ -418,6 +418,7 @@ async fn t8_path_falls_back_gateway_then_server() {
         "f1",
     );
     cfg.connect.dial_timeout = Duration::from_millis(500);
+    cfg.connect.return_check = Duration::from_secs(1);
     agent.config = cfg;
     agent.boot();
     let s = agent.wait_checked().await;
@@ -431,4 +432,20 @@ async fn t8_path_falls_back_gateway_then_server() {
     )
     .await;
     assert_eq!(s.path, format!("server {} (direct)", server.addr()));
+    let sessions = s.sessions;
+    // The gateway is back: the agent notices by itself (it re-tries the paths it prefers) and
+    // moves back behind it, so the office's agents do not bypass it for good.
+    gw.boot(server.addr()).await;
+    let s = within(
+        "back behind the gateway",
+        agent
+            .h()
+            .wait_for(|s| s.state == "connected" && s.path.starts_with("gateway")),
+    )
+    .await;
+    assert_eq!(s.path, format!("gateway {}", gw.addr()));
+    assert_eq!(s.sessions, sessions + 1, "one move, no flapping");
+    assert_eq!(s.licence.state, agent.h().status().borrow().licence.state);
+    agent.stop().await;
+    gw.stop().await;
 }
