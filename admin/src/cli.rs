@@ -76,6 +76,11 @@ enum AdminCmd {
     },
     /// Server status.
     Status,
+    /// Gateways: the ones in a DMZ the server dials (T4).
+    Gateway {
+        #[command(subcommand)]
+        cmd: GatewayCmd,
+    },
 }
 
 #[derive(Subcommand)]
@@ -162,6 +167,31 @@ enum KeyCmd {
         #[arg(long)]
         out: PathBuf,
     },
+}
+
+#[derive(Subcommand)]
+enum GatewayCmd {
+    /// Gateways in a DMZ that the server dials (added or removed without a restart).
+    Dmz {
+        #[command(subcommand)]
+        cmd: DmzCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum DmzCmd {
+    /// Start dialling a DMZ gateway at its uplink.listen address (host:port).
+    Add {
+        /// Address.
+        address: String,
+    },
+    /// Stop dialling a DMZ gateway added with `add`.
+    Remove {
+        /// Address.
+        address: String,
+    },
+    /// DMZ gateways with their state.
+    List,
 }
 
 #[derive(Subcommand)]
@@ -333,6 +363,17 @@ pub async fn run(a: AdminArgs) -> Result<(), AdminError> {
             wait_ms: Duration::from(p.wait).as_millis().min(u32::MAX as u128) as u32,
         }),
         AdminCmd::Status => Op::ServerStatus(Empty {}),
+        AdminCmd::Gateway {
+            cmd: GatewayCmd::Dmz { cmd },
+        } => match cmd {
+            DmzCmd::Add { address } => {
+                Op::DmzGatewayAdd(outpost_proto::pb::admin::DmzGateway { address })
+            }
+            DmzCmd::Remove { address } => {
+                Op::DmzGatewayRemove(outpost_proto::pb::admin::DmzGateway { address })
+            }
+            DmzCmd::List => Op::DmzGatewayList(Empty {}),
+        },
         AdminCmd::Notifications { kind, limit } => {
             Op::NotificationList(outpost_proto::pb::admin::NotificationList {
                 kind: kind.unwrap_or_default(),

@@ -147,6 +147,16 @@ pub fn human(r: &R) -> String {
                 .collect(),
         ),
         R::KeyFile(k) => format!("key {} ({} bytes)\n", k.key_id, k.content.len()),
+        R::DmzGateways(g) if g.gateways.is_empty() => {
+            "no DMZ gateways (add one with `admin gateway dmz add <host:port>`)\n".into()
+        }
+        R::DmzGateways(g) => table(
+            &["ADDRESS", "FROM", "STATE"],
+            g.gateways
+                .iter()
+                .map(|g| vec![g.address.clone(), g.source.clone(), g.state.clone()])
+                .collect(),
+        ),
         R::Renewals(r) if r.reports.is_empty() => "no keys owned by this server to renew\n".into(),
         R::Renewals(r) => table(
             &["KEY", "OUTCOME", "RENEWAL", "DETAIL"],

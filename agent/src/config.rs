@@ -52,6 +52,11 @@ pub struct ConnectConfig {
     /// How long to wait for a sync answer before giving up on the session.
     #[serde(with = "humantime_serde")]
     pub sync_timeout: Duration,
+    /// How long a new session may take to be established (the server's hello answer and the
+    /// licence check) before the agent gives up on it and reconnects — a server that died
+    /// mid-handshake is noticed by then.
+    #[serde(with = "humantime_serde")]
+    pub setup_timeout: Duration,
     /// On a fallback path, how often (jittered between half and all of it) the agent checks
     /// whether a path it prefers answers again, and moves back when one does (T8).
     #[serde(with = "humantime_serde")]
@@ -78,6 +83,7 @@ impl Default for ConnectConfig {
             reconnect_max: Duration::from_secs(120),
             healthy_after: Duration::from_secs(60),
             sync_timeout: Duration::from_secs(60),
+            setup_timeout: Duration::from_secs(20),
             return_check: Duration::from_secs(60),
         }
     }
@@ -102,6 +108,9 @@ impl Validate for AgentConfig {
             "server",
             std::iter::once(&self.server).filter(|s| !s.is_empty()),
         )?;
+        ensure(self.connect.setup_timeout >= Duration::from_secs(1), || {
+            "connect.setup_timeout must be at least 1s".into()
+        })?;
         ensure(self.connect.return_check >= Duration::from_secs(1), || {
             "connect.return_check must be at least 1s".into()
         })?;

@@ -40,7 +40,8 @@ where
         ),
         timeout,
     );
-    let setup_deadline = Instant::now() + timeout;
+    let setup = shared.config.connect.setup_timeout;
+    let setup_deadline = Instant::now() + setup;
     let mut established = false;
     // On a fallback path: watch for a preferred one to answer again (T8).
     let mut back = (!preferred.is_empty()).then(|| {
@@ -105,7 +106,7 @@ where
             },
             _ = tokio::time::sleep_until(deadline) => {
                 if !sm.is_ready() && Instant::now() >= setup_deadline {
-                    return end(format!("{label}: no licence check answer within {timeout:?}"), None, established);
+                    return end(format!("{label}: no licence check answer within {setup:?}"), None, established);
                 }
                 if let Err(e) = sm.handle_timeout(Instant::now().into_std()) {
                     return end(format!("{label}: {e}"), None, established);

@@ -129,6 +129,7 @@ impl Node {
                 .as_ref()
                 .map(|c| c.rtt().as_millis() as u64)
                 .unwrap_or(0),
+            uplink_connection_id: up.server_connection_id,
             uplink_last_error: up.last_error,
             uplink_connects: self.uplink.connects(),
             agents_connected: st.agents_connected.load(Ordering::Relaxed),

@@ -31,6 +31,9 @@ pub struct GatewayStatus {
     pub uplink_remote: String,
     /// Round-trip time of the uplink.
     pub uplink_rtt_ms: u64,
+    /// The id the server knows the uplink by (its `admin status` shows the same).
+    #[serde(default)]
+    pub uplink_connection_id: u64,
     /// Why it went down last.
     pub uplink_last_error: String,
     /// Uplink connections established since start.
@@ -99,10 +102,11 @@ pub fn human(s: &GatewayStatus, running: bool) -> String {
         s.uplink,
         if s.uplink == "up" {
             format!(
-                " to {} since {}, rtt {} ms, {} connect(s)",
+                " to {} since {}, rtt {} ms, connection id {}, {} connect(s)",
                 s.uplink_remote,
                 when(s.uplink_since),
                 s.uplink_rtt_ms,
+                s.uplink_connection_id,
                 s.uplink_connects
             )
         } else if !s.uplink_last_error.is_empty() {

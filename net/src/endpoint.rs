@@ -217,20 +217,39 @@ mod tests {
     use super::*;
 
     #[test]
-    fn t10_socket_buffers_are_raised_and_dual_stack_is_honoured() {
-        let opts = SocketOptions {
-            recv_buffer: 128 << 10,
-            send_buffer: 128 << 10,
+    fn t10_socket_buffers_are_set_as_asked_and_dual_stack_is_honoured() {
+        // A size no default gives: Linux grants exactly twice what was asked (bookkeeping), so
+        // reading it back proves the setter ran (the default here is 212992).
+        let small = SocketOptions {
+            recv_buffer: 48 << 10,
+            send_buffer: 40 << 10,
             dual_stack: true,
         };
-        let s = udp_socket("127.0.0.1:0".parse().unwrap(), &opts).unwrap();
-        let s2 = Socket::from(s);
-        // Linux doubles the request (bookkeeping); anything below the request means it was
-        // not applied. The default on these machines is 212992.
-        assert!(s2.recv_buffer_size().unwrap() >= 128 << 10);
-        assert!(s2.send_buffer_size().unwrap() >= 128 << 10);
-        if let Ok(v6) = udp_socket("[::]:0".parse().unwrap(), &opts) {
+        let s = Socket::from(udp_socket("127.0.0.1:0".parse().unwrap(), &small).unwrap());
+        assert_eq!(s.recv_buffer_size().unwrap(), 2 * (48 << 10));
+        assert_eq!(s.send_buffer_size().unwrap(), 2 * (40 << 10));
+        // The server's default asks for 4 MiB: granted up to the kernel's cap.
+        let cap = |f: &str| {
+            std::fs::read_to_string(f)
+                .ok()
+                .and_then(|t| t.trim().parse::<usize>().ok())
+                .unwrap_or(usize::MAX)
+        };
+        let big = SocketOptions::default();
+        let s = Socket::from(udp_socket("127.0.0.1:0".parse().unwrap(), &big).unwrap());
+        let want_r = big.recv_buffer.min(cap("/proc/sys/net/core/rmem_max"));
+        let want_s = big.send_buffer.min(cap("/proc/sys/net/core/wmem_max"));
+        assert!(s.recv_buffer_size().unwrap() >= want_r, "{want_r}");
+        assert!(s.send_buffer_size().unwrap() >= want_s, "{want_s}");
+        if let Ok(v6) = udp_socket("[::]:0".parse().unwrap(), &big) {
             assert!(!Socket::from(v6).only_v6().unwrap(), "dual-stack socket");
+        }
+        let v6only = SocketOptions {
+            dual_stack: false,
+            ..big
+        };
+        if let Ok(v6) = udp_socket("[::]:0".parse().unwrap(), &v6only) {
+            assert!(Socket::from(v6).only_v6().unwrap(), "IPv6 only when asked");
         }
     }
 }

@@ -39,6 +39,11 @@ impl Runtime {
         self.shutdown.cancelled()
     }
 
+    /// A token cancelled at shutdown, or earlier by its holder (one task among several).
+    pub fn child_token(&self) -> CancellationToken {
+        self.shutdown.child_token()
+    }
+
     /// Whether shutdown has begun.
     pub fn is_shutting_down(&self) -> bool {
         self.shutdown.is_cancelled()
@@ -53,6 +58,11 @@ impl Runtime {
     pub async fn wait(&self) {
         self.tasks.close();
         self.tasks.wait().await;
+    }
+
+    /// Tasks still running.
+    pub fn tasks_left(&self) -> usize {
+        self.tasks.len()
     }
 
     /// Time since start.

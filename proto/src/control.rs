@@ -209,6 +209,7 @@ pub struct Acceptor {
     software: String,
     deadline: Instant,
     setup_timeout: Duration,
+    connection_id: u64,
     transmit: VecDeque<Msg>,
     events: VecDeque<AcceptorEvent>,
 }
@@ -230,9 +231,17 @@ impl Acceptor {
             software: software.into(),
             deadline: now + setup_timeout,
             setup_timeout,
+            connection_id: 0,
             transmit: VecDeque::new(),
             events: VecDeque::new(),
         }
+    }
+
+    /// Tells the opener, in the `HelloAck`, the id this side knows the connection by (so both
+    /// ends' status can name the same connection).
+    pub fn with_connection_id(mut self, id: u64) -> Acceptor {
+        self.connection_id = id;
+        self
     }
 
     /// Next message to write.
@@ -299,6 +308,7 @@ impl Acceptor {
                     software: self.software.clone(),
                     server_time_ms: now_ms,
                     device_id: self.device_id.clone(),
+                    connection_id: self.connection_id,
                 }));
                 self.phase = Phase::Open;
                 self.events.push_back(AcceptorEvent::Established {
@@ -379,6 +389,8 @@ pub enum OpenerEvent {
         device_id: String,
         /// The peer's software, for logs.
         software: String,
+        /// The id the peer knows this connection by (0 = not said).
+        connection_id: u64,
     },
     /// A message the channel allows from the acceptor.
     Message(Box<Msg>),
@@ -441,6 +453,7 @@ impl Opener {
                     version: ack.version,
                     device_id: ack.device_id,
                     software: ack.software,
+                    connection_id: ack.connection_id,
                 });
                 Ok(())
             }

@@ -27,8 +27,9 @@ pub struct ServerConfig {
     pub server_names: Vec<String>,
     /// The licence authority's public key (`outpost-authority-ed25519:…`), set at init.
     pub authority_public_key: String,
-    /// Address agents and gateways are told to reach the server at (status and admin bundle).
-    /// Empty: derived from `listen`.
+    /// Address agents, gateways and admins are told to reach the server at (the admin bundle
+    /// is written with it). Empty: the first of `server_names` with the listening port, else
+    /// `listen`.
     pub public_address: String,
     /// Gateways agents should use, in order (T8), handed out at sync.
     pub gateways: Vec<String>,
@@ -292,9 +293,21 @@ impl ServerConfig {
     }
 
     /// The address clients should dial.
+    ///
+    /// `public_address` when set; else, for a server listening on every address, the first
+    /// `--server-name` (which other hosts can resolve) with the listening port; else the
+    /// listening address itself (loopback for an unspecified one).
     pub fn client_address(&self) -> String {
         if !self.public_address.is_empty() {
             return self.public_address.clone();
+        }
+        if self.listen.ip().is_unspecified()
+            && let Some(name) = self.server_names.first()
+        {
+            return match name.parse::<std::net::IpAddr>() {
+                Ok(ip) => SocketAddr::new(ip, self.listen.port()).to_string(),
+                Err(_) => format!("{name}:{}", self.listen.port()),
+            };
         }
         let ip = if self.listen.ip().is_unspecified() {
             if self.listen.is_ipv6() {
@@ -312,6 +325,24 @@ impl ServerConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn o1_admin_bundle_address_reaches_the_server_from_other_hosts() {
+        let mut c = ServerConfig::default();
+        assert_eq!(c.client_address(), "127.0.0.1:4700", "nothing better known");
+        c.server_names = vec!["hq.example.com".into(), "10.0.0.5".into()];
+        assert_eq!(c.client_address(), "hq.example.com:4700");
+        c.server_names = vec!["10.0.0.5".into()];
+        assert_eq!(c.client_address(), "10.0.0.5:4700");
+        c.listen = "192.168.1.2:4800".parse().unwrap();
+        assert_eq!(
+            c.client_address(),
+            "192.168.1.2:4800",
+            "a specific listen address wins"
+        );
+        c.public_address = "gw.example.com:443".into();
+        assert_eq!(c.client_address(), "gw.example.com:443");
+    }
 
     #[test]
     fn o5_defaults_round_trip_and_unknown_keys_are_refused() {

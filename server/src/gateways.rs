@@ -17,6 +17,14 @@ pub enum Direction {
 }
 
 impl Direction {
+    /// The path a gateway's record shows (`device list`): who dialled, and the address.
+    pub fn describe(self, remote: std::net::SocketAddr) -> String {
+        match self {
+            Direction::DialIn => format!("uplink from {remote}"),
+            Direction::Dmz => format!("uplink to {remote} (DMZ, dialled by the server)"),
+        }
+    }
+
     /// As shown by `admin status`.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -85,6 +93,14 @@ impl Gateways {
         if let Some(l) = self.links().get_mut(id) {
             l.report = report;
         }
+    }
+
+    /// The path of an uplink that is up, as it is now (its address changes when the
+    /// gateway's NAT rebinds, T5).
+    pub fn path(&self, id: &str) -> Option<String> {
+        self.links()
+            .get(id)
+            .map(|l| l.direction.describe(l.connection.remote_address()))
     }
 
     /// Whether the gateway's uplink is up.

@@ -47,7 +47,7 @@ pub async fn serve(
         .store()
         .touch(
             &gateway.id,
-            &format!("uplink from {}", conn.remote_address()),
+            &direction.describe(conn.remote_address()),
             outpost_net::unix_now(),
         )
         .await;
@@ -63,7 +63,8 @@ pub async fn serve(
         format!("outpost-server {}", outpost_proto::SOFTWARE_VERSION),
         Instant::now().into_std(),
         node.config().timing.session_setup_timeout,
-    );
+    )
+    .with_connection_id(conn.stable_id() as u64);
     if let Err(e) = hello(&mut sm, &mut ctl).await {
         // The refusal went out on the control stream; the close carries it too.
         if let Some(r) = e.to_refusal() {

@@ -433,6 +433,7 @@ pub fn test_agent_config(
     c.connect.reconnect_max = Duration::from_secs(2);
     c.connect.dial_timeout = Duration::from_secs(2);
     c.connect.healthy_after = Duration::from_secs(5);
+    c.connect.setup_timeout = Duration::from_secs(5);
     c
 }
 

@@ -37,7 +37,10 @@ async fn l6_storm_of_twice_the_seats_and_server_killed_mid_storm() {
         std::process::Command::new(bin("outpost-server"))
             .args(["run", "--data-dir"])
             .arg(&data)
-            .env("RUST_LOG", "warn")
+            .env(
+                "RUST_LOG",
+                std::env::var("STORM_SERVER_LOG").unwrap_or_else(|_| "warn".into()),
+            )
             .stdout(std::process::Stdio::null())
             .spawn()
             .expect("spawn outpost-server")
@@ -135,22 +138,43 @@ async fn l6_storm_of_twice_the_seats_and_server_killed_mid_storm() {
     }))
     .await;
     assert!(matches!(r, R::KeyImport(_)), "{r:?}");
-    for a in agents.iter_mut() {
+    // Half the agents storm in; the server is killed as soon as the first of them holds a
+    // seat on the fresh key (agents report instantly); the other half arrives while it is
+    // down and restarting. So the kill lands with the storm under way: at least one seat
+    // granted, not every agent checked.
+    let checked = |agents: &[Agent]| {
+        agents
+            .iter()
+            .filter(|a| {
+                let s = a.h().status().borrow().clone();
+                s.licence.key == "K-STORM2" || s.licence.reason.contains("K-STORM2")
+            })
+            .count()
+    };
+    let (first, second) = agents.split_at_mut(S as usize);
+    for a in first.iter_mut() {
         a.boot();
     }
-    // Kill as soon as the first agent holds a seat on the fresh key (agents report instantly).
     within("first seat of storm 2", async {
-        while count(&agents, "K-STORM2") == 0 {
+        while count(first, "K-STORM2") == 0 {
             tokio::time::sleep(Duration::from_millis(2)).await;
         }
     })
     .await;
     child.kill().expect("SIGKILL");
     child.wait().unwrap();
+    let (granted, done) = (count(first, "K-STORM2"), checked(first));
     println!(
-        "server killed with {} of {S} seats granted to agents",
-        count(&agents, "K-STORM2")
+        "server killed with {granted} of {S} seats granted, {done} of {} agents checked",
+        2 * S
     );
+    assert!(
+        granted >= 1 && done < 2 * S as usize,
+        "the kill landed mid-storm ({granted} granted, {done} checked)"
+    );
+    for a in second.iter_mut() {
+        a.boot();
+    }
     let mut child = spawn();
     // Every agent reconnects and is checked against the fresh key.
     until("every agent re-checked after the restart", || async {
@@ -190,9 +214,93 @@ async fn l6_storm_of_twice_the_seats_and_server_killed_mid_storm() {
             })
     })
     .await;
+    // The same devices, not just the same number: the server's licensed set is the agents'.
+    let on_server: std::collections::BTreeSet<String> = list
+        .iter()
+        .filter(|d| d.licence_state == "licensed")
+        .map(|d| d.device_id.clone())
+        .collect();
+    let on_agents: std::collections::BTreeSet<String> = agents
+        .iter()
+        .filter(|a| a.h().status().borrow().licence.state == "licensed")
+        .map(|a| a.h().device_id().to_owned())
+        .collect();
+    assert_eq!(on_server, on_agents);
     for a in agents.iter_mut() {
         a.stop().await;
     }
     child.kill().ok();
     child.wait().ok();
+    // The store itself after the crash and restart: every count equals its rows.
+    let store = outpost_server::store::Store::open(
+        &data.join("outpost.db"),
+        outpost_server::store::Durability::Normal,
+    )
+    .await
+    .unwrap();
+    assert_eq!(store.audit_seats().await.unwrap(), Vec::<String>::new());
+    store.close().await;
+}
+
+/// L6 at the store: 2 × S devices checked at the same time from as many tasks — the real
+/// conditional updates, concurrently — give exactly S seats; checking them all again keeps
+/// every holder on its seat and the counts equal to the rows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn l6_concurrent_checks_never_over_allocate() {
+    const S: usize = 37;
+    let auth = Authority::new();
+    let dir = tempfile::tempdir().unwrap();
+    let store = outpost_server::store::Store::open(
+        &dir.path().join("s.db"),
+        outpost_server::store::Durability::Normal,
+    )
+    .await
+    .unwrap();
+    let now = outpost_net::unix_now();
+    let key = auth.key("K-CC", S as u32, Duration::from_secs(30 * 86_400));
+    store
+        .insert_keys(&[("K-CC.key".into(), key)], false, true, "imported", now)
+        .await
+        .unwrap();
+    for i in 0..2 * S {
+        store
+            .insert_local_device(&format!("a-{i}"), "agent", &format!("{i:064x}"), now)
+            .await
+            .unwrap();
+    }
+    let policy = outpost_server::store::Policy {
+        grant_ttl: 7 * DAY,
+        expiring_soon: DAY,
+    };
+    let round = async || {
+        let tasks: Vec<_> = (0..2 * S)
+            .map(|i| {
+                let store = store.clone();
+                tokio::spawn(async move {
+                    let o = store
+                        .check_licence(&format!("a-{i}"), now, &policy)
+                        .await
+                        .unwrap();
+                    matches!(o, outpost_server::store::CheckOutcome::Licensed(_)).then_some(i)
+                })
+            })
+            .collect();
+        let mut holders = std::collections::BTreeSet::new();
+        for t in tasks {
+            if let Some(i) = t.await.unwrap() {
+                holders.insert(i);
+            }
+        }
+        holders
+    };
+    let first = round().await;
+    assert_eq!(first.len(), S, "exactly the key's seats");
+    assert_eq!(store.audit_seats().await.unwrap(), Vec::<String>::new());
+    assert_eq!(store.seat_counts("K-CC").await.unwrap().1, S as i64);
+    let again = round().await;
+    assert_eq!(
+        again, first,
+        "holders keep their seats, nobody else gets one"
+    );
+    assert_eq!(store.audit_seats().await.unwrap(), Vec::<String>::new());
 }

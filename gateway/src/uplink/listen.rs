@@ -37,7 +37,7 @@ pub(super) async fn run(node: Arc<Node>) {
     };
     info!(listen = %ep.local_addr().map(|a| a.to_string()).unwrap_or_default(), "waiting for the server to dial in (DMZ mode)");
     set_listen_addr(&node, ep.local_addr().ok());
-    let mut current: Option<tokio::task::JoinHandle<()>> = None;
+    let mut current: Option<(tokio::task::JoinHandle<()>, quinn::Connection)> = None;
     loop {
         let incoming = tokio::select! {
             i = ep.accept() => match i { Some(i) => i, None => break },
@@ -64,16 +64,25 @@ pub(super) async fn run(node: Arc<Node>) {
             );
             continue;
         }
-        if let Some(old) = current.take() {
+        if let Some((old, old_conn)) = current.take() {
+            old_conn.close(
+                quinn::VarInt::from_u32(0),
+                b"replaced by a newer connection from the server",
+            );
             old.abort();
         }
         let n = node.clone();
-        current = Some(tokio::spawn(
-            async move { serve_accepted(&n, conn).await }
-                .instrument(info_span!("uplink", mode = "listen")),
+        let c = conn.clone();
+        current = Some((
+            tokio::spawn(
+                async move { serve_accepted(&n, c).await }
+                    .instrument(info_span!("uplink", mode = "listen")),
+            ),
+            conn,
         ));
     }
-    if let Some(t) = current {
+    if let Some((t, c)) = current {
+        c.close(quinn::VarInt::from_u32(0), b"gateway shutting down");
         t.abort();
     }
     ep.close(quinn::VarInt::from_u32(0), b"gateway shutting down");

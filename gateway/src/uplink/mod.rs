@@ -44,6 +44,8 @@ pub struct UplinkState {
     pub last_error: String,
     /// Next attempt, unix ms, while down.
     pub retry_at_ms: i64,
+    /// The id the server knows the uplink by (its `admin status` shows the same).
+    pub server_connection_id: u64,
 }
 
 /// The uplink handle: its state (written only by the uplink task), how to dial, counters.
@@ -92,13 +94,14 @@ impl Uplink {
         *self.listen_addr.lock().expect("listen addr lock")
     }
 
-    fn set_up(&self, conn: quinn::Connection) {
+    fn set_up(&self, conn: quinn::Connection, server_connection_id: u64) {
         self.connects.fetch_add(1, Ordering::Relaxed);
         self.state.send_replace(UplinkState {
             conn: Some(conn),
             since: outpost_net::unix_now(),
             last_error: String::new(),
             retry_at_ms: 0,
+            server_connection_id,
         });
     }
 
@@ -108,6 +111,7 @@ impl Uplink {
             since: 0,
             last_error: why,
             retry_at_ms,
+            server_connection_id: 0,
         });
     }
 }
@@ -169,7 +173,7 @@ async fn run_dial(node: &Node) {
                 Err(e) => Some(e),
                 Ok((ep, conn)) => {
                     let r = serve(node, conn, &mut backoff).await;
-                    ep.close(quinn::VarInt::from_u32(0), b"");
+                    ep.close(quinn::VarInt::from_u32(0), b"uplink ended; re-dialling");
                     r
                 }
             }
@@ -234,12 +238,13 @@ async fn serve(node: &Node, conn: quinn::Connection, backoff: &mut Backoff) -> O
         Channel::Uplink,
         &format!("outpost-gateway {}", outpost_proto::SOFTWARE_VERSION),
     );
-    if let Err(e) = open(node, &conn, &mut sm, &mut ctl).await {
-        return Some(e);
-    }
+    let server_connection_id = match open(node, &conn, &mut sm, &mut ctl).await {
+        Ok(id) => id,
+        Err(e) => return Some(e),
+    };
     backoff.on_connected(Instant::now().into_std());
     info!(remote = %conn.remote_address(), "uplink up");
-    node.uplink().set_up(conn.clone());
+    node.uplink().set_up(conn.clone(), server_connection_id);
     node.status_changed();
 
     let mut report = tokio::time::interval(node.config().uplink.report_interval);
@@ -266,7 +271,11 @@ async fn serve(node: &Node, conn: quinn::Connection, backoff: &mut Backoff) -> O
                         }
                     }
                 }
-                Some(Err(e)) => break Some(Ended::Lost(e.to_string())),
+                // A stream that fails because the connection closed: the close says why.
+                Some(Err(e)) => break Some(match conn.close_reason() {
+                    Some(c) => lost(&c),
+                    None => Ended::Lost(e.to_string()),
+                }),
                 None => break Some(lost(&conn.closed().await)),
             },
             _ = node.runtime().cancelled() => {
@@ -278,12 +287,13 @@ async fn serve(node: &Node, conn: quinn::Connection, backoff: &mut Backoff) -> O
 }
 
 /// Runs the opening exchange: hello out, the server's answer within the hello timeout.
+/// Returns the id the server knows the connection by.
 async fn open<S>(
     node: &Node,
     conn: &quinn::Connection,
     sm: &mut Opener,
     ctl: &mut stream::Framed<S>,
-) -> Result<(), Ended>
+) -> Result<u64, Ended>
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
@@ -318,9 +328,13 @@ where
             }
         }
     }
-    // Established.
-    while sm.poll_event().is_some() {}
-    Ok(())
+    let mut id = 0;
+    while let Some(ev) = sm.poll_event() {
+        if let OpenerEvent::Established { connection_id, .. } = ev {
+            id = connection_id;
+        }
+    }
+    Ok(id)
 }
 
 /// Keeps the uplink of a listen-mode gateway (used by [`listen`]).

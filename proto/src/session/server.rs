@@ -126,6 +126,7 @@ impl ServerSession {
                     software: self.software.clone(),
                     server_time_ms: now_unix_ms,
                     device_id: self.device_id.clone(),
+                    connection_id: 0,
                 }));
                 self.phase = ServerPhase::AwaitLicenceCheck;
                 self.actions

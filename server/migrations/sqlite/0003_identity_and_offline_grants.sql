@@ -31,3 +31,10 @@ ALTER TABLE tokens ADD COLUMN allow_takeover BIGINT NOT NULL DEFAULT 1;
 ALTER TABLE devices ADD COLUMN cert_expires_at BIGINT NOT NULL DEFAULT 0;
 ALTER TABLE devices ADD COLUMN next_cert_sha256 TEXT;
 CREATE INDEX devices_next_cert ON devices (next_cert_sha256);
+
+-- Gateways in a DMZ the server dials (T4), added with `admin gateway dmz add` (beside the
+-- ones in server.toml): dialled from the moment they are added, no restart.
+CREATE TABLE dmz_gateways (
+    address   TEXT PRIMARY KEY,
+    added_at  BIGINT NOT NULL
+);

@@ -181,6 +181,11 @@ pub(super) async fn group_list(node: &Node) -> Answer {
 }
 
 fn device_info(node: &Node, d: DeviceRow, events: u64) -> DeviceInfo {
+    // A gateway's path is live: its NAT may have rebound since the uplink came up.
+    let path = match d.role.as_str() {
+        "gateway" => node.gateways().path(&d.id).unwrap_or(d.path),
+        _ => d.path,
+    };
     DeviceInfo {
         online: match d.role.as_str() {
             "gateway" => node.gateways().is_up(&d.id),
@@ -198,7 +203,7 @@ fn device_info(node: &Node, d: DeviceRow, events: u64) -> DeviceInfo {
         last_seen: d.last_seen,
         enrolled_at: d.enrolled_at,
         revoked: d.revoked_at.is_some(),
-        path: d.path,
+        path,
         os: d.os,
         agent_version: d.agent_version,
         events_stored: events,

@@ -8,6 +8,7 @@
 //! licence epoch inside the store; nothing here has to remember to.
 
 mod devices;
+mod gateways;
 mod keys;
 mod push;
 mod status;
@@ -120,7 +121,7 @@ fn from_store(e: StoreError) -> AdminResponse {
 }
 
 /// Executes one admin request.
-pub async fn handle(node: &Node, admin: &str, req: AdminRequest) -> AdminResponse {
+pub async fn handle(node: &Arc<Node>, admin: &str, req: AdminRequest) -> AdminResponse {
     let Some(op) = req.op else {
         return error(
             RefusalCode::InvalidArgument,
@@ -150,6 +151,9 @@ pub async fn handle(node: &Node, admin: &str, req: AdminRequest) -> AdminRespons
             Op::NotificationList(n) => keys::notifications(node, n).await,
             Op::Push(p) => push::push(node, p).await,
             Op::ServerStatus(_) => status::status(node).await,
+            Op::DmzGatewayAdd(g) => gateways::add(node, g).await,
+            Op::DmzGatewayRemove(g) => gateways::remove(node, g).await,
+            Op::DmzGatewayList(_) => gateways::list(node).await,
         }
     }
     .instrument(span)

@@ -27,6 +27,7 @@ pub use start::{StartError, start};
 
 use crate::config::ServerConfig;
 use crate::datadir::DataDir;
+use crate::dmz::Dmz;
 use crate::enroll::Enrollment;
 use crate::gateways::Gateways;
 use crate::licence::Licensing;
@@ -43,6 +44,7 @@ pub struct Node {
     licensing: Licensing,
     sessions: Sessions,
     gateways: Gateways,
+    dmz: Dmz,
     enrollment: Enrollment,
     local_addr: SocketAddr,
 }
@@ -91,6 +93,11 @@ impl Node {
         &self.gateways
     }
 
+    /// The gateways in a DMZ this server dials (T4).
+    pub fn dmz(&self) -> &Dmz {
+        &self.dmz
+    }
+
     /// The CA and inner TLS.
     pub fn enrollment(&self) -> &Enrollment {
         &self.enrollment
@@ -106,6 +113,13 @@ impl Node {
         let base = self.config.timing.retry_after;
         Refused::new(code, why.to_owned()).with_retry_after(outpost_net::jittered(base, base))
     }
+}
+
+/// How a shutdown went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Shutdown {
+    /// Every session and dialler ended within `timing.shutdown_grace`.
+    pub tasks_ended_in_grace: bool,
 }
 
 /// A running server.
@@ -155,16 +169,20 @@ impl ServerHandle {
         crate::licence::clock::reclaim(&self.node, cutoff, now).await
     }
 
-    /// Stops accepting, ends sessions with a retry-after, waits within the grace period.
-    pub async fn shutdown(self) {
+    /// Stops accepting and dialling, ends sessions with a retry-after, waits within the grace
+    /// period. Says whether every task ended within it.
+    pub async fn shutdown(self) -> Shutdown {
         let grace = self.node.config.timing.shutdown_grace;
         self.node.runtime.begin_shutdown();
         let _ = self.accept.await;
-        if tokio::time::timeout(grace, self.node.runtime.wait())
+        let in_grace = tokio::time::timeout(grace, self.node.runtime.wait())
             .await
-            .is_err()
-        {
-            warn!("sessions still running after the grace period; closing");
+            .is_ok();
+        if !in_grace {
+            warn!(
+                tasks = self.node.runtime.tasks_left(),
+                "tasks still running after the grace period; closing"
+            );
         }
         let r = Refused::new(RefusalCode::ShuttingDown, "server is shutting down");
         self.endpoint.close(
@@ -173,6 +191,9 @@ impl ServerHandle {
         );
         let _ = tokio::time::timeout(grace, self.endpoint.wait_idle()).await;
         self.node.store().close().await;
+        Shutdown {
+            tasks_ended_in_grace: in_grace,
+        }
     }
 
     /// Simulates a crash for tests: drops everything without telling anyone.

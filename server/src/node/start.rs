@@ -101,7 +101,10 @@ pub async fn start(data: DataDir) -> Result<ServerHandle, StartError> {
         data.set_admin_server(&c.client_address())?;
     }
 
+    let dmz_client = crate::dmz::client_config(&identity, &ca_der).map_err(tls)?;
+    let dmz_added = store.dmz_targets().await?;
     let node = Arc::new(Node {
+        dmz: crate::dmz::Dmz::new(ep.clone(), dmz_client),
         licensing: Licensing::new(store, grants, authority_public, &config, data.keys()),
         sessions: Sessions::new(config.limits.max_sessions),
         gateways: Default::default(),
@@ -116,16 +119,11 @@ pub async fn start(data: DataDir) -> Result<ServerHandle, StartError> {
         local_addr,
     });
     info!(addr = %local_addr, "outpost-server listening");
-    if !node.config.dmz_gateways.is_empty() {
-        let client = crate::dmz::client_config(&identity, &ca_der).map_err(tls)?;
-        for target in node.config.dmz_gateways.clone() {
-            node.runtime.spawn(crate::dmz::run(
-                node.clone(),
-                ep.clone(),
-                client.clone(),
-                target,
-            ));
-        }
+    for target in &node.config.dmz_gateways {
+        node.dmz.add(&node, target, crate::dmz::Source::Config);
+    }
+    for target in &dmz_added {
+        node.dmz.add(&node, target, crate::dmz::Source::Admin);
     }
     if let Some(rx) = node.store().take_notice_receiver() {
         node.runtime.spawn(crate::notify::run(node.clone(), rx));

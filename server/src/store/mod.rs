@@ -14,6 +14,7 @@
 pub mod backend;
 mod check;
 mod devices;
+mod dmz;
 mod enroll;
 mod events;
 mod groups;

@@ -103,6 +103,27 @@ fn t5_nat_rebinding_migrates_the_uplink() {
         after["connection_id"], before["connection_id"],
         "same connection, migrated"
     );
+    // The gateway's own status names the same connection, and `device list` shows the
+    // address the uplink has now, not the one it came up with.
+    assert_eq!(
+        o.gateway_status(&gw).unwrap()["uplink_connection_id"],
+        after["connection_id"]
+    );
+    let gw_id = Office::device_id(&gw);
+    let gateways = o.admin(&["device", "list", "--role", "gateway"]);
+    let path = gateways["devices"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["device_id"] == gw_id.as_str())
+        .unwrap()["path"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(
+        path,
+        format!("uplink from {}", after["remote"].as_str().unwrap())
+    );
     let r = o.push(&Office::device_id(&agent), "after rebinding");
     assert_eq!(r["outcomes"][0]["state"], "acked", "{r}");
     assert_eq!(
