@@ -14,21 +14,18 @@ use crate::store::StoreError;
 
 type Answer = Result<AdminResponse, StoreError>;
 
-fn valid(address: &str) -> Result<(), AdminResponse> {
-    outpost_net::config::check_addresses("address", std::iter::once(&address.to_owned())).map_err(
-        |e| {
-            error(
-                RefusalCode::InvalidArgument,
-                format!(
-                    "{e}: give the gateway's uplink.listen address, e.g. dmz-gw.example.com:4702"
-                ),
-            )
-        },
-    )
+/// Why an address is not one to dial, if it is not.
+fn invalid(address: &str) -> Option<AdminResponse> {
+    let e = outpost_net::config::check_addresses("address", std::iter::once(&address.to_owned()))
+        .err()?;
+    Some(error(
+        RefusalCode::InvalidArgument,
+        format!("{e}: give the gateway's uplink.listen address, e.g. dmz-gw.example.com:4702"),
+    ))
 }
 
 pub(super) async fn add(node: &std::sync::Arc<Node>, g: DmzGateway) -> Answer {
-    if let Err(r) = valid(&g.address) {
+    if let Some(r) = invalid(&g.address) {
         return Ok(r);
     }
     let added = node
