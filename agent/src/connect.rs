@@ -109,6 +109,9 @@ pub(crate) async fn connect_loop(shared: Arc<Shared>) {
                 }
             }
         }
+        if shared.shutdown.is_cancelled() {
+            return;
+        }
         if moved_back {
             continue;
         }

@@ -81,6 +81,10 @@ pub struct StartOptions {
     /// Hold the first connection attempt until this turns true (benchmarks start thousands of
     /// agents, then release them at once).
     pub hold: Option<watch::Receiver<bool>>,
+    /// Tests: stop dead the moment a sync answer acknowledges events, before they leave the
+    /// queue — as if the process were killed between the server's commit and the agent's
+    /// deletion (S5). The status says `crashed`.
+    pub die_before_ack: bool,
 }
 
 /// What the agent's tasks share. Immutable after start except behind the watch, the notifies
@@ -108,6 +112,8 @@ pub(crate) struct Shared {
     pub(crate) shutdown: CancellationToken,
     /// Gateway list sent by the server (replaces the configured one), with its revision.
     pub(crate) server_gateways: Mutex<(u64, Vec<String>)>,
+    /// See [`StartOptions::die_before_ack`].
+    pub(crate) die_before_ack: bool,
 }
 
 /// A running agent.
@@ -239,6 +245,7 @@ pub fn start(data: &Path, opts: StartOptions) -> Result<AgentHandle, StartError>
         grants,
         shutdown: CancellationToken::new(),
         server_gateways: Mutex::new(saved_gateways),
+        die_before_ack: opts.die_before_ack,
     });
     let tasks = tokio_util::task::TaskTracker::new();
     let span = info_span!("agent", device = %shared.identity.device_id);

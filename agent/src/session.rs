@@ -215,6 +215,11 @@ async fn on_event(
             };
             sm.send_sync(req, Instant::now().into_std());
         }
+        ClientEvent::Synced(resp) if shared.die_before_ack && !resp.acked_event_ids.is_empty() => {
+            warn!("test hook: dying before deleting acknowledged events");
+            shared.status.send_modify(|s| s.state = "crashed".into());
+            shared.shutdown.cancel();
+        }
         ClientEvent::Synced(resp) => {
             let q = shared.queue.clone();
             let ids = resp.acked_event_ids.clone();

@@ -113,9 +113,16 @@ pub fn unavailable() -> Option<String> {
     None
 }
 
-/// Returns a bed, or prints why the test is skipped and returns None.
+/// Set (to anything but "0") by CI: a network test that cannot run fails instead of skipping.
+pub const REQUIRE_ENV: &str = "OUTPOST_REQUIRE_NETNS";
+
+/// Returns a bed, or prints why the test is skipped and returns None. With
+/// [`REQUIRE_ENV`] set, a test that cannot run fails with the reason instead.
 pub fn bed_or_skip(test: &str, opts: BedOptions) -> Option<NetBed> {
     if let Some(why) = unavailable() {
+        if std::env::var(REQUIRE_ENV).is_ok_and(|v| v != "0") {
+            panic!("{test} cannot run ({why}), and {REQUIRE_ENV} says it must");
+        }
         println!("SKIPPED {test}: {why}");
         eprintln!("SKIPPED {test}: {why}");
         return None;

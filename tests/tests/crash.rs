@@ -102,3 +102,73 @@ async fn s5_agent_killed_with_events_queued_delivers_each_exactly_once() {
     assert_eq!(got, ids);
     let _ = Duration::ZERO;
 }
+
+/// S5: the server committed a batch of events and acknowledged it, but the agent died before
+/// it deleted them (the acknowledgement was lost): at its restart it sends them again, and the
+/// server stores each exactly once — none lost, none twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s5_acknowledgement_lost_after_commit_duplicates_nothing() {
+    init_logs();
+    let auth = Authority::new();
+    let server = Server::start(&auth, |_| {}).await;
+    let token = server.token("agent", 1).await;
+    let cfg = test_agent_config(vec![], Some(server.addr()), "ack-lost");
+    let agent = Agent::enroll(cfg.clone(), &token).await;
+    let device = outpost_net::identity::DeviceIdentity::load(&agent.data)
+        .unwrap()
+        .unwrap()
+        .device_id;
+    let q = outpost_agent::queue::Queue::open(&agent.data, 1000).unwrap();
+    let mut ids = HashSet::new();
+    for i in 0..10 {
+        ids.insert(
+            q.push(
+                "e",
+                format!("event {i}").as_bytes(),
+                outpost_net::unix_now_ms(),
+            )
+            .unwrap(),
+        );
+    }
+    let dying = outpost_agent::start(
+        &agent.data,
+        outpost_agent::StartOptions {
+            config: Some(cfg.clone()),
+            die_before_ack: true,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    within(
+        "the agent dies between the server's commit and its own deletion",
+        dying.wait_for(|s| s.state == "crashed"),
+    )
+    .await;
+    dying.shutdown().await;
+    let store = server.h().store().clone();
+    assert_eq!(store.event_count(&device).await.unwrap(), 10, "committed");
+    assert_eq!(
+        q.len(),
+        10,
+        "still queued: the acknowledgement never took effect"
+    );
+
+    let again = outpost_agent::start(
+        &agent.data,
+        outpost_agent::StartOptions {
+            config: Some(cfg),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    until("queue drained", || {
+        let q = q.clone();
+        async move { q.is_empty() }
+    })
+    .await;
+    again.shutdown().await;
+    let stored = store.events_of(&device).await.unwrap();
+    assert_eq!(stored.len(), 10, "each event stored exactly once");
+    let got: HashSet<String> = stored.into_iter().map(|e| e.id).collect();
+    assert_eq!(got, ids, "none lost");
+}

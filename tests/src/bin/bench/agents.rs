@@ -56,6 +56,7 @@ pub(crate) fn start_agents(
                     config: Some(cfg),
                     no_status_file: true,
                     hold: Some(hold.clone()),
+                    ..Default::default()
                 },
             )
             .map_err(anyhow::Error::from)
