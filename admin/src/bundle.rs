@@ -30,8 +30,8 @@ pub struct Bundle {
     pub server: String,
     /// The admin identity.
     pub identity: Identity,
-    /// The deployment CA.
-    pub ca: CertificateDer<'static>,
+    /// The deployment's CA certificates (two during a CA roll-over, S9).
+    pub cas: Vec<CertificateDer<'static>>,
 }
 
 /// Why a bundle could not be used.
@@ -68,14 +68,14 @@ impl Bundle {
             "admin certificate",
         )
         .map_err(|e| err(e.to_string()))?;
-        let ca = pki::certs_from_pem(&read("ca.pem")?, "ca.pem")
+        let cas = pki::certs_from_pem(&read("ca.pem")?, "ca.pem")
             .ok()
-            .and_then(|v| v.into_iter().next())
+            .filter(|v| !v.is_empty())
             .ok_or_else(|| err("ca.pem holds no certificate".into()))?;
         Ok(Bundle {
             server: toml.server,
             identity,
-            ca,
+            cas,
         })
     }
 }

@@ -81,6 +81,34 @@ enum AdminCmd {
         #[command(subcommand)]
         cmd: GatewayCmd,
     },
+    /// The server's own certificate (S9).
+    Cert {
+        #[command(subcommand)]
+        cmd: CertCmd,
+    },
+    /// The deployment CA: roll it over to a new one without re-enrolling anything (S9).
+    Ca {
+        #[command(subcommand)]
+        cmd: CaCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum CertCmd {
+    /// New key and certificate for the server, same names; new connections get it at once.
+    RotateServer,
+}
+
+#[derive(Subcommand)]
+enum CaCmd {
+    /// Create a new CA, trusted beside the old one; devices move to it as they sync.
+    RollOver,
+    /// Stop trusting the old CA once no active device holds a certificate from it.
+    FinishRollOver {
+        /// Finish even though some devices are still on the old CA (they will need new tokens).
+        #[arg(long)]
+        force: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -363,6 +391,15 @@ pub async fn run(a: AdminArgs) -> Result<(), AdminError> {
             wait_ms: Duration::from(p.wait).as_millis().min(u32::MAX as u128) as u32,
         }),
         AdminCmd::Status => Op::ServerStatus(Empty {}),
+        AdminCmd::Cert {
+            cmd: CertCmd::RotateServer,
+        } => Op::CertRotateServer(Empty {}),
+        AdminCmd::Ca {
+            cmd: CaCmd::RollOver,
+        } => Op::CaRollOver(Empty {}),
+        AdminCmd::Ca {
+            cmd: CaCmd::FinishRollOver { force },
+        } => Op::CaFinishRollOver(outpost_proto::pb::admin::CaFinish { force }),
         AdminCmd::Gateway {
             cmd: GatewayCmd::Dmz { cmd },
         } => match cmd {

@@ -82,18 +82,18 @@ impl AdminClient {
                 addr: target.to_owned(),
                 why: e.to_string(),
             })?;
-        Self::connect(&bundle.identity, bundle.ca, addr).await
+        Self::connect(&bundle.identity, bundle.cas, addr).await
     }
 
     /// Connects with an identity.
     pub async fn connect(
         id: &Identity,
-        ca: rustls_pki_types::CertificateDer<'static>,
+        cas: Vec<rustls_pki_types::CertificateDer<'static>>,
         addr: SocketAddr,
     ) -> Result<AdminClient, AdminError> {
         let local = |e: &dyn std::fmt::Display| AdminError::Local(e.to_string());
         let tls =
-            pki::client_config(Some(id), &Trust::Ca(ca), &[alpn::ADMIN]).map_err(|e| local(&e))?;
+            pki::client_config(Some(id), &Trust::Ca(cas), &[alpn::ADMIN]).map_err(|e| local(&e))?;
         let quic = quinn::crypto::rustls::QuicClientConfig::try_from(Arc::new(tls))
             .map_err(|e| local(&e))?;
         let mut cfg = quinn::ClientConfig::new(Arc::new(quic));

@@ -221,7 +221,53 @@ pub fn human(r: &R) -> String {
             ));
             out
         }
-        R::ServerStatus(s) => format!(
+        R::ServerStatus(s) => {
+            let mut out = server_status(s);
+            if let Some(c) = &s.certificates {
+                out.push_str(&cert_status(c));
+            }
+            out
+        }
+    }
+}
+
+/// The certificate part of `status` (S9).
+fn cert_status(c: &outpost_proto::pb::admin::CertStatus) -> String {
+    let mut out = format!(
+        "server certificate expires: {}
+",
+        when(c.server_expires_at)
+    );
+    for ca in &c.cas {
+        out.push_str(&format!(
+            "CA {} ({}…) expires: {}{}
+",
+            ca.name,
+            &ca.sha256[..ca.sha256.len().min(16)],
+            when(ca.expires_at),
+            if ca.issuing { ", issuing" } else { "" }
+        ));
+    }
+    if c.rolling_over {
+        out.push_str(&format!(
+            "CA roll-over under way: {} active device(s) still on another CA (`ca finish-roll-over` once 0)
+",
+            c.devices_on_other_ca
+        ));
+    }
+    if c.soonest_device_expiry > 0 {
+        out.push_str(&format!(
+            "soonest device certificate expiry: {} (devices renew by themselves while connected)
+",
+            when(c.soonest_device_expiry)
+        ));
+    }
+    out
+}
+
+fn server_status(s: &outpost_proto::pb::admin::ServerStatusResult) -> String {
+    {
+        format!(
             "{}\nlistening on {}\nagent sessions online: {}\ngateways connected: {}\ndevices: {}\nuptime: {}\n\
              sessions refused (overload): {}\nconnections refused (authentication): {}\n\
              bad frames: {}\nnotifications not delivered (queue full; in the log): {}\n",
@@ -235,7 +281,7 @@ pub fn human(r: &R) -> String {
             s.connections_refused,
             s.bad_frames,
             s.notifications_dropped,
-        ),
+        )
     }
 }
 

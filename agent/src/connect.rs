@@ -13,7 +13,7 @@ use outpost_proto::error::{Fault, RefusalCode, Refused};
 use outpost_proto::pki;
 use rustls_pki_types::ServerName;
 use tokio::time::Instant;
-use tracing::{debug, info};
+use tracing::{debug, info, warn};
 
 use crate::node::{AgentEvent, Shared};
 use crate::session::run_session;
@@ -120,9 +120,17 @@ pub(crate) async fn connect_loop(shared: Arc<Shared>) {
             backoff.on_retry_after(d);
         }
         let delay = backoff.next_delay(outpost_net::jitter_unit());
+        // S9: an expired certificate explains every failure; say so with the fix (the server
+        // stays the judge: with a wrong local clock the next attempt may still succeed).
+        let mut state = "offline";
+        if let Some(why) = crate::certs::expired(&shared, outpost_net::unix_now()) {
+            warn!(error = %last, "{why}");
+            last = why;
+            state = "certificate-expired";
+        }
         info!(reason = %last, retry_in = ?delay, "offline");
         shared.status.send_modify(|s| {
-            s.state = "offline".into();
+            s.state = state.into();
             s.path.clear();
             s.last_error = last.clone();
             s.updated_at = outpost_net::unix_now();
@@ -175,12 +183,12 @@ pub(crate) async fn dial(shared: &Arc<Shared>, via: Via, target: &str) -> Result
         .map_err(|e| Attempt::Unreachable(e.to_string()))?;
     let (client, name, label) = match via {
         Via::Gateway => (
-            shared.relay_client.clone(),
+            shared.tls().relay_client.clone(),
             pki::GATEWAY_NAME,
             format!("gateway {addr}"),
         ),
         Via::Server => (
-            shared.direct_client.clone(),
+            shared.tls().direct_client.clone(),
             pki::SERVER_NAME,
             format!("server {addr} (direct)"),
         ),
@@ -256,7 +264,11 @@ async fn on_connection(
                     .connect
                     .dial_timeout
                     .max(Duration::from_secs(5)),
-                shared.inner_tls.connect(sni, stream::bi(send, recv)),
+                shared
+                    .tls()
+                    .inner_tls
+                    .clone()
+                    .connect(sni, stream::bi(send, recv)),
             )
             .await;
             match tls {

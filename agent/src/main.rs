@@ -131,7 +131,11 @@ async fn run(cmd: Cmd) -> anyhow::Result<()> {
                     })?;
                     Ok(cfg)
                 })?;
-            if DeviceIdentity::load(&data_dir)?.is_none() {
+            // No identity yet, or one whose certificate expired (S9) and a token to replace
+            // it: enroll (again; the same machine id keeps its device record, S7).
+            let expired = DeviceIdentity::load(&data_dir)?
+                .map(|id| id.expires_at() <= outpost_net::unix_now());
+            if expired.is_none() || (expired == Some(true) && token.is_some()) {
                 let token = token.ok_or_else(|| {
                     anyhow::anyhow!(
                         "{} holds no agent identity: start once with --token <enrollment token>",

@@ -11,10 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use outpost_net::identity::{DeviceIdentity, IdentityError};
-use outpost_net::transport;
-use outpost_proto::alpn;
 use outpost_proto::pb::v1::{Inventory, Push};
-use outpost_proto::pki::{self, Trust};
 use tokio::sync::{Notify, broadcast, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, info_span};
@@ -92,12 +89,12 @@ pub struct StartOptions {
 pub(crate) struct Shared {
     pub(crate) data: PathBuf,
     pub(crate) config: AgentConfig,
-    pub(crate) identity: DeviceIdentity,
+    /// Device id (never changes).
+    pub(crate) device_id: String,
+    /// Identity and TLS configurations; swapped on renewal or a new CA set (S9).
+    pub(crate) tls: crate::certs::Current,
     pub(crate) queue: Queue,
     pub(crate) inventory: Inventory,
-    pub(crate) relay_client: quinn::ClientConfig,
-    pub(crate) direct_client: quinn::ClientConfig,
-    pub(crate) inner_tls: tokio_rustls::TlsConnector,
     /// A shared endpoint for every connection (benchmarks); else one per attempt.
     pub(crate) endpoint: Option<quinn::Endpoint>,
     /// The status; written by the tasks, read by `status.json` and observers.
@@ -116,6 +113,13 @@ pub(crate) struct Shared {
     pub(crate) die_before_ack: bool,
 }
 
+impl Shared {
+    /// The identity and TLS configurations of the moment.
+    pub(crate) fn tls(&self) -> Arc<crate::certs::Tls> {
+        self.tls.read().expect("tls lock").clone()
+    }
+}
+
 /// A running agent.
 pub struct AgentHandle {
     shared: Arc<Shared>,
@@ -125,7 +129,7 @@ pub struct AgentHandle {
 impl std::fmt::Debug for AgentHandle {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("AgentHandle")
-            .field("device", &self.shared.identity.device_id)
+            .field("device", &self.shared.device_id)
             .finish()
     }
 }
@@ -133,7 +137,7 @@ impl std::fmt::Debug for AgentHandle {
 impl AgentHandle {
     /// Device id.
     pub fn device_id(&self) -> &str {
-        &self.shared.identity.device_id
+        &self.shared.device_id
     }
 
     /// Watches the status.
@@ -188,27 +192,11 @@ pub fn start(data: &Path, opts: StartOptions) -> Result<AgentHandle, StartError>
         None => AgentConfig::load(&config_path(data))?,
     };
     config.validate()?;
+    outpost_net::identity::complete_renewal(data)?;
     let identity = DeviceIdentity::load(data)?
         .ok_or_else(|| StartError::NotEnrolled(data.display().to_string()))?;
     let queue = Queue::open(data, config.queue.max_events)?;
-    let trust = Trust::Ca(identity.ca.clone());
-    let tls_err = |e: &dyn std::fmt::Display| StartError::Tls(e.to_string());
-    let client = |alpn: &[u8]| -> Result<quinn::ClientConfig, StartError> {
-        let tls = pki::client_config(Some(&identity.identity), &trust, &[alpn])
-            .map_err(|e| tls_err(&e))?;
-        let quic = quinn::crypto::rustls::QuicClientConfig::try_from(Arc::new(tls))
-            .map_err(|e| tls_err(&e))?;
-        let mut c = quinn::ClientConfig::new(Arc::new(quic));
-        c.transport_config(transport::client(
-            config.connect.keep_alive,
-            config.connect.idle_timeout,
-        ));
-        Ok(c)
-    };
-    let relay_client = client(alpn::RELAY)?;
-    let direct_client = client(alpn::AGENT)?;
-    let inner = pki::client_config(Some(&identity.identity), &trust, &[alpn::INNER_SESSION])
-        .map_err(|e| tls_err(&e))?;
+    let tls = crate::certs::build(identity, &config).map_err(StartError::Tls)?;
     let inventory = outpost_net::identity::inventory(
         (!config.hostname.is_empty()).then_some(config.hostname.as_str()),
         (!config.machine_id.is_empty()).then_some(config.machine_id.as_str()),
@@ -216,6 +204,7 @@ pub fn start(data: &Path, opts: StartOptions) -> Result<AgentHandle, StartError>
         &format!("outpost-agent {}", outpost_proto::SOFTWARE_VERSION),
     );
     let saved_gateways = load_gateways(data);
+    let identity = &tls.identity;
     let grants = Grants::open(data, &identity.device_id, &identity.grant_public_key);
     let licence = grants.state(outpost_net::unix_now());
     let initial = AgentStatus {
@@ -225,18 +214,17 @@ pub fn start(data: &Path, opts: StartOptions) -> Result<AgentHandle, StartError>
         state: "starting".into(),
         licence,
         queue_depth: queue.len(),
+        cert_expires_at: identity.expires_at(),
         ..Default::default()
     };
     let (status_tx, _) = watch::channel(initial);
     let shared = Arc::new(Shared {
         data: data.to_owned(),
         config,
-        identity,
+        device_id: identity.device_id.clone(),
+        tls: std::sync::RwLock::new(Arc::new(tls)),
         queue,
         inventory,
-        relay_client,
-        direct_client,
-        inner_tls: tokio_rustls::TlsConnector::from(Arc::new(inner)),
         endpoint: opts.endpoint,
         status: status_tx,
         events: broadcast::channel(64).0,
@@ -248,7 +236,7 @@ pub fn start(data: &Path, opts: StartOptions) -> Result<AgentHandle, StartError>
         die_before_ack: opts.die_before_ack,
     });
     let tasks = tokio_util::task::TaskTracker::new();
-    let span = info_span!("agent", device = %shared.identity.device_id);
+    let span = info_span!("agent", device = %shared.device_id);
     let hold = opts.hold;
     let sh = shared.clone();
     tasks.spawn(

@@ -50,11 +50,8 @@ async fn probe(shared: &Arc<Shared>, via: Via, target: &str) -> Option<String> {
             let inner = async {
                 let (send, recv) = d.conn.open_bi().await.ok()?;
                 let sni = ServerName::try_from(pki::SERVER_NAME).expect("static name");
-                shared
-                    .inner_tls
-                    .connect(sni, stream::bi(send, recv))
-                    .await
-                    .ok()
+                let tls = shared.tls().inner_tls.clone();
+                tls.connect(sni, stream::bi(send, recv)).await.ok()
             };
             let wait = shared
                 .config

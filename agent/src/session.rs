@@ -43,6 +43,7 @@ where
     let setup = shared.config.connect.setup_timeout;
     let setup_deadline = Instant::now() + setup;
     let mut established = false;
+    let mut renewal = crate::certs::Renewal::default();
     // On a fallback path: watch for a preferred one to answer again (T8).
     let mut back = (!preferred.is_empty()).then(|| {
         AbortOnDrop(tokio::spawn(crate::paths::probe_preferred(
@@ -70,7 +71,7 @@ where
             }
             while let Some(ev) = sm.poll_event() {
                 progressed = true;
-                on_event(shared, &mut sm, ev, label, &mut established).await;
+                on_event(shared, &mut sm, ev, label, &mut established, &mut renewal).await;
             }
             if !progressed {
                 break;
@@ -80,6 +81,14 @@ where
             Some(t) => Instant::from_std(t),
             None if !sm.is_ready() => setup_deadline,
             None => Instant::now() + Duration::from_secs(3600),
+        };
+        // S9: renew over this session when the certificate is due (checked at least hourly).
+        let renew_at = match renewal.next_check(shared) {
+            Some(due) if sm.is_ready() => {
+                let wait = (due - outpost_net::unix_now()).clamp(0, 3_600) as u64;
+                Some(Instant::now() + Duration::from_secs(wait))
+            }
+            _ => None,
         };
         tokio::select! {
             label = moved_back(&mut back), if sm.is_ready() => {
@@ -110,6 +119,11 @@ where
                 }
                 if let Err(e) = sm.handle_timeout(Instant::now().into_std()) {
                     return end(format!("{label}: {e}"), None, established);
+                }
+            }
+            _ = sleep_opt(renew_at) => {
+                if let Some(csr) = renewal.request_if_due(shared, outpost_net::unix_now()) {
+                    sm.renew_certificate(csr);
                 }
             }
             _ = shared.nudge.notified() => sm.request_sync(Instant::now().into_std()),
@@ -154,17 +168,25 @@ async fn ended_by_peer(
     }
 }
 
+async fn sleep_opt(at: Option<Instant>) {
+    match at {
+        Some(t) => tokio::time::sleep_until(t).await,
+        None => std::future::pending().await,
+    }
+}
+
 async fn on_event(
     shared: &Arc<Shared>,
     sm: &mut ClientSession,
     ev: ClientEvent,
     label: &str,
     established: &mut bool,
+    renewal: &mut crate::certs::Renewal,
 ) {
     let now = outpost_net::unix_now();
     match ev {
         ClientEvent::Established { version, device_id } => {
-            if device_id != shared.identity.device_id {
+            if device_id != shared.device_id {
                 warn!(server_says = %device_id, "the server knows this certificate under another device id");
             }
             *established = true;
@@ -204,6 +226,7 @@ async fn on_event(
                 .unwrap_or_default();
             let rev = shared.server_gateways.lock().expect("gateways lock").0;
             let req = SyncRequest {
+                trust_sha256: shared.tls().identity.trust_sha256().to_vec(),
                 licence_checked_at_ms: shared.grants.checked_at_ms(),
                 seq: 0,
                 inventory: Some(shared.inventory.clone()),
@@ -241,6 +264,12 @@ async fn on_event(
                     false,
                 );
             }
+            if let Some(t) = resp.trust {
+                crate::certs::on_trust(shared, t);
+            }
+            if let Some(csr) = renewal.request_if_due(shared, now) {
+                sm.renew_certificate(csr);
+            }
             if depth > 0 && acked > 0 {
                 // More waiting: keep draining.
                 sm.request_sync(Instant::now().into_std());
@@ -252,6 +281,7 @@ async fn on_event(
             });
             let _ = shared.events.send(AgentEvent::Synced { acked });
         }
+        ClientEvent::CertRenewed(r) => renewal.done(shared, r),
         ClientEvent::Push(p) => {
             let kind = PushKind::try_from(p.kind)
                 .map(|k| k.as_str_name())

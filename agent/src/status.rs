@@ -37,6 +37,9 @@ pub struct AgentStatus {
     pub last_error: String,
     /// Sessions established since start.
     pub sessions: u64,
+    /// Unix seconds at which this device's certificate expires (S9; renewed before).
+    #[serde(default)]
+    pub cert_expires_at: i64,
 }
 
 /// Writes the status file.
@@ -72,6 +75,7 @@ pub fn read(data: &Path) -> Result<(AgentStatus, bool), ReadError> {
         Err(e) => return Err(e.into()),
     };
     s.device_id = id.device_id.clone();
+    s.cert_expires_at = id.expires_at();
     s.licence = crate::grants::state(
         data,
         &id.device_id,
@@ -111,7 +115,7 @@ pub fn human(s: &AgentStatus, running: bool) -> String {
         format!("UNLICENSED: {}", s.licence.reason)
     };
     format!(
-        "agent {}  ({})\nstate       {}\npath        {}\nlicence     {}\nlast sync   {}\nqueue       {} event(s) waiting\npushes      {} received{}\n{}",
+        "agent {}  ({})\nstate       {}\npath        {}\nlicence     {}\ncertificate {} (expiry; renewed by itself while connected)\nlast sync   {}\nqueue       {} event(s) waiting\npushes      {} received{}\n{}",
         s.device_id,
         if running {
             format!("running, pid {}", s.pid)
@@ -121,6 +125,7 @@ pub fn human(s: &AgentStatus, running: bool) -> String {
         s.state,
         if s.path.is_empty() { "-" } else { &s.path },
         licence,
+        when(s.cert_expires_at),
         when(s.last_sync),
         s.queue_depth,
         s.pushes_received,

@@ -11,13 +11,11 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
+use outpost_net::endpoint;
 use outpost_net::identity::{DeviceIdentity, IdentityError};
 use outpost_net::runtime::Runtime;
 use outpost_net::splice::Tap;
-use outpost_net::{endpoint, transport};
-use outpost_proto::alpn;
 use outpost_proto::pb::v1::GatewayReport;
-use outpost_proto::pki::{self, ClientAuth};
 use tokio::sync::{Notify, watch};
 
 use crate::config::GatewayConfig;
@@ -30,7 +28,13 @@ use crate::uplink::{Uplink, UplinkState};
 pub struct Node {
     config: Arc<GatewayConfig>,
     data: PathBuf,
-    identity: DeviceIdentity,
+    device_id: String,
+    /// Identity and TLS configurations; swapped on renewal or a new CA set (S9).
+    tls: std::sync::RwLock<Arc<crate::certs::Tls>>,
+    /// Endpoints whose configuration follows `tls`: the office one, and the DMZ listener.
+    /// Taken at shutdown, so a task outliving it cannot keep the office port bound.
+    office_ep: std::sync::Mutex<Option<quinn::Endpoint>>,
+    listen_ep: std::sync::Mutex<Option<quinn::Endpoint>>,
     runtime: Runtime,
     uplink: Uplink,
     office: Office,
@@ -59,9 +63,30 @@ impl Node {
         &self.data
     }
 
-    /// This gateway's credentials.
-    pub fn identity(&self) -> &DeviceIdentity {
-        &self.identity
+    /// This gateway's credentials and TLS configurations of the moment.
+    pub fn tls(&self) -> Arc<crate::certs::Tls> {
+        self.tls.read().expect("tls lock").clone()
+    }
+
+    /// Its device id.
+    pub fn device_id(&self) -> &str {
+        &self.device_id
+    }
+
+    /// Swaps in new TLS configurations; every endpoint uses them for its next handshakes.
+    pub fn set_tls(&self, t: crate::certs::Tls) {
+        if let Some(ep) = self.office_ep.lock().expect("office lock").as_ref() {
+            ep.set_server_config(Some(t.office.clone()));
+        }
+        if let Some(ep) = self.listen_ep.lock().expect("listen lock").as_ref() {
+            ep.set_server_config(Some(t.listen.clone()));
+        }
+        *self.tls.write().expect("tls lock") = Arc::new(t);
+    }
+
+    /// Registers the DMZ listen endpoint (its configuration then follows renewals).
+    pub fn set_listen_endpoint(&self, ep: Option<quinn::Endpoint>) {
+        *self.listen_ep.lock().expect("listen lock") = ep;
     }
 
     /// Shutdown and tasks.
@@ -99,6 +124,7 @@ impl Node {
             bytes_up: s.bytes_up,
             bytes_down: s.bytes_down,
             software: format!("outpost-gateway {}", outpost_proto::SOFTWARE_VERSION),
+            trust_sha256: self.tls().identity.trust_sha256().to_vec(),
         }
     }
 
@@ -108,7 +134,8 @@ impl Node {
         let st = self.office.stats();
         let bytes = self.office.bytes();
         GatewayStatus {
-            device_id: self.identity.device_id.clone(),
+            device_id: self.device_id.clone(),
+            cert_expires_at: self.tls().identity.expires_at(),
             pid: std::process::id(),
             updated_at: outpost_net::unix_now(),
             server: self.config.server.clone(),
@@ -177,10 +204,6 @@ pub enum StartError {
     Tls(String),
 }
 
-fn tls(e: impl std::fmt::Display) -> StartError {
-    StartError::Tls(e.to_string())
-}
-
 /// A running gateway.
 pub struct GatewayHandle {
     node: Arc<Node>,
@@ -226,6 +249,8 @@ impl GatewayHandle {
     pub async fn shutdown(self) {
         let grace = self.node.config.timing.shutdown_grace;
         self.node.runtime.begin_shutdown();
+        self.node.office_ep.lock().expect("office lock").take();
+        self.node.set_listen_endpoint(None);
         let _ = tokio::time::timeout(grace, self.node.runtime.wait()).await;
         self.endpoint
             .close(quinn::VarInt::from_u32(0), b"gateway shutting down");
@@ -248,53 +273,29 @@ pub async fn start(data: &Path, opts: StartOptions) -> Result<GatewayHandle, Sta
         None => GatewayConfig::load(&config_path(data))?,
     };
     config.validate()?;
+    outpost_net::identity::complete_renewal(data)?;
     let identity = DeviceIdentity::load(data)?
         .ok_or_else(|| StartError::NotEnrolled(data.display().to_string()))?;
 
-    let mut office_tls = pki::server_config(
-        &identity.identity,
-        &identity.ca,
-        &[alpn::RELAY, alpn::ENROLL],
-        ClientAuth::OptionalForEnrollment,
-    )
-    .map_err(tls)?;
-    office_tls.max_early_data_size = 0;
-    let quic =
-        quinn::crypto::rustls::QuicServerConfig::try_from(Arc::new(office_tls)).map_err(tls)?;
-    let mut server_cfg = quinn::ServerConfig::with_crypto(Arc::new(quic));
-    server_cfg.transport_config(transport::listener(
-        config
-            .uplink
-            .idle_timeout
-            .max(std::time::Duration::from_secs(30)),
-    ));
+    let tls = crate::certs::build(identity, &config).map_err(StartError::Tls)?;
+    let server_cfg = tls.office.clone();
     let (ep, local_addr) = endpoint::listen(config.listen, &config.socket, server_cfg, data)?;
-
-    let up_tls = pki::client_config(
-        Some(&identity.identity),
-        &pki::Trust::Ca(identity.ca.clone()),
-        &[alpn::GATEWAY],
-    )
-    .map_err(tls)?;
-    let mut uplink_client = quinn::ClientConfig::new(Arc::new(
-        quinn::crypto::rustls::QuicClientConfig::try_from(Arc::new(up_tls)).map_err(tls)?,
-    ));
-    uplink_client.transport_config(transport::uplink(
-        config.uplink.keep_alive,
-        config.uplink.idle_timeout,
-    ));
 
     let node = Arc::new(Node {
         office: Office::new(&config.limits, opts.tap),
-        uplink: Uplink::new(uplink_client),
+        uplink: Uplink::new(),
         config: Arc::new(config),
         data: data.to_owned(),
-        identity,
+        device_id: tls.identity.device_id.clone(),
+        tls: std::sync::RwLock::new(Arc::new(tls)),
+        office_ep: std::sync::Mutex::new(None),
+        listen_ep: std::sync::Mutex::new(None),
         runtime: Runtime::default(),
         status_changed: Notify::new(),
         local_addr,
     });
-    tracing::info!(device = %node.identity.device_id, listen = %local_addr, server = %node.config.server, "outpost-gateway starting");
+    *node.office_ep.lock().expect("office lock") = Some(ep.clone());
+    tracing::info!(device = %node.device_id, listen = %local_addr, server = %node.config.server, "outpost-gateway starting");
     node.runtime.spawn(crate::uplink::run(node.clone()));
     node.runtime
         .spawn(crate::relay::accept_loop(node.clone(), ep.clone()));

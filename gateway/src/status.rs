@@ -15,6 +15,9 @@ use crate::node::Node;
 pub struct GatewayStatus {
     /// Device id.
     pub device_id: String,
+    /// Unix seconds at which this gateway's certificate expires (S9; renewed before).
+    #[serde(default)]
+    pub cert_expires_at: i64,
     /// Process id of the running gateway.
     pub pid: u32,
     /// Unix seconds of this snapshot.
@@ -91,7 +94,7 @@ pub fn human(s: &GatewayStatus, running: bool) -> String {
         }
     };
     format!(
-        "gateway {}  ({})\nserver      {}\nuplink      {}{}\nlisten      {}\nagents      {} connected, {} sessions relayed now, {} since start\nrefused     {} (uplink down), {} (limits)\nbytes       {} up, {} down\nupdated     {}\n",
+        "gateway {}  ({})\nserver      {}\nuplink      {}{}\nlisten      {}\nagents      {} connected, {} sessions relayed now, {} since start\nrefused     {} (uplink down), {} (limits)\nbytes       {} up, {} down\ncertificate {} (expiry; renewed by itself over the uplink)\nupdated     {}\n",
         s.device_id,
         if running {
             format!("running, pid {}", s.pid)
@@ -122,6 +125,7 @@ pub fn human(s: &GatewayStatus, running: bool) -> String {
         s.refused_overload,
         s.bytes_up,
         s.bytes_down,
+        when(s.cert_expires_at),
         when(s.updated_at),
     )
 }

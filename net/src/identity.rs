@@ -103,8 +103,8 @@ pub struct DeviceIdentity {
     pub group: String,
     /// Certificate chain and key.
     pub identity: Identity,
-    /// The deployment CA.
-    pub ca: CertificateDer<'static>,
+    /// The deployment's CA certificates, the issuing one first (two during a roll-over, S9).
+    pub cas: Vec<CertificateDer<'static>>,
     /// Ed25519 key that signs grants.
     pub grant_public_key: Vec<u8>,
 }
@@ -134,17 +134,33 @@ impl DeviceIdentity {
         };
         let file: DeviceFile = toml::from_str(&read_string(&d.join("device.toml"))?)
             .map_err(|e| damaged("device.toml", e.to_string()))?;
-        let identity = Identity::from_pem(
-            &IdentityPem {
-                chain_pem: read_string(&d.join("cert.pem"))?,
-                key_pem: read_string(&d.join("key.pem"))?,
-            },
-            &d.join("cert.pem").display().to_string(),
-        )
-        .map_err(|e| damaged("cert.pem", e.to_string()))?;
-        let ca = pki::certs_from_pem(&read_string(&d.join("ca.pem"))?, "identity/ca.pem")
+        // A renewal that a crash interrupted before it was installed (S9): the complete new
+        // identity is in renewed.pem. Read-only here (`status` reads while the device runs);
+        // the device installs it at start, `complete_renewal`.
+        let renewed = d.join("renewed.pem");
+        let identity = if renewed.exists() {
+            let text = read_string(&renewed)?;
+            Identity::from_pem(
+                &IdentityPem {
+                    chain_pem: text.clone(),
+                    key_pem: text,
+                },
+                &renewed.display().to_string(),
+            )
+            .map_err(|e| damaged("renewed.pem", e.to_string()))?
+        } else {
+            Identity::from_pem(
+                &IdentityPem {
+                    chain_pem: read_string(&d.join("cert.pem"))?,
+                    key_pem: read_string(&d.join("key.pem"))?,
+                },
+                &d.join("cert.pem").display().to_string(),
+            )
+            .map_err(|e| damaged("cert.pem", e.to_string()))?
+        };
+        let cas = pki::certs_from_pem(&read_string(&d.join("ca.pem"))?, "identity/ca.pem")
             .ok()
-            .and_then(|v| v.into_iter().next())
+            .filter(|v| !v.is_empty())
             .ok_or_else(|| damaged("ca.pem", "no certificate in it".into()))?;
         let grant_public_key = base64::engine::general_purpose::STANDARD
             .decode(&file.grant_public_key)
@@ -153,7 +169,7 @@ impl DeviceIdentity {
             device_id: file.device_id,
             group: file.group,
             identity,
-            ca,
+            cas,
             grant_public_key,
         }))
     }
@@ -169,11 +185,7 @@ impl DeviceIdentity {
             .collect();
         write_atomic(&d.join("key.pem"), key_pem.as_bytes(), true)?;
         write_atomic(&d.join("cert.pem"), chain.as_bytes(), false)?;
-        write_atomic(
-            &d.join("ca.pem"),
-            pki::cert_to_pem(&self.ca).as_bytes(),
-            false,
-        )?;
+        self.save_trust(data)?;
         let file = DeviceFile {
             device_id: self.device_id.clone(),
             group: self.group.clone(),
@@ -184,6 +196,124 @@ impl DeviceIdentity {
         write_atomic(&d.join("device.toml"), text.as_bytes(), false)?;
         Ok(())
     }
+}
+
+impl DeviceIdentity {
+    /// Stores the CA certificates to trust (S9).
+    pub fn save_trust(&self, data: &Path) -> Result<(), IdentityError> {
+        let text: String = self.cas.iter().map(|c| pki::cert_to_pem(c)).collect();
+        write_atomic(&dir(data).join("ca.pem"), text.as_bytes(), false)?;
+        Ok(())
+    }
+
+    /// The hash of the trusted CA set, as the server compares it.
+    pub fn trust_sha256(&self) -> [u8; 32] {
+        pki::trust_sha256(&self.cas)
+    }
+
+    /// When this device's certificate is due for renewal: two thirds of its lifetime, or now
+    /// when the issuing CA (the first trusted one) did not issue it (a roll-over).
+    pub fn renewal_due(&self) -> i64 {
+        let leaf = self.identity.leaf();
+        if let Some(issuing) = self.cas.first()
+            && !pki::issued_by(leaf, issuing)
+        {
+            return 0;
+        }
+        pki::renewal_due(leaf).unwrap_or(0)
+    }
+
+    /// The certificate's expiry, Unix seconds.
+    pub fn expires_at(&self) -> i64 {
+        pki::validity(self.identity.leaf())
+            .map(|v| v.1)
+            .unwrap_or(0)
+    }
+
+    /// Takes a renewed certificate for the key pair `key_pem` (S9): stored in one file first,
+    /// so a crash leaves either the old identity or the complete new one, then installed.
+    pub fn renewed(
+        &mut self,
+        data: &Path,
+        key_pem: &str,
+        cert_der: Vec<u8>,
+        cas: Vec<CertificateDer<'static>>,
+    ) -> Result<(), IdentityError> {
+        let d = dir(data);
+        let issuing = cas
+            .iter()
+            .find(|c| pki::issued_by(&cert_der, c))
+            .cloned()
+            .ok_or_else(|| IdentityError::Damaged {
+                path: d.join("renewed.pem"),
+                what: "the renewed certificate was not issued by any CA the server sent".into(),
+            })?;
+        let text = format!(
+            "{key_pem}{}{}",
+            pki::cert_to_pem(&cert_der),
+            pki::cert_to_pem(&issuing)
+        );
+        let identity = Identity::from_pem(
+            &IdentityPem {
+                chain_pem: text.clone(),
+                key_pem: text.clone(),
+            },
+            "renewed certificate",
+        )
+        .map_err(|e| IdentityError::Damaged {
+            path: d.join("renewed.pem"),
+            what: e.to_string(),
+        })?;
+        write_atomic(&d.join("renewed.pem"), text.as_bytes(), true)?;
+        if !cas.is_empty() {
+            self.cas = cas;
+            self.save_trust(data)?;
+        }
+        install(&d, &identity)?;
+        self.identity = identity;
+        Ok(())
+    }
+}
+
+/// Installs a renewal a crash interrupted (S9). The device calls it at start, before `load`.
+pub fn complete_renewal(data: &Path) -> Result<(), IdentityError> {
+    let d = dir(data);
+    if !d.join("renewed.pem").exists() {
+        return Ok(());
+    }
+    let text = read_string(&d.join("renewed.pem"))?;
+    let id = Identity::from_pem(
+        &IdentityPem {
+            chain_pem: text.clone(),
+            key_pem: text,
+        },
+        "renewed.pem",
+    )
+    .map_err(|e| IdentityError::Damaged {
+        path: d.join("renewed.pem"),
+        what: e.to_string(),
+    })?;
+    install(&d, &id)
+}
+
+/// Installs a renewed identity from `renewed.pem` as key.pem and cert.pem, then removes it.
+fn install(d: &Path, id: &Identity) -> Result<(), IdentityError> {
+    let text = read_string(&d.join("renewed.pem"))?;
+    let key_start = text.find("-----BEGIN PRIVATE KEY-----").unwrap_or(0);
+    let key_end = text
+        .find("-----END PRIVATE KEY-----")
+        .map(|i| i + "-----END PRIVATE KEY-----\n".len())
+        .unwrap_or(0)
+        .min(text.len());
+    let chain: String = id.chain.iter().map(|c| pki::cert_to_pem(c)).collect();
+    write_atomic(
+        &d.join("key.pem"),
+        &text.as_bytes()[key_start..key_end],
+        true,
+    )?;
+    write_atomic(&d.join("cert.pem"), chain.as_bytes(), false)?;
+    std::fs::remove_file(d.join("renewed.pem"))?;
+    Ok(())
 }
 
 /// Where to enroll.
@@ -270,10 +400,26 @@ pub async fn enroll(
     };
     conn.close(quinn::VarInt::from_u32(0), b"enrolled");
     let resp = resp?;
-    let ca = CertificateDer::from(resp.ca_der);
-    if pki::fingerprint(&ca) != token.ca_sha256 {
+    // The issuing CA first, then any other the deployment trusts (S9). The token pins the
+    // CA of the server's chain, which must be among them.
+    let mut cas: Vec<CertificateDer<'static>> = resp
+        .trusted_ca_der
+        .into_iter()
+        .map(CertificateDer::from)
+        .collect();
+    if cas.is_empty() {
+        cas.push(CertificateDer::from(resp.ca_der));
+    }
+    if !cas.iter().any(|c| pki::fingerprint(c) == token.ca_sha256) {
         return Err(EnrollError::WrongCa);
     }
+    let ca = cas
+        .iter()
+        .find(|c| pki::issued_by(&resp.certificate_der, c))
+        .cloned()
+        .ok_or_else(|| {
+            EnrollError::Protocol("the issued certificate names no CA the server sent".into())
+        })?;
     let chain_pem = format!(
         "{}{}",
         pki::cert_to_pem(&resp.certificate_der),
@@ -291,7 +437,7 @@ pub async fn enroll(
         device_id: resp.device_id,
         group: resp.group,
         identity,
-        ca,
+        cas,
         grant_public_key: resp.grant_public_key,
     };
     id.save(data, &csr.key_pem).map_err(|e| local(&e))?;

@@ -13,6 +13,7 @@ pub mod fsutil;
 pub mod identity;
 pub mod logging;
 pub mod refuse;
+pub mod renewal;
 pub mod runtime;
 pub mod signal;
 pub mod splice;

@@ -159,7 +159,13 @@ mod tests {
         let _ = rustls::crypto::ring::default_provider().install_default();
         let pem = pki::self_signed("uplink-test", 0).unwrap();
         let id = pki::Identity::from_pem(&pem, "test").unwrap();
-        let tls = pki::server_config(&id, id.leaf(), &[b"t"], pki::ClientAuth::None).unwrap();
+        let tls = pki::server_config(
+            &id,
+            std::slice::from_ref(id.leaf()),
+            &[b"t"],
+            pki::ClientAuth::None,
+        )
+        .unwrap();
         let mut sc = quinn::ServerConfig::with_crypto(Arc::new(
             quinn::crypto::rustls::QuicServerConfig::try_from(Arc::new(tls)).unwrap(),
         ));

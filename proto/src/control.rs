@@ -79,7 +79,8 @@ impl Channel {
     pub fn opener_may_send(self, msg: &Msg) -> bool {
         matches!(
             (self, msg),
-            (Channel::Uplink, Msg::GatewayReport(_)) | (Channel::Admin, Msg::AdminRequest(_))
+            (Channel::Uplink, Msg::GatewayReport(_) | Msg::CertRenewal(_))
+                | (Channel::Admin, Msg::AdminRequest(_))
         )
     }
 
@@ -87,7 +88,10 @@ impl Channel {
     pub fn acceptor_may_send(self, msg: &Msg) -> bool {
         matches!(
             (self, msg),
-            (Channel::Uplink, Msg::GatewayDirective(_)) | (Channel::Admin, Msg::AdminResponse(_))
+            (
+                Channel::Uplink,
+                Msg::GatewayDirective(_) | Msg::CertRenewed(_)
+            ) | (Channel::Admin, Msg::AdminResponse(_))
         )
     }
 

@@ -218,7 +218,7 @@ pub async fn serve(
     let tls_sha256 = hex::encode(outpost_proto::pki::fingerprint(identity.leaf()));
     let tls = outpost_proto::pki::server_config(
         &identity,
-        identity.leaf(),
+        std::slice::from_ref(identity.leaf()),
         &[outpost_proto::alpn::AUTHORITY],
         outpost_proto::pki::ClientAuth::None,
     )

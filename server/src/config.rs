@@ -45,6 +45,8 @@ pub struct ServerConfig {
     pub licensing: Licensing,
     /// Notification delivery (L14).
     pub notifications: Notifications,
+    /// Certificate lifetimes (S9).
+    pub certificates: Certificates,
     /// UDP socket (T10).
     pub socket: SocketOptions,
 }
@@ -137,6 +139,28 @@ impl Default for Licensing {
     }
 }
 
+/// Certificate lifetimes (S9). Devices renew over a live session once two thirds of their
+/// certificate's lifetime has passed; the server renews its own the same way.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Certificates {
+    /// Lifetime of agent, gateway and admin certificates issued from now on.
+    #[serde(with = "humantime_serde")]
+    pub device_lifetime: Duration,
+    /// Lifetime of the server's own certificate.
+    #[serde(with = "humantime_serde")]
+    pub server_lifetime: Duration,
+}
+
+impl Default for Certificates {
+    fn default() -> Self {
+        Certificates {
+            device_lifetime: Duration::from_secs(365 * 86_400),
+            server_lifetime: Duration::from_secs(365 * 86_400),
+        }
+    }
+}
+
 /// Where notifications go (L14). Every notification is stored in the server's log first.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -186,6 +210,7 @@ impl Default for ServerConfig {
             store: StoreConfig::default(),
             licensing: Licensing::default(),
             notifications: Notifications::default(),
+            certificates: Certificates::default(),
             socket: SocketOptions::default(),
         }
     }
@@ -243,6 +268,25 @@ impl Validate for ServerConfig {
         ensure(self.timing.idle_timeout >= Duration::from_secs(2), || {
             "timing.idle_timeout must be at least 2s".into()
         })?;
+        for (key, v) in [
+            (
+                "certificates.device_lifetime",
+                self.certificates.device_lifetime,
+            ),
+            (
+                "certificates.server_lifetime",
+                self.certificates.server_lifetime,
+            ),
+        ] {
+            ensure(
+                v >= Duration::from_secs(3) && v <= Duration::from_secs(20 * 365 * 86_400),
+                || {
+                    format!(
+                        "{key} must be between 3s and 20 years (a year is the default; under a day is for tests)"
+                    )
+                },
+            )?;
+        }
         for ch in self
             .notifications
             .channels

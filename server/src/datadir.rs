@@ -165,7 +165,13 @@ impl DataDir {
         let ca = Ca::generate(&cfg.deployment, now)?;
         write_atomic(&self.ca_cert(), ca.cert_pem().as_bytes(), false)?;
         write_atomic(&self.ca_key(), ca.key_pem().as_bytes(), true)?;
-        let server = ca.issue(CertRole::Server, "outpost-server", &cfg.server_names, now)?;
+        let server = ca.issue(
+            CertRole::Server,
+            "outpost-server",
+            &cfg.server_names,
+            now,
+            cfg.certificates.server_lifetime.as_secs() as i64,
+        )?;
         write_atomic(&self.server_cert(), server.chain_pem.as_bytes(), false)?;
         write_atomic(&self.server_key(), server.key_pem.as_bytes(), true)?;
         let (_, grant_pk8) = outpost_proto::licence::GrantSigner::generate();
@@ -174,7 +180,13 @@ impl DataDir {
 
         let store = Store::open(&self.db(), cfg.store.durability).await?;
         let admin_id = format!("admin-{:08x}", rand::random::<u32>());
-        let admin = ca.issue(CertRole::Admin, &admin_id, &[], now)?;
+        let admin = ca.issue(
+            CertRole::Admin,
+            &admin_id,
+            &[],
+            now,
+            cfg.certificates.device_lifetime.as_secs() as i64,
+        )?;
         let admin_leaf = Identity::from_pem(&admin, "admin certificate")?;
         store
             .insert_local_device(
@@ -182,6 +194,13 @@ impl DataDir {
                 "admin",
                 &fp_hex(&outpost_proto::pki::fingerprint(admin_leaf.leaf())),
                 now,
+            )
+            .await?;
+        store
+            .record_cert(
+                &admin_id,
+                outpost_proto::pki::validity(admin_leaf.leaf())?.1,
+                &fp_hex(&outpost_proto::pki::fingerprint(ca.cert_der())),
             )
             .await?;
         store.close().await;

@@ -28,9 +28,9 @@ use crate::node::Node;
 /// `outpost-gateway` under the deployment CA.
 pub fn client_config(
     identity: &Identity,
-    ca: &rustls_pki_types::CertificateDer<'static>,
+    cas: &[rustls_pki_types::CertificateDer<'static>],
 ) -> Result<quinn::ClientConfig, String> {
-    let tls = pki::client_config(Some(identity), &Trust::Ca(ca.clone()), &[alpn::GATEWAY])
+    let tls = pki::client_config(Some(identity), &Trust::Ca(cas.to_vec()), &[alpn::GATEWAY])
         .map_err(|e| e.to_string())?;
     let quic = quinn::crypto::rustls::QuicClientConfig::try_from(Arc::new(tls))
         .map_err(|e| e.to_string())?;
@@ -61,7 +61,6 @@ struct Dialler {
 /// The DMZ diallers of a server. Targets are added and removed at run time.
 pub struct Dmz {
     ep: quinn::Endpoint,
-    client: quinn::ClientConfig,
     diallers: Mutex<BTreeMap<String, Dialler>>,
 }
 
@@ -72,11 +71,10 @@ impl std::fmt::Debug for Dmz {
 }
 
 impl Dmz {
-    /// Diallers that dial from `ep` with `client`.
-    pub fn new(ep: quinn::Endpoint, client: quinn::ClientConfig) -> Dmz {
+    /// Diallers that dial from `ep` with the server's current certificates.
+    pub fn new(ep: quinn::Endpoint) -> Dmz {
         Dmz {
             ep,
-            client,
             diallers: Mutex::new(BTreeMap::new()),
         }
     }
@@ -92,7 +90,6 @@ impl Dmz {
         node.runtime().spawn(run(
             node.clone(),
             self.ep.clone(),
-            self.client.clone(),
             target.to_owned(),
             stop.clone(),
             state.clone(),
@@ -141,7 +138,6 @@ fn set(state: &Mutex<String>, s: String) {
 async fn run(
     node: Arc<Node>,
     ep: quinn::Endpoint,
-    client: quinn::ClientConfig,
     target: String,
     stop: CancellationToken,
     state: Arc<Mutex<String>>,
@@ -156,6 +152,9 @@ async fn run(
     };
     async move {
         loop {
+            // The configuration of the moment: a rotated server certificate is used from the
+            // next dial on.
+            let client = node.enrollment().certs().current().dmz_client.clone();
             let conn = tokio::select! {
                 c = dial(&ep, &client, &target) => c,
                 _ = stop.cancelled() => return,

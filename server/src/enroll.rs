@@ -8,57 +8,47 @@ use futures_util::{SinkExt, StreamExt};
 use outpost_net::stream;
 use outpost_proto::error::{RefusalCode, Refused, refusal};
 use outpost_proto::pb::v1::{EnrollRequest, EnrollResponse, Role, envelope::Msg};
-use outpost_proto::pki::{self, Ca, CertRole};
+use outpost_proto::pki::CertRole;
 use outpost_proto::token::Token;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_rustls::TlsAcceptor;
 use tracing::{Instrument, debug, info, warn};
 
+use crate::certs::Certs;
 use crate::node::Node;
-use crate::store::{NewDevice, fp_hex};
+use crate::store::NewDevice;
 
-/// Identity issuing: the CA, and the inner TLS the server terminates for sessions and
-/// enrollments relayed by gateways (S1).
+/// Identity issuing: the CAs and the server's certificate (S9), and the inner TLS the server
+/// terminates for sessions and enrollments relayed by gateways (S1).
+#[derive(Debug)]
 pub struct Enrollment {
-    ca: Ca,
-    ca_sha256: [u8; 32],
-    session_tls: TlsAcceptor,
-    enroll_tls: TlsAcceptor,
-}
-
-impl std::fmt::Debug for Enrollment {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Enrollment")
-            .field("ca_sha256", &hex::encode(self.ca_sha256))
-            .finish_non_exhaustive()
-    }
+    certs: Certs,
 }
 
 impl Enrollment {
-    /// The CA, and the inner TLS acceptors for relayed sessions (client certificate required)
-    /// and relayed enrollments (none yet).
-    pub fn new(ca: Ca, session_tls: TlsAcceptor, enroll_tls: TlsAcceptor) -> Enrollment {
-        Enrollment {
-            ca_sha256: pki::fingerprint(ca.cert_der()),
-            ca,
-            session_tls,
-            enroll_tls,
-        }
+    /// Issuing from these certificates.
+    pub fn new(certs: Certs) -> Enrollment {
+        Enrollment { certs }
     }
 
-    /// SHA-256 of the CA certificate (goes into tokens).
+    /// The certificates.
+    pub fn certs(&self) -> &Certs {
+        &self.certs
+    }
+
+    /// SHA-256 of the CA in the server's chain (goes into tokens, which pin it).
     pub fn ca_sha256(&self) -> [u8; 32] {
-        self.ca_sha256
+        self.certs.current().server_ca_sha256
     }
 
     /// Inner TLS for relayed agent sessions.
-    pub fn session_tls(&self) -> &TlsAcceptor {
-        &self.session_tls
+    pub fn session_tls(&self) -> TlsAcceptor {
+        self.certs.current().session_tls.clone()
     }
 
     /// Inner TLS for relayed enrollments.
-    pub fn enroll_tls(&self) -> &TlsAcceptor {
-        &self.enroll_tls
+    pub fn enroll_tls(&self) -> TlsAcceptor {
+        self.certs.current().enroll_tls.clone()
     }
 }
 
@@ -134,16 +124,14 @@ async fn enroll(node: &Node, req: EnrollRequest) -> Result<EnrollResponse, Refus
     };
     let now = outpost_net::unix_now();
     let csr = req.csr_der;
-    let ca = &node.enrollment().ca;
+    let certs = node.enrollment().certs();
     let live = |id: &str| node.sessions().registry().is_online(id) || node.gateways().is_up(id);
     let out = node
         .store()
         .enroll(&token, &new, now, &live, |id| {
-            let der = ca
-                .issue_for_csr(&csr, cert_role, id, now)
-                .map_err(|e| e.to_string())?;
-            let fp = fp_hex(&pki::fingerprint(&der));
-            Ok((der.to_vec(), fp))
+            certs
+                .issue_device(&csr, cert_role, id, now)
+                .map_err(|e| e.to_string())
         })
         .await
         .map_err(|e| e.to_refusal("enrollment failed in the store"))?;
@@ -166,10 +154,12 @@ async fn enroll(node: &Node, req: EnrollRequest) -> Result<EnrollResponse, Refus
             "device enrolled"
         ),
     }
+    let trusted = certs.current().trusted_der();
     Ok(EnrollResponse {
         device_id: out.device_id,
         certificate_der: out.cert_der,
-        ca_der: ca.cert_der().to_vec(),
+        ca_der: trusted.first().map(|c| c.to_vec()).unwrap_or_default(),
+        trusted_ca_der: trusted.iter().map(|c| c.to_vec()).collect(),
         grant_public_key: node.licensing().grant_public_key(),
         group: out.group,
     })

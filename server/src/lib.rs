@@ -18,6 +18,7 @@
 
 pub mod admin;
 pub mod authority;
+pub mod certs;
 pub mod config;
 pub mod datadir;
 pub mod dmz;

@@ -81,18 +81,49 @@ pub async fn serve(
         direction,
     );
 
+    let mut trust_changes = node.enrollment().certs().trust_changes();
     let control_task = async {
-        while let Some(Ok(msg)) = ctl.next().await {
+        loop {
+            let msg = tokio::select! {
+                m = ctl.next() => match m { Some(Ok(m)) => m, _ => break },
+                // S9: a CA roll-over reaches connected gateways at once.
+                Ok(()) = trust_changes.changed() => {
+                    if sm.send(trust_directive(&node)).is_err()
+                        || stream::send_queued(&mut ctl, &mut sm).await.is_err()
+                    {
+                        break;
+                    }
+                    continue;
+                }
+            };
             if sm.handle_message(msg, outpost_net::unix_now_ms()).is_err() {
                 let _ = stream::send_queued(&mut ctl, &mut sm).await;
                 break;
             }
             while let Some(ev) = sm.poll_event() {
-                if let AcceptorEvent::Message(m) = ev
-                    && let Msg::GatewayReport(r) = *m
-                {
-                    node.gateways().report(&gateway.id, r);
+                let AcceptorEvent::Message(m) = ev else {
+                    continue;
+                };
+                match *m {
+                    Msg::GatewayReport(r) => {
+                        let current = node.enrollment().certs().current().trust_sha256;
+                        if r.trust_sha256.as_slice() != current.as_slice() {
+                            let _ = sm.send(trust_directive(&node));
+                        }
+                        node.gateways().report(&gateway.id, r);
+                    }
+                    Msg::CertRenewal(r) => {
+                        if let Some(done) =
+                            crate::certs::renew_device(&node, &gateway, &r.csr_der).await
+                        {
+                            let _ = sm.send(Msg::CertRenewed(done));
+                        }
+                    }
+                    _ => {}
                 }
+            }
+            if stream::send_queued(&mut ctl, &mut sm).await.is_err() {
+                break;
             }
         }
     };
@@ -126,6 +157,17 @@ pub async fn serve(
     }
     drop(control_guard);
     node.gateways().down(&gateway.id, &conn);
+}
+
+/// A directive carrying the CAs to trust (S9).
+fn trust_directive(node: &Node) -> Msg {
+    let cas = node.enrollment().certs().current().trusted_der();
+    Msg::GatewayDirective(outpost_proto::pb::v1::GatewayDirective {
+        trust: Some(outpost_proto::pb::v1::TrustUpdate {
+            ca_der: cas.iter().map(|c| c.to_vec()).collect(),
+        }),
+        ..Default::default()
+    })
 }
 
 /// Runs the opening exchange of the control stream to its end (open or failed).

@@ -199,13 +199,13 @@ impl BarePki {
         let now = outpost_net::unix_now();
         let ca = Ca::generate("bench", now).expect("ca");
         let server = Identity::from_pem(
-            &ca.issue(CertRole::Server, "bench-server", &[], now)
+            &ca.issue(CertRole::Server, "bench-server", &[], now, 86_400)
                 .expect("server cert"),
             "server",
         )
         .expect("id");
         let client = Identity::from_pem(
-            &ca.issue(CertRole::Agent, "bench-client", &[], now)
+            &ca.issue(CertRole::Agent, "bench-client", &[], now, 86_400)
                 .expect("client cert"),
             "client",
         )
@@ -255,8 +255,12 @@ impl BarePki {
 
     /// Client configuration with quinn's default transport (keep-alive added if asked).
     pub fn client_config(&self, keep_alive: Option<Duration>) -> quinn::ClientConfig {
-        let tls = pki::client_config(Some(&self.client), &Trust::Ca(self.ca.clone()), &[b"bench"])
-            .unwrap();
+        let tls = pki::client_config(
+            Some(&self.client),
+            &Trust::Ca(vec![self.ca.clone()]),
+            &[b"bench"],
+        )
+        .unwrap();
         let mut c = quinn::ClientConfig::new(Arc::new(
             quinn::crypto::rustls::QuicClientConfig::try_from(Arc::new(tls)).unwrap(),
         ));
@@ -276,7 +280,13 @@ pub fn bare_server(
     id: &Identity,
     addr: SocketAddr,
 ) -> quinn::Endpoint {
-    let tls = pki::server_config(id, ca, &[b"bench"], ClientAuth::Required).unwrap();
+    let tls = pki::server_config(
+        id,
+        std::slice::from_ref(ca),
+        &[b"bench"],
+        ClientAuth::Required,
+    )
+    .unwrap();
     let cfg = quinn::ServerConfig::with_crypto(Arc::new(
         quinn::crypto::rustls::QuicServerConfig::try_from(Arc::new(tls)).unwrap(),
     ));
@@ -355,7 +365,13 @@ pub async fn bare_connect_storm(pki: &BarePki, n: usize, endpoints: usize) -> f6
 /// Bare baseline of `push_fanout`: `n` connections held; the server opens one stream per
 /// connection at once and waits for the echo. Returns sorted round-trip latencies, ms.
 pub async fn bare_push_fanout(pki: &BarePki, n: usize, endpoints: usize) -> Vec<f64> {
-    let tls = pki::server_config(&pki.server, &pki.ca, &[b"bench"], ClientAuth::Required).unwrap();
+    let tls = pki::server_config(
+        &pki.server,
+        std::slice::from_ref(&pki.ca),
+        &[b"bench"],
+        ClientAuth::Required,
+    )
+    .unwrap();
     let cfg = quinn::ServerConfig::with_crypto(Arc::new(
         quinn::crypto::rustls::QuicServerConfig::try_from(Arc::new(tls)).unwrap(),
     ));

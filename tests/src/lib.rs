@@ -7,6 +7,7 @@
 #![forbid(unsafe_code)]
 
 pub mod bench;
+pub mod fuzz;
 pub mod licensing;
 pub mod netbed;
 

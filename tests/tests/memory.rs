@@ -30,7 +30,7 @@ const STREAMS: usize = 4;
 async fn headers_only(id: &DeviceIdentity, addr: std::net::SocketAddr, len: u32) -> usize {
     let tls = pki::client_config(
         Some(&id.identity),
-        &Trust::Ca(id.ca.clone()),
+        &Trust::Ca(id.cas.clone()),
         &[alpn::AGENT],
     )
     .unwrap();

@@ -89,6 +89,7 @@ async fn t2_certificate_from_another_ca_is_refused() {
                 &real.device_id,
                 &[],
                 outpost_net::unix_now(),
+                86_400,
             )
             .unwrap(),
         "rogue",
@@ -98,7 +99,7 @@ async fn t2_certificate_from_another_ca_is_refused() {
     // the server's alert then closes the connection.
     let err = match dial(
         Some(&rogue),
-        &Trust::Ca(real.ca.clone()),
+        &Trust::Ca(real.cas.clone()),
         alpn::AGENT,
         server.addr(),
     )
@@ -112,7 +113,7 @@ async fn t2_certificate_from_another_ca_is_refused() {
     // And the other way round: a server from another deployment is not trusted by our agent.
     let err = dial(
         Some(&real.identity),
-        &Trust::Ca(rogue_ca.cert_der().clone()),
+        &Trust::Ca(vec![rogue_ca.cert_der().clone()]),
         alpn::AGENT,
         server.addr(),
     )
@@ -133,7 +134,7 @@ async fn t1_unknown_alpn_is_refused_during_handshake() {
     let (_a, real) = enrolled(&server, "t1").await;
     let err = dial(
         Some(&real.identity),
-        &Trust::Ca(real.ca.clone()),
+        &Trust::Ca(real.cas.clone()),
         b"outpost-agent/9",
         server.addr(),
     )
@@ -152,7 +153,7 @@ async fn s2_unsupported_protocol_version_is_refused_naming_both() {
     let (_a, real) = enrolled(&server, "s2").await;
     let conn = dial(
         Some(&real.identity),
-        &Trust::Ca(real.ca.clone()),
+        &Trust::Ca(real.cas.clone()),
         alpn::AGENT,
         server.addr(),
     )
@@ -182,7 +183,7 @@ async fn t9_oversized_frame_is_refused_and_others_continue() {
     let (_a, real) = enrolled(&server, "t9").await;
     let conn = dial(
         Some(&real.identity),
-        &Trust::Ca(real.ca.clone()),
+        &Trust::Ca(real.cas.clone()),
         alpn::AGENT,
         server.addr(),
     )
@@ -235,7 +236,7 @@ async fn t2_missing_client_certificate_is_refused_clearly() {
     let (_a, real) = enrolled(&server, "nc").await;
     let conn = dial(
         None,
-        &Trust::Ca(real.ca.clone()),
+        &Trust::Ca(real.cas.clone()),
         alpn::AGENT,
         server.addr(),
     )
@@ -421,7 +422,7 @@ async fn t6_overloaded_server_says_when_to_come_back() {
     let (_a, real) = enrolled(&server, "o2").await;
     let conn = dial(
         Some(&real.identity),
-        &Trust::Ca(real.ca.clone()),
+        &Trust::Ca(real.cas.clone()),
         alpn::AGENT,
         server.addr(),
     )

@@ -4,9 +4,9 @@
 
 use std::sync::Arc;
 
-use outpost_net::{endpoint, refuse, transport};
+use outpost_net::{endpoint, refuse};
 use outpost_proto::error::{RefusalCode, Refused};
-use outpost_proto::{alpn, pki};
+use outpost_proto::pki;
 use tracing::{Instrument, info, info_span, warn};
 
 use super::{serve_accepted, set_down, set_listen_addr};
@@ -35,6 +35,7 @@ pub(super) async fn run(node: Arc<Node>) {
             return;
         }
     };
+    node.set_listen_endpoint(Some(ep.clone()));
     info!(listen = %ep.local_addr().map(|a| a.to_string()).unwrap_or_default(), "waiting for the server to dial in (DMZ mode)");
     set_listen_addr(&node, ep.local_addr().ok());
     let mut current: Option<(tokio::task::JoinHandle<()>, quinn::Connection)> = None;
@@ -89,18 +90,5 @@ pub(super) async fn run(node: Arc<Node>) {
 }
 
 fn listen_config(node: &Node) -> Result<quinn::ServerConfig, String> {
-    let id = node.identity();
-    let tls = pki::server_config(
-        &id.identity,
-        &id.ca,
-        &[alpn::GATEWAY],
-        pki::ClientAuth::Required,
-    )
-    .map_err(|e| e.to_string())?;
-    let quic = quinn::crypto::rustls::QuicServerConfig::try_from(Arc::new(tls))
-        .map_err(|e| e.to_string())?;
-    let mut c = quinn::ServerConfig::with_crypto(Arc::new(quic));
-    let u = &node.config().uplink;
-    c.transport_config(transport::uplink(u.keep_alive, u.idle_timeout));
-    Ok(c)
+    Ok(node.tls().listen.clone())
 }

@@ -52,18 +52,22 @@ pub struct UplinkState {
 #[derive(Debug)]
 pub struct Uplink {
     state: watch::Sender<UplinkState>,
-    client: quinn::ClientConfig,
     /// Where a listen-mode gateway waits for the server (status, tests).
     listen_addr: Mutex<Option<SocketAddr>>,
     connects: AtomicU64,
 }
 
+impl Default for Uplink {
+    fn default() -> Self {
+        Uplink::new()
+    }
+}
+
 impl Uplink {
-    /// An uplink that dials with `client`.
-    pub fn new(client: quinn::ClientConfig) -> Uplink {
+    /// An uplink (it dials with the node's TLS configuration of the moment).
+    pub fn new() -> Uplink {
         Uplink {
             state: watch::Sender::new(UplinkState::default()),
-            client,
             listen_addr: Mutex::new(None),
             connects: AtomicU64::new(0),
         }
@@ -215,7 +219,7 @@ async fn dial(node: &Node) -> Result<(quinn::Endpoint, quinn::Connection), Ended
         .map_err(|e| Ended::Lost(e.to_string()))?;
     let ep = endpoint::client_endpoint(addr).map_err(|e| Ended::Lost(e.to_string()))?;
     let connecting = ep
-        .connect_with(node.uplink().client.clone(), addr, pki::SERVER_NAME)
+        .connect_with(node.tls().uplink_client.clone(), addr, pki::SERVER_NAME)
         .map_err(|e| Ended::Lost(refuse::explain_connect(&e)))?;
     let conn = tokio::select! {
         c = connecting => c.map_err(|e| match refuse::refusal_of(&e) {
@@ -248,15 +252,20 @@ async fn serve(node: &Node, conn: quinn::Connection, backoff: &mut Backoff) -> O
     node.status_changed();
 
     let mut report = tokio::time::interval(node.config().uplink.report_interval);
+    let mut renewal = outpost_net::renewal::Renewal::default();
     loop {
         tokio::select! {
             e = conn.closed() => break Some(lost(&e)),
             _ = report.tick() => {
                 let r = node.report();
                 // A failed send shows up as `closed()` on the next turn.
-                if sm.send(Msg::GatewayReport(r)).is_ok() {
-                    let _ = stream::send_queued(&mut ctl, &mut sm).await;
+                let _ = sm.send(Msg::GatewayReport(r));
+                // S9: renew over the uplink when the certificate is due (checked each report).
+                let id = node.tls();
+                if let Some(csr) = renewal.request_if_due(&id.identity, "gateway", outpost_net::unix_now()) {
+                    let _ = sm.send(Msg::CertRenewal(outpost_proto::pb::v1::CertRenewal { csr_der: csr }));
                 }
+                let _ = stream::send_queued(&mut ctl, &mut sm).await;
                 node.status_changed();
             }
             m = ctl.next() => match m {
@@ -266,8 +275,16 @@ async fn serve(node: &Node, conn: quinn::Connection, backoff: &mut Backoff) -> O
                         break Some(e.into());
                     }
                     while let Some(OpenerEvent::Message(m)) = sm.poll_event() {
-                        if let Msg::GatewayDirective(d) = *m {
-                            info!(?d, "directive from the server");
+                        let id = node.tls();
+                        let next = match *m {
+                            Msg::GatewayDirective(d) => d.trust.and_then(|t| {
+                                outpost_net::renewal::with_trust(&id.identity, node.data(), t)
+                            }),
+                            Msg::CertRenewed(r) => renewal.done(&id.identity, node.data(), r),
+                            _ => None,
+                        };
+                        if let Some(next) = next {
+                            crate::certs::swap(node, next);
                         }
                     }
                 }

@@ -260,3 +260,31 @@ fn s2_broken_stream_before_hello_is_refused() {
     assert!(e.to_string().contains("waiting for Hello"), "{e}");
     assert!(a.is_closed());
 }
+
+#[test]
+fn s9_gateway_renews_over_the_uplink_control_stream_only() {
+    use crate::pb::v1::{CertRenewal, CertRenewed};
+    let now = Instant::now();
+    let mut o = Opener::new(Channel::Uplink, "outpost-gateway test");
+    let mut a = acceptor(Channel::Uplink, now);
+    pump(&mut o, &mut a);
+    while a.poll_event().is_some() {}
+    while o.poll_event().is_some() {}
+    o.send(Msg::CertRenewal(CertRenewal { csr_der: vec![1] }))
+        .unwrap();
+    a.send(Msg::CertRenewed(CertRenewed::default())).unwrap();
+    let (oe, ae) = pump(&mut o, &mut a);
+    assert!(oe.is_empty() && ae.is_empty(), "{oe:?} {ae:?}");
+    assert!(matches!(
+        a.poll_event(),
+        Some(AcceptorEvent::Message(m)) if matches!(&*m, Msg::CertRenewal(r) if r.csr_der == [1])
+    ));
+    assert!(matches!(
+        o.poll_event(),
+        Some(OpenerEvent::Message(m)) if matches!(*m, Msg::CertRenewed(_))
+    ));
+    // Not on admin streams, and never the other way round.
+    assert!(!Channel::Admin.opener_may_send(&Msg::CertRenewal(CertRenewal::default())));
+    assert!(!Channel::Uplink.acceptor_may_send(&Msg::CertRenewal(CertRenewal::default())));
+    assert!(!Channel::Uplink.opener_may_send(&Msg::CertRenewed(CertRenewed::default())));
+}

@@ -8,7 +8,7 @@ use rcgen::{
 use rustls_pki_types::{CertificateDer, CertificateSigningRequestDer};
 
 use super::{
-    CA_VALIDITY_DAYS, CertRole, IdentityPem, LEAF_VALIDITY_DAYS, PkiError, cert_to_pem,
+    CA_VALIDITY_DAYS, CertRole, IdentityPem, PkiError, SELF_SIGNED_VALIDITY_DAYS, cert_to_pem,
     certs_from_pem,
 };
 
@@ -26,8 +26,11 @@ impl std::fmt::Debug for Ca {
 }
 
 fn offset(now_unix: i64, days: i64) -> time::OffsetDateTime {
-    time::OffsetDateTime::from_unix_timestamp(now_unix + days * 86_400)
-        .unwrap_or(time::OffsetDateTime::UNIX_EPOCH)
+    at(now_unix + days * 86_400)
+}
+
+fn at(unix: i64) -> time::OffsetDateTime {
+    time::OffsetDateTime::from_unix_timestamp(unix).unwrap_or(time::OffsetDateTime::UNIX_EPOCH)
 }
 
 impl Ca {
@@ -93,6 +96,7 @@ impl Ca {
         id: &str,
         extra_names: &[String],
         now_unix: i64,
+        lifetime_secs: i64,
     ) -> Result<CertificateParams, PkiError> {
         let mut params = CertificateParams::default();
         params.subject_alt_names = role
@@ -110,22 +114,27 @@ impl Ca {
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         params.extended_key_usages = role.ekus();
         params.use_authority_key_identifier_extension = true;
-        params.not_before = offset(now_unix, -1);
-        params.not_after = offset(now_unix, LEAF_VALIDITY_DAYS);
+        // Back-dated a little for clocks running behind, never by a large share of the lifetime
+        // (the renewal point is two thirds of not_before..not_after).
+        let lifetime = lifetime_secs.max(1);
+        params.not_before = at(now_unix - (lifetime / 10).min(3_600));
+        params.not_after = at(now_unix + lifetime);
         params.serial_number = Some(random_serial());
         Ok(params)
     }
 
-    /// Issues a certificate and a fresh key pair (the server's own, and the admin's at init).
+    /// Issues a certificate valid for `lifetime_secs` and a fresh key pair (the server's own,
+    /// and the admin's at init).
     pub fn issue(
         &self,
         role: CertRole,
         id: &str,
         extra_names: &[String],
         now_unix: i64,
+        lifetime_secs: i64,
     ) -> Result<IdentityPem, PkiError> {
         let key = KeyPair::generate()?;
-        let params = self.leaf_params(role, id, extra_names, now_unix)?;
+        let params = self.leaf_params(role, id, extra_names, now_unix, lifetime_secs)?;
         let cert = params.signed_by(&key, &self.issuer)?;
         Ok(IdentityPem {
             chain_pem: format!("{}{}", cert.pem(), self.cert_pem()),
@@ -141,12 +150,13 @@ impl Ca {
         role: CertRole,
         id: &str,
         now_unix: i64,
+        lifetime_secs: i64,
     ) -> Result<CertificateDer<'static>, PkiError> {
         let csr = CertificateSigningRequestParams::from_der(&CertificateSigningRequestDer::from(
             csr_der.to_vec(),
         ))
         .map_err(PkiError::BadCsr)?;
-        let params = self.leaf_params(role, id, &[], now_unix)?;
+        let params = self.leaf_params(role, id, &[], now_unix, lifetime_secs)?;
         let cert = params.signed_by(&csr.public_key, &self.issuer)?;
         Ok(cert.der().clone())
     }
@@ -171,7 +181,7 @@ pub fn self_signed(name: &str, now_unix: i64) -> Result<IdentityPem, PkiError> {
     dn.push(DnType::CommonName, name);
     params.distinguished_name = dn;
     params.not_before = offset(now_unix, -1);
-    params.not_after = offset(now_unix, LEAF_VALIDITY_DAYS);
+    params.not_after = offset(now_unix, SELF_SIGNED_VALIDITY_DAYS);
     params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
     let cert = params.self_signed(&key)?;
     Ok(IdentityPem {
@@ -227,4 +237,30 @@ pub fn has_dns_name(der: &[u8], name: &str) -> bool {
     san.value.general_names.iter().any(|g| {
         matches!(g, x509_parser::extensions::GeneralName::DNSName(n) if n.eq_ignore_ascii_case(name))
     })
+}
+
+/// A certificate's validity as Unix times: (not before, not after).
+pub fn validity(der: &[u8]) -> Result<(i64, i64), PkiError> {
+    let (_, cert) =
+        x509_parser::parse_x509_certificate(der).map_err(|e| PkiError::Parse(e.to_string()))?;
+    let v = cert.validity();
+    Ok((v.not_before.timestamp(), v.not_after.timestamp()))
+}
+
+/// When a certificate is due for renewal (S9): two thirds of its validity.
+pub fn renewal_due(der: &[u8]) -> Result<i64, PkiError> {
+    let (from, until) = validity(der)?;
+    Ok(from + (until - from) * 2 / 3)
+}
+
+/// Whether `ca` issued `cert`: the certificate's issuer is the CA's subject and its signature
+/// verifies with the CA's key.
+pub fn issued_by(cert: &[u8], ca: &[u8]) -> bool {
+    let (Ok((_, c)), Ok((_, a))) = (
+        x509_parser::parse_x509_certificate(cert),
+        x509_parser::parse_x509_certificate(ca),
+    ) else {
+        return false;
+    };
+    c.issuer().as_raw() == a.subject().as_raw() && c.verify_signature(Some(a.public_key())).is_ok()
 }

@@ -24,7 +24,10 @@ use rcgen::ExtendedKeyUsagePurpose;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
-pub use ca::{Ca, CsrPair, common_name, generate_csr, has_dns_name, self_signed};
+pub use ca::{
+    Ca, CsrPair, common_name, generate_csr, has_dns_name, issued_by, renewal_due, self_signed,
+    validity,
+};
 pub use tls::{ClientAuth, Trust, client_config, provider, server_config};
 
 /// The name every server certificate carries and every client verifies.
@@ -32,10 +35,15 @@ pub const SERVER_NAME: &str = "outpost-server";
 /// The name every gateway certificate carries and agents verify.
 pub const GATEWAY_NAME: &str = "outpost-gateway";
 
-/// Validity of the CA certificate.
+/// Validity of a CA certificate. A CA is rolled over (S9) long before: `status` warns a year
+/// ahead.
 const CA_VALIDITY_DAYS: i64 = 20 * 365;
-/// Validity of server, gateway, agent and admin certificates. Re-enrolling replaces one.
-const LEAF_VALIDITY_DAYS: i64 = 10 * 365;
+/// Default lifetime of server, gateway, agent and admin certificates (S9): renewed over a live
+/// session once two thirds of it has passed.
+pub const DEFAULT_LEAF_LIFETIME_SECS: i64 = 365 * 86_400;
+/// The self-signed licence authority service certificate (pinned by fingerprint, so a new one
+/// means a new pin everywhere): long-lived on purpose.
+const SELF_SIGNED_VALIDITY_DAYS: i64 = 10 * 365;
 
 /// Errors of certificate and key handling.
 #[derive(Debug, thiserror::Error)]
@@ -197,6 +205,21 @@ pub fn fingerprint(der: &[u8]) -> [u8; 32] {
     out
 }
 
+/// One hash over a set of CA certificates (order does not matter): how a device and the
+/// server compare the trust they hold (S9).
+pub fn trust_sha256(cas: &[CertificateDer<'_>]) -> [u8; 32] {
+    let mut fps: Vec<[u8; 32]> = cas.iter().map(|c| fingerprint(c)).collect();
+    fps.sort_unstable();
+    fps.dedup();
+    let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+    for f in &fps {
+        ctx.update(f);
+    }
+    let mut out = [0u8; 32];
+    out.copy_from_slice(ctx.finish().as_ref());
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -206,7 +229,7 @@ mod tests {
         let ca = Ca::generate("test", 1_700_000_000).unwrap();
         let csr = generate_csr("evil.example").unwrap();
         let cert = ca
-            .issue_for_csr(&csr.csr_der, CertRole::Agent, "d-1", 1_700_000_000)
+            .issue_for_csr(&csr.csr_der, CertRole::Agent, "d-1", 1_700_000_000, 86_400)
             .unwrap();
         assert_eq!(common_name(&cert).unwrap(), "d-1");
         let reloaded = Ca::load(&ca.cert_pem(), ca.key_pem()).unwrap();
@@ -220,8 +243,50 @@ mod tests {
         let n = csr.csr_der.len();
         csr.csr_der[n - 5] ^= 0xff;
         assert!(matches!(
-            ca.issue_for_csr(&csr.csr_der, CertRole::Agent, "d-1", 1_700_000_000),
+            ca.issue_for_csr(&csr.csr_der, CertRole::Agent, "d-1", 1_700_000_000, 86_400),
             Err(PkiError::BadCsr(_))
         ));
+    }
+
+    #[test]
+    fn s9_lifetime_renewal_point_and_issuer() {
+        let now = 1_700_000_000;
+        let old = Ca::generate("test", now).unwrap();
+        let new = Ca::generate("test 2026", now).unwrap();
+        let csr = generate_csr("host").unwrap();
+        let year = 365 * 86_400;
+        let cert = new
+            .issue_for_csr(&csr.csr_der, CertRole::Agent, "d-1", now, year)
+            .unwrap();
+        let (from, until) = validity(&cert).unwrap();
+        assert_eq!(until, now + year);
+        assert!(
+            from <= now && now - from <= 3_600,
+            "back-dated at most an hour"
+        );
+        let due = renewal_due(&cert).unwrap();
+        assert!(
+            due > now + year * 6 / 10 && due < now + year * 7 / 10,
+            "{due}"
+        );
+        assert!(issued_by(&cert, new.cert_der()));
+        assert!(
+            !issued_by(&cert, old.cert_der()),
+            "the old CA did not issue it"
+        );
+        // A short lifetime is not swallowed by the back-dating.
+        let short = new
+            .issue_for_csr(&csr.csr_der, CertRole::Agent, "d-1", now, 30)
+            .unwrap();
+        assert!(renewal_due(&short).unwrap() > now);
+        assert_eq!(
+            trust_sha256(&[old.cert_der().clone(), new.cert_der().clone()]),
+            trust_sha256(&[new.cert_der().clone(), old.cert_der().clone()]),
+            "order does not matter"
+        );
+        assert_ne!(
+            trust_sha256(&[old.cert_der().clone()]),
+            trust_sha256(&[new.cert_der().clone(), old.cert_der().clone()])
+        );
     }
 }

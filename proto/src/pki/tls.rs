@@ -18,9 +18,11 @@ pub fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
-fn roots(ca: &CertificateDer<'static>) -> Result<Arc<RootCertStore>, PkiError> {
+fn roots(cas: &[CertificateDer<'static>]) -> Result<Arc<RootCertStore>, PkiError> {
     let mut store = RootCertStore::empty();
-    store.add(ca.clone())?;
+    for ca in cas {
+        store.add(ca.clone())?;
+    }
     Ok(Arc::new(store))
 }
 
@@ -37,10 +39,11 @@ pub enum ClientAuth {
     None,
 }
 
-/// A TLS 1.3 server configuration with this identity, verifying clients against the CA.
+/// A TLS 1.3 server configuration with this identity, verifying clients against the CAs
+/// (more than one during a CA roll-over, S9).
 pub fn server_config(
     identity: &Identity,
-    ca: &CertificateDer<'static>,
+    cas: &[CertificateDer<'static>],
     alpn: &[&[u8]],
     client_auth: ClientAuth,
 ) -> Result<rustls::ServerConfig, PkiError> {
@@ -50,7 +53,7 @@ pub fn server_config(
     let builder = match client_auth {
         ClientAuth::None => builder.with_no_client_auth(),
         ClientAuth::Required | ClientAuth::OptionalForEnrollment => {
-            let mut vb = WebPkiClientVerifier::builder_with_provider(roots(ca)?, provider);
+            let mut vb = WebPkiClientVerifier::builder_with_provider(roots(cas)?, provider);
             if client_auth == ClientAuth::OptionalForEnrollment {
                 vb = vb.allow_unauthenticated();
             }
@@ -70,8 +73,9 @@ pub fn server_config(
 /// How a client decides to trust the server it reaches.
 #[derive(Debug, Clone)]
 pub enum Trust {
-    /// The deployment CA certificate (enrolled devices).
-    Ca(CertificateDer<'static>),
+    /// The deployment's CA certificates (enrolled devices): one, or the old and the new one
+    /// during a roll-over (S9).
+    Ca(Vec<CertificateDer<'static>>),
     /// Only the SHA-256 of the CA certificate, from an enrollment token: the server's chain
     /// must contain a CA certificate with this hash, and the leaf must verify against it.
     PinnedCa([u8; 32]),
@@ -89,7 +93,7 @@ pub fn client_config(
     let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(&[&rustls::version::TLS13])?;
     let builder = match trust {
-        Trust::Ca(ca) => builder.with_root_certificates(roots(ca)?),
+        Trust::Ca(cas) => builder.with_root_certificates(roots(cas)?),
         Trust::PinnedCa(hash) => builder
             .dangerous()
             .with_custom_certificate_verifier(Arc::new(PinnedCaVerifier {

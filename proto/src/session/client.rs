@@ -42,9 +42,11 @@ pub enum ClientEvent {
     /// A sync is due: gather inventory and queued events and call `send_sync`.
     SyncDue,
     /// The server answered a sync.
-    Synced(SyncResponse),
+    Synced(Box<SyncResponse>),
     /// A push arrived (already acknowledged on the wire).
     Push(Push),
+    /// The server issued the certificate asked for with `renew_certificate` (S9).
+    CertRenewed(crate::pb::v1::CertRenewed),
 }
 
 /// Agent side of a session.
@@ -151,6 +153,17 @@ impl ClientSession {
             }));
     }
 
+    /// Asks for a certificate for a new key pair (S9); answered by `ClientEvent::CertRenewed`.
+    /// Only on an established session.
+    pub fn renew_certificate(&mut self, csr_der: Vec<u8>) -> bool {
+        if self.phase != ClientPhase::Ready {
+            return false;
+        }
+        self.transmit
+            .push_back(Msg::CertRenewal(crate::pb::v1::CertRenewal { csr_der }));
+        true
+    }
+
     /// Feeds one received message.
     pub fn handle_message(&mut self, msg: Msg, now: Instant) -> Result<(), SessionError> {
         let unexpected = |msg: &Msg, phase: ClientPhase| SessionError::Unexpected {
@@ -201,7 +214,7 @@ impl ClientSession {
                 if let Some(l) = resp.licence.clone() {
                     self.events.push_back(ClientEvent::Licence(l));
                 }
-                self.events.push_back(ClientEvent::Synced(resp));
+                self.events.push_back(ClientEvent::Synced(Box::new(resp)));
                 Ok(())
             }
             (ClientPhase::Ready, Msg::Push(push)) => {
@@ -220,6 +233,10 @@ impl ClientSession {
             }
             (ClientPhase::Ready, Msg::LicenceStatus(status)) => {
                 self.events.push_back(ClientEvent::Licence(status));
+                Ok(())
+            }
+            (ClientPhase::Ready, Msg::CertRenewed(r)) => {
+                self.events.push_back(ClientEvent::CertRenewed(r));
                 Ok(())
             }
             (phase, msg) => Err(unexpected(&msg, phase)),

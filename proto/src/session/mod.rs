@@ -86,6 +86,8 @@ pub fn msg_name(msg: &Msg) -> &'static str {
         Msg::RenewalQuery(_) => "RenewalQuery",
         Msg::RenewalOffer(_) => "RenewalOffer",
         Msg::LicenceDropped(_) => "LicenceDropped",
+        Msg::CertRenewal(_) => "CertRenewal",
+        Msg::CertRenewed(_) => "CertRenewed",
     }
 }
 

@@ -46,6 +46,9 @@ pub enum ServerAction {
     Sync(SyncRequest),
     /// The agent acknowledged a push.
     PushAcked(String),
+    /// The device asks for a certificate for the key in this CSR (S9); answer with
+    /// `cert_renewed`.
+    RenewCertificate(Vec<u8>),
     /// The device confirmed it dropped its grants after being told it is revoked or removed
     /// (S8): the seats held for them can be freed (L15). The session is over.
     LicenceDropped,
@@ -148,6 +151,11 @@ impl ServerSession {
                 self.actions.push_back(ServerAction::PushAcked(ack.id));
                 Ok(())
             }
+            (ServerPhase::Ready, Msg::CertRenewal(r)) => {
+                self.actions
+                    .push_back(ServerAction::RenewCertificate(r.csr_der));
+                Ok(())
+            }
             (ServerPhase::AwaitDrop, Msg::LicenceDropped(_)) => {
                 self.phase = ServerPhase::Closed;
                 self.actions.push_back(ServerAction::LicenceDropped);
@@ -175,6 +183,13 @@ impl ServerSession {
         if self.phase == ServerPhase::Ready && self.syncs_pending > 0 {
             self.syncs_pending -= 1;
             self.transmit.push_back(Msg::SyncResponse(resp));
+        }
+    }
+
+    /// Answers `RenewCertificate`.
+    pub fn cert_renewed(&mut self, r: crate::pb::v1::CertRenewed) {
+        if self.phase == ServerPhase::Ready {
+            self.transmit.push_back(Msg::CertRenewed(r));
         }
     }
 

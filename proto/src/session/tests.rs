@@ -237,3 +237,38 @@ fn l9_server_tells_a_live_session_its_licence_changed() {
     fresh.licence_changed(LicenceStatus::default());
     assert!(fresh.poll_transmit().is_none());
 }
+
+#[test]
+fn s9_certificate_renewal_over_an_established_session() {
+    let mut p = Pair::new();
+    assert!(
+        !p.client.renew_certificate(vec![1]),
+        "no renewal before the session is established"
+    );
+    p.establish();
+    assert!(p.client.renew_certificate(vec![1, 2, 3]));
+    p.drive().unwrap();
+    assert_eq!(
+        p.server.poll_action(),
+        Some(ServerAction::RenewCertificate(vec![1, 2, 3]))
+    );
+    p.server.cert_renewed(crate::pb::v1::CertRenewed {
+        certificate_der: vec![9],
+        ca_der: vec![vec![8]],
+    });
+    p.drive().unwrap();
+    assert!(matches!(
+        p.client.poll_event(),
+        Some(ClientEvent::CertRenewed(r)) if r.certificate_der == vec![9]
+    ));
+    // A renewal before the hello is a protocol error on the server.
+    let mut fresh = ServerSession::new("d-2", "server");
+    assert!(
+        fresh
+            .handle_message(
+                Msg::CertRenewal(crate::pb::v1::CertRenewal { csr_der: vec![] }),
+                0
+            )
+            .is_err()
+    );
+}

@@ -7,6 +7,7 @@
 //! (devices, groups, tokens), [`push`], [`status`]. Writes that can alter licences move the
 //! licence epoch inside the store; nothing here has to remember to.
 
+mod certs;
 mod devices;
 mod gateways;
 mod keys;
@@ -154,6 +155,9 @@ pub async fn handle(node: &Arc<Node>, admin: &str, req: AdminRequest) -> AdminRe
             Op::DmzGatewayAdd(g) => gateways::add(node, g).await,
             Op::DmzGatewayRemove(g) => gateways::remove(node, g).await,
             Op::DmzGatewayList(_) => gateways::list(node).await,
+            Op::CertRotateServer(_) => certs::rotate_server(node).await,
+            Op::CaRollOver(_) => certs::roll_over(node, admin).await,
+            Op::CaFinishRollOver(f) => certs::finish(node, admin, f).await,
         }
     }
     .instrument(span)

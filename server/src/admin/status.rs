@@ -21,6 +21,7 @@ pub(super) async fn status(node: &Node) -> Result<AdminResponse, StoreError> {
         connections_refused: Stats::get(&node.sessions().stats().connections_refused),
         bad_frames: Stats::get(&node.sessions().stats().bad_frames),
         notifications_dropped: node.store().notices_dropped(),
+        certificates: Some(super::certs::status(node).await?),
         gateways,
     })))
 }

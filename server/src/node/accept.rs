@@ -92,10 +92,16 @@ pub enum Identified {
 /// Looks a certificate fingerprint (hex) up in the registry.
 pub async fn identify(node: &Node, fp: &str) -> Result<Identified, Refused> {
     let store = node.store();
-    let found = store
-        .device_by_cert(fp)
-        .await
-        .map_err(|e| e.to_refusal("device registry lookup failed"))?;
+    let lookup = |e: crate::store::StoreError| e.to_refusal("device registry lookup failed");
+    let mut found = store.device_by_cert(fp).await.map_err(lookup)?;
+    // S9: the first connection with a renewed certificate makes it the current one; from
+    // then on the old one is refused.
+    if found.is_none() && store.is_next_cert(fp).await.map_err(lookup)? {
+        found = store.promote_cert(fp).await.map_err(lookup)?;
+        if let Some(d) = &found {
+            tracing::info!(device = %d.id, "device connected with its renewed certificate; the old one is retired");
+        }
+    }
     Ok(match found {
         Some(d) if d.revoked_at.is_some() => Identified::Revoked(d),
         Some(d) => Identified::Active(d),

@@ -2,13 +2,12 @@
 
 use std::sync::Arc;
 
-use outpost_net::{endpoint, transport};
-use outpost_proto::alpn;
+use outpost_net::endpoint;
 use outpost_proto::licence::GrantSigner;
-use outpost_proto::pki::{self, ClientAuth};
 use tracing::info;
 
 use super::{Node, ServerHandle};
+use crate::certs::Certs;
 use crate::config::ServerConfig;
 use crate::datadir::{DataDir, DataDirError};
 use crate::enroll::Enrollment;
@@ -55,8 +54,7 @@ pub async fn start(data: DataDir) -> Result<ServerHandle, StartError> {
         ));
     }
     let config = Arc::new(ServerConfig::load(&data.config())?);
-    let ca = data.load_ca()?;
-    let identity = data.load_server_identity()?;
+    let certs = Certs::load(data.clone(), &config).map_err(tls)?;
     let grants = GrantSigner::from_pkcs8(&data.read(&data.grant_key())?).map_err(|e| {
         DataDirError::Damaged {
             path: data.grant_key(),
@@ -69,31 +67,13 @@ pub async fn start(data: DataDir) -> Result<ServerHandle, StartError> {
     .map_err(|e| outpost_net::config::ConfigError::invalid(format!("authority_public_key: {e}")))?;
     let store = Store::open(&data.db(), config.store.durability).await?;
 
-    let ca_der = ca.cert_der().clone();
-    let mut server_tls = pki::server_config(
-        &identity,
-        &ca_der,
-        &[alpn::AGENT, alpn::GATEWAY, alpn::ADMIN, alpn::ENROLL],
-        ClientAuth::OptionalForEnrollment,
-    )
-    .map_err(tls)?;
-    server_tls.max_early_data_size = 0;
-    let quic_tls =
-        quinn::crypto::rustls::QuicServerConfig::try_from(Arc::new(server_tls)).map_err(tls)?;
-    let mut server_config = quinn::ServerConfig::with_crypto(Arc::new(quic_tls));
-    server_config.transport_config(transport::listener(config.timing.idle_timeout));
-    let (ep, local_addr) =
-        endpoint::listen(config.listen, &config.socket, server_config, data.root())?;
-
-    let inner_session = pki::server_config(
-        &identity,
-        &ca_der,
-        &[alpn::INNER_SESSION],
-        ClientAuth::Required,
-    )
-    .map_err(tls)?;
-    let inner_enroll =
-        pki::server_config(&identity, &ca_der, &[alpn::ENROLL], ClientAuth::None).map_err(tls)?;
+    let (ep, local_addr) = endpoint::listen(
+        config.listen,
+        &config.socket,
+        certs.current().listener.clone(),
+        data.root(),
+    )?;
+    certs.attach(ep.clone());
 
     if local_addr.port() != config.listen.port() || data.admin().join("admin.toml").exists() {
         let mut c = (*config).clone();
@@ -101,18 +81,13 @@ pub async fn start(data: DataDir) -> Result<ServerHandle, StartError> {
         data.set_admin_server(&c.client_address())?;
     }
 
-    let dmz_client = crate::dmz::client_config(&identity, &ca_der).map_err(tls)?;
     let dmz_added = store.dmz_targets().await?;
     let node = Arc::new(Node {
-        dmz: crate::dmz::Dmz::new(ep.clone(), dmz_client),
+        dmz: crate::dmz::Dmz::new(ep.clone()),
         licensing: Licensing::new(store, grants, authority_public, &config, data.keys()),
         sessions: Sessions::new(config.limits.max_sessions),
         gateways: Default::default(),
-        enrollment: Enrollment::new(
-            ca,
-            tokio_rustls::TlsAcceptor::from(Arc::new(inner_session)),
-            tokio_rustls::TlsAcceptor::from(Arc::new(inner_enroll)),
-        ),
+        enrollment: Enrollment::new(certs),
         runtime: Runtime::default(),
         config,
         data,
@@ -129,6 +104,7 @@ pub async fn start(data: DataDir) -> Result<ServerHandle, StartError> {
         node.runtime.spawn(crate::notify::run(node.clone(), rx));
     }
     node.runtime.spawn(crate::licence::clock::run(node.clone()));
+    node.runtime.spawn(crate::certs::renew_own(node.clone()));
     let accept = tokio::spawn(super::accept::accept_loop(node.clone(), ep.clone()));
     Ok(ServerHandle {
         node,

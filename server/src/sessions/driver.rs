@@ -362,6 +362,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Driver<S> {
                 self.node.sessions().registry().acked(&self.device.id, &id);
                 self.node.store().push_acked(&self.device.id, &id).await;
             }
+            ServerAction::RenewCertificate(csr) => {
+                if let Some(r) = crate::certs::renew_device(&self.node, &self.device, &csr).await {
+                    self.sm.cert_renewed(r);
+                }
+            }
             ServerAction::LicenceDropped => {
                 let freed = self
                     .node

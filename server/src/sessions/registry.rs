@@ -128,6 +128,23 @@ impl Registry {
             .collect()
     }
 
+    /// Asks every live session to sync now (not stored: a device offline now syncs when it
+    /// connects anyway). Used when something every device must learn changed (S9 trust).
+    pub fn nudge_all(&self) {
+        let now_ms = outpost_net::unix_now_ms();
+        for (i, device) in self.online().into_iter().enumerate() {
+            let _ = self.send(
+                &device,
+                Push {
+                    id: format!("nudge-{now_ms}-{i}"),
+                    kind: outpost_proto::pb::v1::PushKind::SyncNow as i32,
+                    payload: Vec::new(),
+                    created_at_ms: now_ms,
+                },
+            );
+        }
+    }
+
     /// Hands a push to the device's live session.
     pub fn send(&self, device: &str, push: Push) -> Delivery {
         let tx = match self.live.lock().expect("registry lock").get(device) {

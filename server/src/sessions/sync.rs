@@ -3,7 +3,9 @@
 //! (`outpost_proto::licence::recheck`), and what changed since the agent's known versions.
 
 use outpost_proto::licence::recheck::{self, Sent};
-use outpost_proto::pb::v1::{GatewayList, LicenceStatus, SyncRequest, SyncResponse, Versions};
+use outpost_proto::pb::v1::{
+    GatewayList, LicenceStatus, SyncRequest, SyncResponse, TrustUpdate, Versions,
+};
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::driver::Driver;
@@ -82,7 +84,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Driver<S> {
             revision: gw_rev,
             addresses: gw.clone(),
         });
+        // S9: the CAs to trust, when the device holds another set (a roll-over).
+        let certs = self.node.enrollment().certs().current();
+        let trust =
+            (req.trust_sha256.as_slice() != certs.trust_sha256.as_slice()).then(|| TrustUpdate {
+                ca_der: certs.trusted_der().iter().map(|c| c.to_vec()).collect(),
+            });
         Ok(SyncResponse {
+            trust,
             seq: req.seq,
             acked_event_ids: acked,
             licence,

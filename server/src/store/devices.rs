@@ -244,3 +244,115 @@ impl Store {
         Ok(())
     }
 }
+
+/// Certificates of the registry (S9).
+impl Store {
+    /// Records a renewed certificate for `id`; the current one stays valid until the device
+    /// first connects with the new one ([`Store::promote_cert`]).
+    pub async fn set_next_cert(
+        &self,
+        id: &str,
+        cert: &super::IssuedCert,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.write.begin().await?;
+        let done = sqlx::query(
+            "UPDATE devices SET next_cert_sha256 = $2, next_cert_expires_at = $3,
+                    next_cert_ca_sha256 = $4
+             WHERE id = $1 AND revoked_at IS NULL",
+        )
+        .bind(id)
+        .bind(&cert.sha256)
+        .bind(cert.expires_at)
+        .bind(&cert.ca_sha256)
+        .execute(&mut *tx)
+        .await?;
+        if done.rows_affected() != 1 {
+            return Err(StoreError::NotFound(format!(
+                "device {id} (removed or revoked meanwhile)"
+            )));
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// A device connected with its renewed certificate: it becomes the current one and the
+    /// old one is no longer accepted. Returns the device as updated.
+    pub async fn promote_cert(&self, next_sha256: &str) -> Result<Option<DeviceRow>, StoreError> {
+        let mut tx = self.write.begin().await?;
+        sqlx::query(
+            "UPDATE devices SET cert_sha256 = next_cert_sha256, cert_expires_at = next_cert_expires_at,
+                    cert_ca_sha256 = next_cert_ca_sha256, next_cert_sha256 = NULL,
+                    next_cert_expires_at = 0, next_cert_ca_sha256 = ''
+             WHERE next_cert_sha256 = $1",
+        )
+        .bind(next_sha256)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        self.device_by_cert(next_sha256).await
+    }
+
+    /// Whether a certificate is a renewed one not used yet.
+    pub async fn is_next_cert(&self, sha256: &str) -> Result<bool, StoreError> {
+        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM devices WHERE next_cert_sha256 = $1")
+            .bind(sha256)
+            .fetch_one(&self.read)
+            .await?;
+        Ok(n > 0)
+    }
+
+    /// Active devices whose certificate was not issued by the CA `ca_sha256` (a roll-over
+    /// waits for them), with the soonest certificate expiry of all active devices.
+    pub async fn cert_summary(&self, ca_sha256: &str) -> Result<CertSummary, StoreError> {
+        let (on_other_ca, soonest): (i64, Option<i64>) = sqlx::query_as(
+            "SELECT COALESCE(SUM(CASE WHEN cert_ca_sha256 <> $1 THEN 1 ELSE 0 END), 0),
+                    MIN(CASE WHEN cert_expires_at > 0 THEN cert_expires_at END)
+             FROM devices WHERE revoked_at IS NULL",
+        )
+        .bind(ca_sha256)
+        .fetch_one(&self.read)
+        .await?;
+        let waiting: Vec<String> = sqlx::query_scalar(
+            "SELECT id FROM devices WHERE revoked_at IS NULL AND cert_ca_sha256 <> $1
+             ORDER BY id LIMIT 10",
+        )
+        .bind(ca_sha256)
+        .fetch_all(&self.read)
+        .await?;
+        Ok(CertSummary {
+            on_other_ca: on_other_ca as u64,
+            first_on_other_ca: waiting,
+            soonest_expiry: soonest.unwrap_or(0),
+        })
+    }
+}
+
+/// Certificates across the registry (S9), for `status` and the roll-over.
+#[derive(Debug, Clone, Default)]
+pub struct CertSummary {
+    /// Active devices holding a certificate from another CA than the one asked about.
+    pub on_other_ca: u64,
+    /// The first ten of them.
+    pub first_on_other_ca: Vec<String>,
+    /// The soonest expiry of an active device's certificate (0: none known).
+    pub soonest_expiry: i64,
+}
+
+impl Store {
+    /// Records the expiry and issuing CA of a device's current certificate (devices created
+    /// locally, like the admin identity).
+    pub async fn record_cert(
+        &self,
+        id: &str,
+        expires_at: i64,
+        ca_sha256: &str,
+    ) -> Result<(), StoreError> {
+        sqlx::query("UPDATE devices SET cert_expires_at = $2, cert_ca_sha256 = $3 WHERE id = $1")
+            .bind(id)
+            .bind(expires_at)
+            .bind(ca_sha256)
+            .execute(&self.write)
+            .await?;
+        Ok(())
+    }
+}

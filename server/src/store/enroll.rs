@@ -29,6 +29,19 @@ pub struct NewDevice {
     pub addresses: String,
 }
 
+/// A certificate the CA issued for a device (S6, S9).
+#[derive(Debug, Clone)]
+pub struct IssuedCert {
+    /// The certificate, DER.
+    pub der: Vec<u8>,
+    /// Its SHA-256, hex: how the registry knows it.
+    pub sha256: String,
+    /// Its not-after, Unix seconds.
+    pub expires_at: i64,
+    /// SHA-256 (hex) of the CA that issued it.
+    pub ca_sha256: String,
+}
+
 /// Result of an enrollment.
 #[derive(Debug, Clone)]
 pub struct EnrollOutcome {
@@ -69,7 +82,7 @@ impl Store {
         issue: F,
     ) -> Result<EnrollOutcome, StoreError>
     where
-        F: FnOnce(&str) -> Result<(Vec<u8>, String), String>,
+        F: FnOnce(&str) -> Result<IssuedCert, String>,
     {
         let mut tx = self.write.begin().await?;
         let row: Option<(String, String, String, i64, i64, i64)> = sqlx::query_as(
@@ -158,7 +171,8 @@ impl Store {
             Some((id, None, g, old_cert)) => (id, g, Some(old_cert)),
             None => (new_id(&new.role), group, None),
         };
-        let (cert_der, fp) = issue(&device_id).map_err(StoreError::Invalid)?;
+        let cert = issue(&device_id).map_err(StoreError::Invalid)?;
+        let fp = cert.sha256.clone();
         let used = sqlx::query(
             "UPDATE tokens SET uses_left = uses_left - 1 WHERE id = $1 AND uses_left > 0",
         )
@@ -174,7 +188,8 @@ impl Store {
         let notice = if let Some(old_cert) = &took_over_from {
             sqlx::query(
                 "UPDATE devices SET cert_sha256 = $2, hostname = $3, os = $4, agent_version = $5,
-                        addresses = $6, enrolled_at = $7, next_cert_sha256 = NULL
+                        addresses = $6, enrolled_at = $7, next_cert_sha256 = NULL,
+                        cert_expires_at = $8, cert_ca_sha256 = $9
                  WHERE id = $1",
             )
             .bind(&device_id)
@@ -184,6 +199,8 @@ impl Store {
             .bind(&new.agent_version)
             .bind(&new.addresses)
             .bind(now)
+            .bind(cert.expires_at)
+            .bind(&cert.ca_sha256)
             .execute(&mut *tx)
             .await?;
             let what = format!(
@@ -212,8 +229,9 @@ impl Store {
         } else {
             sqlx::query(
                 "INSERT INTO devices (id, role, cert_sha256, group_path, machine_id, hostname, os,
-                                      agent_version, addresses, enrolled_at)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+                                      agent_version, addresses, enrolled_at, cert_expires_at,
+                                      cert_ca_sha256)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
             )
             .bind(&device_id)
             .bind(&new.role)
@@ -225,6 +243,8 @@ impl Store {
             .bind(&new.agent_version)
             .bind(&new.addresses)
             .bind(now)
+            .bind(cert.expires_at)
+            .bind(&cert.ca_sha256)
             .execute(&mut *tx)
             .await?;
             None
@@ -236,7 +256,7 @@ impl Store {
         Ok(EnrollOutcome {
             device_id,
             group,
-            cert_der,
+            cert_der: cert.der,
             took_over_from,
         })
     }

@@ -33,8 +33,8 @@ use tokio::sync::{mpsc, watch};
 
 pub use backend::Backend;
 pub use check::{CheckOutcome, GrantKey, Licensed, Policy};
-pub use devices::DeviceRow;
-pub use enroll::{EnrollOutcome, NewDevice};
+pub use devices::{CertSummary, DeviceRow};
+pub use enroll::{EnrollOutcome, IssuedCert, NewDevice};
 pub use events::StoredEvent;
 pub use holds::{GaveBack, HeldSeats};
 pub use keys::KeyRow;
