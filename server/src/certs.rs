@@ -320,7 +320,11 @@ impl Certs {
             .issue(CertRole::Admin, admin_id, &[], now, self.device_lifetime)?;
         let leaf = Identity::from_pem(&id, "admin certificate")?;
         let der = leaf.leaf().to_vec();
-        outpost_admin::bundle::write(&self.data.admin(), &id, &self.trusted_pem(), server)
+        // The bundle keeps the address it points at (it may have been edited).
+        let server = outpost_admin::bundle::Bundle::load(&self.data.admin())
+            .map(|b| b.server)
+            .unwrap_or_else(|_| server.to_owned());
+        outpost_admin::bundle::write(&self.data.admin(), &id, &self.trusted_pem(), &server)
             .map_err(DataDirError::from)?;
         Ok(IssuedCert {
             sha256: fp_hex(&pki::fingerprint(&der)),
@@ -477,12 +481,51 @@ fn build(data: &DataDir, idle_timeout: std::time::Duration) -> Result<State, Cer
     })
 }
 
-/// Renews the server's own certificate at two thirds of its lifetime (S9), checking at least
-/// hourly so a clock change is noticed.
+/// Renews the local admin bundle's certificate when it is due (the admin tool only makes
+/// short connections, so it cannot renew over a session of its own). Copies of the bundle on
+/// other machines are copied again after this (README "Admin commands").
+/// Returns when to look again.
+async fn renew_local_admin_if_due(node: &crate::node::Node, now: i64) -> Option<i64> {
+    let path = node.data().admin().join("cert.pem");
+    let text = read_string(&path).ok()?;
+    let leaf = pki::certs_from_pem(&text, "admin/cert.pem")
+        .ok()
+        .and_then(|c| c.into_iter().next())?;
+    let issuing = node
+        .enrollment()
+        .certs()
+        .current()
+        .issuer()
+        .ca
+        .cert_der()
+        .clone();
+    let due = pki::issued_by(&leaf, &issuing)
+        .then(|| pki::renewal_due(&leaf).ok())
+        .flatten()
+        .unwrap_or(0);
+    if now < due {
+        return Some(due);
+    }
+    let id = pki::common_name(&leaf).ok()?;
+    let server = node.config().client_address();
+    match node.enrollment().certs().renew_admin_bundle(&id, &server) {
+        Ok(issued) => match node.store().set_next_cert(&id, &issued).await {
+            Ok(()) => tracing::info!(admin = %id, "local admin bundle renewed"),
+            Err(e) => tracing::warn!(error = %e, "renewed admin certificate not recorded"),
+        },
+        Err(e) => tracing::warn!(error = %e, "the local admin bundle could not be renewed"),
+    }
+    // Looked at again within the minute (a renewal that failed is retried).
+    Some(now + 60)
+}
+
+/// Renews the server's own certificate at two thirds of its lifetime (S9), and the local admin
+/// bundle's, checking at least hourly so a clock change is noticed.
 pub async fn renew_own(node: Arc<crate::node::Node>) {
     let certs = node.enrollment().certs();
     loop {
         let now = outpost_net::unix_now();
+        let admin_due = renew_local_admin_if_due(&node, now).await;
         let wait = match pki::renewal_due(certs.current().server.leaf()) {
             Ok(due) if due <= now => {
                 match certs.rotate_server().await {
@@ -499,6 +542,7 @@ pub async fn renew_own(node: Arc<crate::node::Node>) {
             Ok(due) => (due - now).clamp(1, 3_600),
             Err(_) => 3_600,
         };
+        let wait = admin_due.map_or(wait, |d| wait.min((d - now).max(1)));
         tokio::select! {
             _ = tokio::time::sleep(std::time::Duration::from_secs(wait as u64)) => {}
             _ = node.runtime().cancelled() => return,

@@ -272,3 +272,36 @@ async fn s9_expired_device_certificate_is_refused_with_the_fix() {
     assert!((st.licence.state == "licensed"), "{st:?}");
     assert_eq!(server.agents().await.devices.len(), 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s9_local_admin_bundle_is_renewed_by_the_server() {
+    init_logs();
+    let auth = Authority::new();
+    let server = Server::start(&auth, |c| {
+        c.certificates.device_lifetime = Duration::from_secs(6);
+    })
+    .await;
+    let bundle = server.data.join("admin");
+    let first = std::fs::read(bundle.join("cert.pem")).unwrap();
+    let (_, first_until) = outpost_proto::pki::validity(
+        &outpost_proto::pki::certs_from_pem(&String::from_utf8(first.clone()).unwrap(), "t")
+            .unwrap()[0],
+    )
+    .unwrap();
+    until("the server renewed its admin bundle", || async {
+        std::fs::read(bundle.join("cert.pem")).unwrap() != first
+    })
+    .await;
+    until("the first admin certificate expired", || async {
+        outpost_net::unix_now() > first_until
+    })
+    .await;
+    // The admin tool connects with the renewed bundle, which the server then takes as current.
+    let admin = outpost_admin::AdminClient::from_bundle(&bundle, None)
+        .await
+        .expect("admin connects with the renewed certificate");
+    match admin.request(Op::ServerStatus(Empty {})).await.unwrap() {
+        R::ServerStatus(s) => assert!(s.certificates.is_some()),
+        other => panic!("unexpected {other:?}"),
+    }
+}
