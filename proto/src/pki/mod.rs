@@ -35,8 +35,8 @@ pub const SERVER_NAME: &str = "outpost-server";
 /// The name every gateway certificate carries and agents verify.
 pub const GATEWAY_NAME: &str = "outpost-gateway";
 
-/// Validity of a CA certificate. A CA is rolled over (S9) long before: `status` warns a year
-/// ahead.
+/// Validity of a CA certificate; `admin status` shows each CA's expiry, and `ca roll-over`
+/// (S9) replaces one long before.
 const CA_VALIDITY_DAYS: i64 = 20 * 365;
 /// Default lifetime of server, gateway, agent and admin certificates (S9): renewed over a live
 /// session once two thirds of it has passed.
