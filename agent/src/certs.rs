@@ -17,6 +17,10 @@ use crate::node::Shared;
 /// The identity and every TLS configuration made from it.
 pub(crate) struct Tls {
     pub(crate) identity: DeviceIdentity,
+    /// When the certificate is due for renewal (parsed once, not per session turn).
+    pub(crate) renewal_due: i64,
+    /// Hash of the trusted CA set, sent with every sync.
+    pub(crate) trust_sha256: [u8; 32],
     pub(crate) relay_client: quinn::ClientConfig,
     pub(crate) direct_client: quinn::ClientConfig,
     pub(crate) inner_tls: tokio_rustls::TlsConnector,
@@ -42,6 +46,8 @@ pub(crate) fn build(identity: DeviceIdentity, config: &AgentConfig) -> Result<Tl
     let inner = pki::client_config(Some(&identity.identity), &trust, &[alpn::INNER_SESSION])
         .map_err(|e| e.to_string())?;
     Ok(Tls {
+        renewal_due: identity.renewal_due(),
+        trust_sha256: identity.trust_sha256(),
         identity,
         relay_client,
         direct_client,
@@ -78,7 +84,7 @@ impl Renewal {
     /// A CSR for a new key pair when the certificate is due for renewal and none is asked for.
     pub(crate) fn request_if_due(&mut self, shared: &Shared, now: i64) -> Option<Vec<u8>> {
         self.0
-            .request_if_due(&shared.tls().identity, &shared.inventory.hostname, now)
+            .request_if_due(shared.tls().renewal_due, &shared.inventory.hostname, now)
     }
 
     /// The server issued the renewed certificate: stored and used from the next connection.
@@ -90,7 +96,7 @@ impl Renewal {
 
     /// When to look again (Unix seconds).
     pub(crate) fn next_check(&self, shared: &Shared) -> Option<i64> {
-        self.0.next_check(&shared.tls().identity)
+        self.0.next_check(shared.tls().renewal_due)
     }
 }
 

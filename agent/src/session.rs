@@ -226,7 +226,7 @@ async fn on_event(
                 .unwrap_or_default();
             let rev = shared.server_gateways.lock().expect("gateways lock").0;
             let req = SyncRequest {
-                trust_sha256: shared.tls().identity.trust_sha256().to_vec(),
+                trust_sha256: shared.tls().trust_sha256.to_vec(),
                 licence_checked_at_ms: shared.grants.checked_at_ms(),
                 seq: 0,
                 inventory: Some(shared.inventory.clone()),

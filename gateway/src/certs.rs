@@ -17,6 +17,10 @@ use crate::node::Node;
 pub struct Tls {
     /// The identity.
     pub identity: DeviceIdentity,
+    /// When the certificate is due for renewal (parsed once).
+    pub renewal_due: i64,
+    /// Hash of the trusted CA set, sent with every report.
+    pub trust_sha256: [u8; 32],
     /// The office listener (agents, relayed enrollments).
     pub office: quinn::ServerConfig,
     /// The uplink dialling the server.
@@ -70,6 +74,8 @@ pub fn build(identity: DeviceIdentity, config: &GatewayConfig) -> Result<Tls, St
     let mut listen = quinn::ServerConfig::with_crypto(Arc::new(quic));
     listen.transport_config(transport::uplink(u.keep_alive, u.idle_timeout));
     Ok(Tls {
+        renewal_due: identity.renewal_due(),
+        trust_sha256: identity.trust_sha256(),
         identity,
         office,
         uplink_client,

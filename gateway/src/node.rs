@@ -124,7 +124,7 @@ impl Node {
             bytes_up: s.bytes_up,
             bytes_down: s.bytes_down,
             software: format!("outpost-gateway {}", outpost_proto::SOFTWARE_VERSION),
-            trust_sha256: self.tls().identity.trust_sha256().to_vec(),
+            trust_sha256: self.tls().trust_sha256.to_vec(),
         }
     }
 

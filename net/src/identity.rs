@@ -269,7 +269,7 @@ impl DeviceIdentity {
             self.cas = cas;
             self.save_trust(data)?;
         }
-        install(&d, &identity)?;
+        install(&d, &text, &identity)?;
         self.identity = identity;
         Ok(())
     }
@@ -285,7 +285,7 @@ pub fn complete_renewal(data: &Path) -> Result<(), IdentityError> {
     let id = Identity::from_pem(
         &IdentityPem {
             chain_pem: text.clone(),
-            key_pem: text,
+            key_pem: text.clone(),
         },
         "renewed.pem",
     )
@@ -293,12 +293,12 @@ pub fn complete_renewal(data: &Path) -> Result<(), IdentityError> {
         path: d.join("renewed.pem"),
         what: e.to_string(),
     })?;
-    install(&d, &id)
+    install(&d, &text, &id)
 }
 
-/// Installs a renewed identity from `renewed.pem` as key.pem and cert.pem, then removes it.
-fn install(d: &Path, id: &Identity) -> Result<(), IdentityError> {
-    let text = read_string(&d.join("renewed.pem"))?;
+/// Installs a renewed identity (`text`, the content of `renewed.pem`: key then chain) as
+/// key.pem and cert.pem, then removes `renewed.pem`.
+fn install(d: &Path, text: &str, id: &Identity) -> Result<(), IdentityError> {
     let key_start = text.find("-----BEGIN PRIVATE KEY-----").unwrap_or(0);
     let key_end = text
         .find("-----END PRIVATE KEY-----")

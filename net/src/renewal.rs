@@ -18,14 +18,11 @@ pub struct Renewal {
 }
 
 impl Renewal {
-    /// A CSR for a new key pair when `id` is due for renewal at `now` and none is asked for.
-    pub fn request_if_due(
-        &mut self,
-        id: &DeviceIdentity,
-        hostname: &str,
-        now: i64,
-    ) -> Option<Vec<u8>> {
-        if self.key_pem.is_some() || now < id.renewal_due() {
+    /// A CSR for a new key pair when the renewal is `due` (from
+    /// [`DeviceIdentity::renewal_due`], computed once per identity) at `now` and none is asked
+    /// for.
+    pub fn request_if_due(&mut self, due: i64, hostname: &str, now: i64) -> Option<Vec<u8>> {
+        if self.key_pem.is_some() || now < due {
             return None;
         }
         match pki::generate_csr(if hostname.is_empty() {
@@ -71,9 +68,10 @@ impl Renewal {
         }
     }
 
-    /// When to look again (Unix seconds); `None` while a renewal is in flight.
-    pub fn next_check(&self, id: &DeviceIdentity) -> Option<i64> {
-        self.key_pem.is_none().then(|| id.renewal_due())
+    /// When to look again (Unix seconds), given the identity's renewal point; `None` while a
+    /// renewal is in flight.
+    pub fn next_check(&self, due: i64) -> Option<i64> {
+        self.key_pem.is_none().then_some(due)
     }
 }
 

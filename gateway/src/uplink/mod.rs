@@ -262,7 +262,7 @@ async fn serve(node: &Node, conn: quinn::Connection, backoff: &mut Backoff) -> O
                 let _ = sm.send(Msg::GatewayReport(r));
                 // S9: renew over the uplink when the certificate is due (checked each report).
                 let id = node.tls();
-                if let Some(csr) = renewal.request_if_due(&id.identity, "gateway", outpost_net::unix_now()) {
+                if let Some(csr) = renewal.request_if_due(id.renewal_due, "gateway", outpost_net::unix_now()) {
                     let _ = sm.send(Msg::CertRenewal(outpost_proto::pb::v1::CertRenewal { csr_der: csr }));
                 }
                 let _ = stream::send_queued(&mut ctl, &mut sm).await;
