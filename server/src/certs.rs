@@ -41,7 +41,7 @@ pub enum CertError {
     #[error(transparent)]
     DataDir(#[from] DataDirError),
     /// Certificates could not be made or parsed.
-    #[error("{0}")]
+    #[error(transparent)]
     Pki(#[from] pki::PkiError),
     /// A roll-over is under way already.
     #[error(
@@ -416,8 +416,15 @@ fn finish_interrupted_write(data: &DataDir) {
 fn build(data: &DataDir, idle_timeout: std::time::Duration) -> Result<State, CertError> {
     let pki_path = data.root().join("pki.toml");
     let file: PkiFile = if pki_path.exists() {
-        toml::from_str(&read_string(&pki_path).map_err(DataDirError::from)?)
-            .map_err(|e| damaged(pki_path.clone(), e))?
+        toml::from_str(&read_string(&pki_path).map_err(DataDirError::from)?).map_err(|e| {
+            damaged(
+                pki_path.clone(),
+                format!(
+                    "{e}\n(written by `admin ca roll-over`: restore it from a backup; it names the \
+                     issuing CA and the trusted ones by the stems of their .crt/.key files here)"
+                ),
+            )
+        })?
     } else {
         PkiFile::default()
     };

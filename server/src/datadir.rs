@@ -86,11 +86,12 @@ impl DataDir {
     pub fn config(&self) -> PathBuf {
         self.root.join("server.toml")
     }
-    /// CA certificate.
+    /// The first CA's certificate, written at init. After a CA roll-over `pki.toml` names the
+    /// CAs in use (`certs`).
     pub fn ca_cert(&self) -> PathBuf {
         self.root.join("ca.crt")
     }
-    /// CA key.
+    /// The first CA's key (see `ca_cert`).
     pub fn ca_key(&self) -> PathBuf {
         self.root.join("ca.key")
     }
@@ -218,18 +219,6 @@ impl DataDir {
     /// Reads a file of the data directory.
     pub fn read(&self, path: &Path) -> Result<Vec<u8>, DataDirError> {
         Ok(outpost_net::fsutil::read(path)?)
-    }
-
-    /// Loads the CA.
-    pub fn load_ca(&self) -> Result<Ca, DataDirError> {
-        Ca::load(
-            &read_string(&self.ca_cert())?,
-            &read_string(&self.ca_key())?,
-        )
-        .map_err(|e| DataDirError::Damaged {
-            path: self.ca_cert(),
-            what: e.to_string(),
-        })
     }
 
     /// Loads the server identity.

@@ -305,3 +305,36 @@ async fn s9_local_admin_bundle_is_renewed_by_the_server() {
         other => panic!("unexpected {other:?}"),
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s9_damaged_pki_file_stops_the_start_with_the_file_named() {
+    init_logs();
+    let auth = Authority::new();
+    let mut server = Server::start(&auth, |_| {}).await;
+    done(server.admin(Op::CaRollOver(Empty {})).await);
+    let rolling = cert_status(&server).await;
+    server.stop().await;
+    let pki = server.data.join("pki.toml");
+    let good = std::fs::read(&pki).unwrap();
+    std::fs::write(&pki, "issuing = \"ca\"\n").unwrap();
+    let err = outpost_server::start(outpost_server::DataDir::new(&server.data))
+        .await
+        .expect_err("a damaged pki.toml stops the start")
+        .to_string();
+    assert!(
+        err.contains("pki.toml") && err.contains("restore it"),
+        "{err}"
+    );
+    assert_eq!(
+        std::fs::read(&pki).unwrap(),
+        b"issuing = \"ca\"\n",
+        "nothing rewritten"
+    );
+    std::fs::write(&pki, &good).unwrap();
+    server.boot().await;
+    assert_eq!(
+        cert_status(&server).await.cas,
+        rolling.cas,
+        "the roll-over state survives"
+    );
+}

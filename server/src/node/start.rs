@@ -37,13 +37,10 @@ pub enum StartError {
     /// The UDP port could not be bound.
     #[error(transparent)]
     Listen(#[from] endpoint::ListenError),
-    /// TLS could not be set up from the stored certificates.
-    #[error("TLS set-up: {0}")]
-    Tls(String),
-}
-
-fn tls(e: impl std::fmt::Display) -> StartError {
-    StartError::Tls(e.to_string())
+    /// The certificates of the data directory (CAs, `pki.toml`, server certificate) are
+    /// unusable.
+    #[error(transparent)]
+    Certs(#[from] crate::certs::CertError),
 }
 
 /// Starts a server on an initialised data directory.
@@ -54,7 +51,7 @@ pub async fn start(data: DataDir) -> Result<ServerHandle, StartError> {
         ));
     }
     let config = Arc::new(ServerConfig::load(&data.config())?);
-    let certs = Certs::load(data.clone(), &config).map_err(tls)?;
+    let certs = Certs::load(data.clone(), &config)?;
     let grants = GrantSigner::from_pkcs8(&data.read(&data.grant_key())?).map_err(|e| {
         DataDirError::Damaged {
             path: data.grant_key(),
