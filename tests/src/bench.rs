@@ -362,6 +362,34 @@ pub async fn bare_connect_storm(pki: &BarePki, n: usize, endpoints: usize) -> f6
     rate
 }
 
+/// Bare baseline of `connect_latency`: `n` sequential direct connects (mTLS handshake + one
+/// request/response, then close) from one client endpoint. Returns sorted latencies, ms.
+pub async fn bare_connect_latency(pki: &BarePki, n: usize) -> Vec<f64> {
+    let server = bare_server(&pki.ca, &pki.server, "127.0.0.1:0".parse().unwrap());
+    let addr = server.local_addr().unwrap();
+    let ep = client_endpoints(1).remove(0);
+    let cfg = pki.client_config(None);
+    let mut lat = vec![];
+    for _ in 0..n {
+        let t = Instant::now();
+        let conn = ep
+            .connect_with(cfg.clone(), addr, pki::SERVER_NAME)
+            .unwrap()
+            .await
+            .unwrap();
+        let (mut send, mut recv) = conn.open_bi().await.unwrap();
+        send.write_all(&[7u8; 200]).await.unwrap();
+        send.finish().unwrap();
+        let resp = recv.read_to_end(1 << 16).await.unwrap();
+        assert_eq!(resp.len(), 200);
+        lat.push(t.elapsed().as_secs_f64() * 1000.0);
+        conn.close(0u32.into(), b"");
+    }
+    lat.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    server.close(0u32.into(), b"");
+    lat
+}
+
 /// Bare baseline of `push_fanout`: `n` connections held; the server opens one stream per
 /// connection at once and waits for the echo. Returns sorted round-trip latencies, ms.
 pub async fn bare_push_fanout(pki: &BarePki, n: usize, endpoints: usize) -> Vec<f64> {

@@ -382,15 +382,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Driver<S> {
     /// The L9 re-check of an unlicensed session: sends the result if it changed.
     async fn offer_freed_seat(&mut self) -> Result<(), StoreError> {
         let now = outpost_net::unix_now();
-        let ttl = self.node.licensing().grant_ttl();
         let status = self.check().await?;
         let fresh = Sent::of(&status);
         let changed = self.last_licence.as_ref().is_none_or(|l| {
             l.licensed != fresh.licensed || l.key_id != fresh.key_id || l.reason != fresh.reason
         });
         if changed
-            || recheck::worth_sending(self.last_licence.as_ref(), &fresh, now, ttl)
-                && fresh.licensed
+            || recheck::worth_sending(self.last_licence.as_ref(), &fresh, now) && fresh.licensed
         {
             if fresh.licensed {
                 info!(key = %fresh.key_id, "a freed seat went to this device");

@@ -61,12 +61,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Driver<S> {
         let acked = store.store_events(&self.device.id, events, now).await?;
         // The licence can change while connected (key assigned, seat freed, grant half-way to
         // expiry): re-check when due, send only what changed.
-        let ttl = self.node.licensing().grant_ttl();
         let epoch_moved = self.epoch.has_changed().unwrap_or(false);
-        let licence = if recheck::needs_recheck(self.last_licence.as_ref(), epoch_moved, now, ttl) {
+        let licence = if recheck::needs_recheck(self.last_licence.as_ref(), epoch_moved, now) {
             let status = self.check().await?;
             let fresh = Sent::of(&status);
-            recheck::worth_sending(self.last_licence.as_ref(), &fresh, now, ttl).then(|| {
+            recheck::worth_sending(self.last_licence.as_ref(), &fresh, now).then(|| {
                 self.last_licence = Some(fresh);
                 status
             })

@@ -8,11 +8,13 @@
 
 mod agents;
 mod child;
+mod latency;
 mod seats;
 mod uplinks;
 
 use agents::{connect_storm_and_push, idle_memory};
 use child::{ChildCmd, run_child};
+use latency::connect_latency;
 use seats::seat_checks;
 use uplinks::uplinks_held;
 
@@ -38,7 +40,7 @@ struct Cli {
     /// Small sizes, for a smoke test.
     #[arg(long)]
     quick: bool,
-    /// Only these scenarios (comma-separated): connect_storm, push_fanout, idle_memory, seat_checks, uplinks.
+    /// Only these scenarios (comma-separated): connect_storm, push_fanout, connect_latency, idle_memory, seat_checks, uplinks.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// Agents for connect_storm and push_fanout.
@@ -97,6 +99,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             println!("{}", one(&p));
             rows.push(p);
         }
+    }
+    if want("connect_latency") {
+        let r = connect_latency(if q { 20 } else { 200 }).await?;
+        println!("{}", one(&r));
+        rows.push(r);
     }
     if want("idle_memory") {
         let r = idle_memory(idle).await?;
