@@ -9,6 +9,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     // Admin results are printed as JSON by the admin tool.
     config.type_attribute(".outpost.admin", "#[derive(serde::Serialize)]");
     config.type_attribute(".outpost.admin", "#[serde(rename_all = \"snake_case\")]");
+    // A hello carries the first sync (events included): boxed, so every Hello stays small.
+    config.boxed(".outpost.v1.Hello.first_sync");
     config.compile_fds(fds)?;
     Ok(())
 }

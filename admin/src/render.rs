@@ -270,7 +270,8 @@ fn server_status(s: &outpost_proto::pb::admin::ServerStatusResult) -> String {
         format!(
             "{}\nlistening on {}\nagent sessions online: {}\ngateways connected: {}\ndevices: {}\nuptime: {}\n\
              sessions refused (overload): {}\nconnections refused (authentication): {}\n\
-             bad frames: {}\nnotifications not delivered (queue full; in the log): {}\n",
+             bad frames: {}\nnotifications not delivered (queue full; in the log): {}\n\
+             relayed sessions: {} ({} resumed their inner TLS session)\n",
             s.software,
             s.listen,
             s.sessions,
@@ -281,6 +282,8 @@ fn server_status(s: &outpost_proto::pb::admin::ServerStatusResult) -> String {
             s.connections_refused,
             s.bad_frames,
             s.notifications_dropped,
+            s.relayed_sessions,
+            s.relayed_sessions_resumed,
         )
     }
 }

@@ -31,6 +31,9 @@ pub(crate) enum Attempt {
     /// The session ended because a path preferred to it answers again (T8): start over from
     /// the first path at once.
     MovedBack(String),
+    /// The session was ended on request ([`crate::AgentHandle::reconnect`]): connect again at
+    /// once from the first path.
+    Reconnect,
     /// A session ran (or the server refused it); do not try other paths now.
     Ended {
         reason: String,
@@ -88,6 +91,12 @@ pub(crate) async fn connect_loop(shared: Arc<Shared>) {
                 Attempt::Unreachable(e) => {
                     debug!(%target, error = %e, "path unusable, trying the next");
                     last = e;
+                }
+                Attempt::Reconnect => {
+                    info!("reconnecting on request");
+                    backoff.on_connected(started.into_std());
+                    moved_back = true;
+                    break;
                 }
                 Attempt::MovedBack(why) => {
                     info!(reason = %why, "back to a preferred path");

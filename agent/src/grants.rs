@@ -110,11 +110,17 @@ impl Grants {
     }
 
     /// Verifies and stores what the server sent; stores nothing if a grant does not verify.
-    pub fn store(&self, status: &LicenceStatus) -> Result<(), StoreError> {
+    /// Returns whether the grants are now on other keys than before: then the server may be
+    /// holding seats for the replaced ones until the agent confirms (L15).
+    pub fn store(&self, status: &LicenceStatus) -> Result<bool, StoreError> {
         let v = verify(status, &self.device_id, &self.key)?;
         self.slot.write(&status.encode_to_vec())?;
-        *self.mem.lock().expect("grants lock") = v;
-        Ok(())
+        let keys =
+            |v: &Verified| [&v.active, &v.reserve].map(|g| g.as_ref().map(|g| g.key_id.clone()));
+        let mut mem = self.mem.lock().expect("grants lock");
+        let changed = keys(&mem) != keys(&v);
+        *mem = v;
+        Ok(changed)
     }
 
     /// `checked_at_ms` of the stored status: the agent tells the server which status it
@@ -134,6 +140,7 @@ impl Grants {
             checked_at: now,
             checked_at_ms: now.saturating_mul(1000),
         })
+        .map(|_| ())
     }
 
     /// The licence state at `now`.
@@ -171,25 +178,31 @@ pub fn state(data: &Path, device_id: &str, grant_key: &[u8], now: i64) -> Licenc
 
 /// Re-derives the licence state from the stored grants whenever a grant may have expired, so
 /// the active → reserve promotion (L5) and expiry (L7) happen without any connection.
+/// Puts the licence state at `now` into the status (and tells observers when it changed).
+pub(crate) fn publish_state(shared: &crate::node::Shared, now: i64) -> LicenceState {
+    let st = shared.grants.state(now);
+    let changed = shared.status.send_if_modified(|s| {
+        if s.licence != st {
+            s.licence = st.clone();
+            s.updated_at = now;
+            true
+        } else {
+            false
+        }
+    });
+    if changed {
+        tracing::info!(state = %st.state, key = %st.key, reason = %st.reason, "licence state");
+        let _ = shared
+            .events
+            .send(crate::node::AgentEvent::Licence(st.clone()));
+    }
+    st
+}
+
 pub(crate) async fn licence_clock(shared: std::sync::Arc<crate::node::Shared>) {
     loop {
         let now = outpost_net::unix_now();
-        let st = shared.grants.state(now);
-        let changed = shared.status.send_if_modified(|s| {
-            if s.licence != st {
-                s.licence = st.clone();
-                s.updated_at = now;
-                true
-            } else {
-                false
-            }
-        });
-        if changed {
-            tracing::info!(state = %st.state, key = %st.key, reason = %st.reason, "licence state");
-            let _ = shared
-                .events
-                .send(crate::node::AgentEvent::Licence(st.clone()));
-        }
+        let st = publish_state(&shared, now);
         // Next moment the state can change by itself: the grant in force expires.
         let wait = if st.state == "licensed" {
             std::time::Duration::from_secs((st.expires_at - now).max(0) as u64)

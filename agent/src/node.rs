@@ -102,6 +102,8 @@ pub(crate) struct Shared {
     pub(crate) events: broadcast::Sender<AgentEvent>,
     /// Wakes the session to sync now (new local events).
     pub(crate) nudge: Notify,
+    /// Bumped to end the current session; the connect loop starts over at once.
+    pub(crate) reconnect: watch::Sender<u64>,
     /// Wakes the licence clock (grants changed).
     pub(crate) grants_changed: Notify,
     /// Stored grants.
@@ -172,6 +174,13 @@ impl AgentHandle {
         Ok(id)
     }
 
+    /// Ends the current session (if one is running) and connects again at once, from the first path (what a
+    /// network-change handler calls; benchmarks measure reconnects with it). Kept TLS session
+    /// tickets let the new inner session resume.
+    pub fn reconnect(&self) {
+        self.shared.reconnect.send_modify(|g| *g += 1);
+    }
+
     /// Stops cleanly.
     pub async fn shutdown(self) {
         self.shared.shutdown.cancel();
@@ -229,6 +238,7 @@ pub fn start(data: &Path, opts: StartOptions) -> Result<AgentHandle, StartError>
         status: status_tx,
         events: broadcast::channel(64).0,
         nudge: Notify::new(),
+        reconnect: watch::channel(0).0,
         grants_changed: Notify::new(),
         grants,
         shutdown: CancellationToken::new(),

@@ -32,14 +32,19 @@ where
 {
     let mut f = stream::framed(io, MAX_FRAME);
     let timeout = shared.config.connect.sync_timeout;
-    let mut sm = ClientSession::new(
+    // The first sync goes with the hello: licensed and synced in one round trip.
+    let mut sm = ClientSession::with_first_sync(
         hello(
             Role::Agent,
             &format!("outpost-agent {}", outpost_proto::SOFTWARE_VERSION),
             &[],
         ),
+        sync_request(shared).await,
         timeout,
+        Instant::now().into_std(),
     );
+    let mut reconnect = shared.reconnect.subscribe();
+    reconnect.mark_unchanged();
     let setup = shared.config.connect.setup_timeout;
     let setup_deadline = Instant::now() + setup;
     let mut established = false;
@@ -127,6 +132,10 @@ where
                 }
             }
             _ = shared.nudge.notified() => sm.request_sync(Instant::now().into_std()),
+            _ = reconnect.changed() => {
+                let _ = f.close().await;
+                return Attempt::Reconnect;
+            }
             _ = shared.shutdown.cancelled() => {
                 let _ = f.close().await;
                 return end("shutting down".into(), None, established);
@@ -165,6 +174,28 @@ async fn ended_by_peer(
             retry_after: None,
             established,
         },
+    }
+}
+
+/// A sync request: inventory, the queued events (a batch), what the agent holds.
+async fn sync_request(shared: &Arc<Shared>) -> SyncRequest {
+    let (q, batch) = (shared.queue.clone(), shared.config.queue.batch);
+    let events = tokio::task::spawn_blocking(move || q.peek(batch, MAX_FRAME / 2))
+        .await
+        .ok()
+        .and_then(Result::ok)
+        .unwrap_or_default();
+    let rev = shared.server_gateways.lock().expect("gateways lock").0;
+    SyncRequest {
+        trust_sha256: shared.tls().trust_sha256.to_vec(),
+        licence_checked_at_ms: shared.grants.checked_at_ms(),
+        seq: 0,
+        inventory: Some(shared.inventory.clone()),
+        events,
+        known: Some(Versions {
+            gateways: rev,
+            ..Default::default()
+        }),
     }
 }
 
@@ -207,35 +238,23 @@ async fn on_event(
             let sh = shared.clone();
             let stored = tokio::task::spawn_blocking(move || sh.grants.store(&status)).await;
             match stored {
-                Ok(Ok(())) => {
+                Ok(Ok(keys_changed)) => {
+                    // In the status before the sync answer that follows is reported.
+                    crate::grants::publish_state(shared, now);
                     shared.grants_changed.notify_one();
-                    // Tell the server at once which status is stored: seats of grants it
-                    // replaced stop counting (L15).
-                    sm.request_sync(Instant::now().into_std());
+                    // Grants on other keys: tell the server at once which status is stored, so
+                    // seats of the grants it replaced stop counting (L15). Otherwise the next
+                    // sync tells it.
+                    if keys_changed {
+                        sm.request_sync(Instant::now().into_std());
+                    }
                 }
                 Ok(Err(e)) => warn!(error = %e, "licence status from the server not stored"),
                 Err(e) => warn!(error = %e, "licence store task failed"),
             }
         }
         ClientEvent::SyncDue => {
-            let (q, batch) = (shared.queue.clone(), shared.config.queue.batch);
-            let events = tokio::task::spawn_blocking(move || q.peek(batch, MAX_FRAME / 2))
-                .await
-                .ok()
-                .and_then(Result::ok)
-                .unwrap_or_default();
-            let rev = shared.server_gateways.lock().expect("gateways lock").0;
-            let req = SyncRequest {
-                trust_sha256: shared.tls().trust_sha256.to_vec(),
-                licence_checked_at_ms: shared.grants.checked_at_ms(),
-                seq: 0,
-                inventory: Some(shared.inventory.clone()),
-                events,
-                known: Some(Versions {
-                    gateways: rev,
-                    ..Default::default()
-                }),
-            };
+            let req = sync_request(shared).await;
             sm.send_sync(req, Instant::now().into_std());
         }
         ClientEvent::Synced(resp) if shared.die_before_ack && !resp.acked_event_ids.is_empty() => {

@@ -66,9 +66,9 @@ async fn serve_agent(node: Arc<Node>, incoming: quinn::Incoming) {
         return;
     };
     let enroll = endpoint::alpn(&conn).as_deref() == Some(alpn::ENROLL);
-    let leaf = endpoint::peer_leaf(&conn);
-    let fp = match (&leaf, enroll) {
-        (Some(l), _) => pki::fingerprint(l).to_vec(),
+    // Only the fingerprint is kept for the connection's life, not the certificate.
+    let fp = match (endpoint::peer_leaf(&conn), enroll) {
+        (Some(l), _) => pki::fingerprint(&l).to_vec(),
         (None, true) => vec![],
         (None, false) => {
             refuse::close(

@@ -462,12 +462,21 @@ fn build(data: &DataDir, idle_timeout: std::time::Duration) -> Result<State, Cer
         quinn::crypto::rustls::QuicServerConfig::try_from(Arc::new(outer)).map_err(|e| tls(&e))?;
     let mut listener = quinn::ServerConfig::with_crypto(Arc::new(quic));
     listener.transport_config(outpost_net::transport::listener(idle_timeout));
-    let session = pki::server_config(
+    let mut session = pki::server_config(
         &server,
         &trusted,
         &[alpn::INNER_SESSION],
         ClientAuth::Required,
     )?;
+    // Relayed sessions resume (TLS 1.3 tickets): an agent reconnecting through a gateway skips
+    // both certificate signatures and chain verifications. The tickets are stateless (nothing
+    // kept per device here), encrypted under keys that rotate every 6 hours and are new
+    // whenever this state is rebuilt — server certificate rotation, CA roll-over — so a ticket
+    // never outlives the trust it was issued under. The device registry is still consulted
+    // for every session, and an expired certificate is refused after a resumption too
+    // (`uplink::serve_relayed`).
+    session.ticketer = rustls::crypto::ring::Ticketer::new().map_err(|e| tls(&e))?;
+    session.send_tls13_tickets = 1;
     let enroll = pki::server_config(&server, &trusted, &[alpn::ENROLL], ClientAuth::None)?;
     let dmz_client = crate::dmz::client_config(&server, &trusted).map_err(|e| tls(&e))?;
     let server_ca_sha256 = server

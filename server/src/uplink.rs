@@ -254,7 +254,20 @@ async fn serve_relayed(
         }
         Ok(RelayKind::Session) => {
             let accept = node.enrollment().session_tls().accept(io);
-            let tls = match tokio::time::timeout(INNER_HANDSHAKE_TIMEOUT, accept).await {
+            // The registry lookup of the certificate the gateway announced runs while the inner
+            // handshake does (read-only; used only if the handshake shows the same one).
+            let announced = fp_hex(&open.agent_cert_sha256);
+            let lookup = async {
+                if announced.is_empty() {
+                    return None;
+                }
+                node.store().device_by_cert(&announced).await.ok()
+            };
+            let (tls, prefetched) = tokio::join!(
+                tokio::time::timeout(INNER_HANDSHAKE_TIMEOUT, accept),
+                lookup
+            );
+            let tls = match tls {
                 Ok(Ok(t)) => t,
                 Ok(Err(e)) => {
                     warn!(error = %e, "inner TLS handshake of a relayed session failed");
@@ -269,6 +282,19 @@ async fn serve_relayed(
                 .and_then(|c| c.first())
                 .map(|c| c.clone().into_owned());
             let Some(leaf) = leaf else { return };
+            let resumed = tls.get_ref().1.handshake_kind() == Some(rustls::HandshakeKind::Resumed);
+            debug!(resumed, "inner TLS session up");
+            node.sessions().relayed(resumed);
+            // A resumed handshake verifies no certificate: refuse one that expired since the
+            // ticket was issued, as a full handshake would have.
+            if pki::validity(&leaf).is_ok_and(|(_, until)| until < outpost_net::unix_now()) {
+                let r = Refused::new(
+                    RefusalCode::Unauthenticated,
+                    "this device's certificate has expired; enroll it again with a new token",
+                );
+                refuse_stream(tls, max_frame, &r).await;
+                return;
+            }
             let fp = pki::fingerprint(&leaf);
             // The gateway saw the same certificate on its own hop; a mismatch means it spliced
             // someone else's session onto this stream.
@@ -281,7 +307,13 @@ async fn serve_relayed(
                 return;
             }
             let fp = fp_hex(&fp);
-            let peer = match crate::node::identify(&node, &fp).await {
+            let identified = match prefetched {
+                Some(found) if announced == fp => {
+                    crate::node::identify_found(&node, &fp, found).await
+                }
+                _ => crate::node::identify(&node, &fp).await,
+            };
+            let peer = match identified {
                 Ok(Identified::Active(d)) if d.role == "agent" => Peer::Device(Box::new(d)),
                 Ok(Identified::Revoked(d)) => Peer::Refused {
                     refusal: crate::node::revoked(&d.id),

@@ -85,7 +85,7 @@ pub fn write_results(
     std::fs::write(path, serde_json::to_string_pretty(&doc)?)?;
     let mut t = format!(
         "{:<16} {:>14} {:<12} {:>14} {:>8} {:>12} {:>6}\n",
-        "scenario", "value", "unit", "bare quinn", "ratio", "target", "meets"
+        "scenario", "value", "unit", "baseline", "ratio", "target", "meets"
     );
     for r in rows {
         t.push_str(&format!(
@@ -328,30 +328,44 @@ pub fn client_endpoints(n: usize) -> Vec<quinn::Endpoint> {
         .collect()
 }
 
-/// Bare baseline of `connect_storm`: `n` clients at once, each an mTLS handshake plus one
-/// request/response. Returns connections per second.
-pub async fn bare_connect_storm(pki: &BarePki, n: usize, endpoints: usize) -> f64 {
+/// One bare client: mTLS handshake, one 200-byte request echoed back, close.
+async fn connect_and_request(ep: &quinn::Endpoint, cfg: quinn::ClientConfig, addr: SocketAddr) {
+    let conn = ep
+        .connect_with(cfg, addr, pki::SERVER_NAME)
+        .unwrap()
+        .await
+        .unwrap();
+    let (mut send, mut recv) = conn.open_bi().await.unwrap();
+    send.write_all(&[7u8; 200]).await.unwrap();
+    send.finish().unwrap();
+    let resp = recv.read_to_end(1 << 16).await.unwrap();
+    assert_eq!(resp.len(), 200);
+    conn.close(0u32.into(), b"");
+}
+
+/// Bare baseline of `connect_storm`: `n` clients, each an mTLS handshake plus one
+/// request/response, at most `concurrency` in flight at once (`n` = all released together).
+/// Returns connections per second.
+pub async fn bare_connect_storm(
+    pki: &BarePki,
+    n: usize,
+    endpoints: usize,
+    concurrency: usize,
+) -> f64 {
     let server = bare_server(&pki.ca, &pki.server, "127.0.0.1:0".parse().unwrap());
     let addr = server.local_addr().unwrap();
     let eps = client_endpoints(endpoints);
     let cfg = pki.client_config(None);
+    let slots = Arc::new(tokio::sync::Semaphore::new(concurrency.max(1)));
     let started = Instant::now();
     let mut tasks = tokio::task::JoinSet::new();
     for i in 0..n {
         let ep = eps[i % eps.len()].clone();
         let cfg = cfg.clone();
+        let slots = slots.clone();
         tasks.spawn(async move {
-            let conn = ep
-                .connect_with(cfg, addr, pki::SERVER_NAME)
-                .unwrap()
-                .await
-                .unwrap();
-            let (mut send, mut recv) = conn.open_bi().await.unwrap();
-            send.write_all(&[7u8; 200]).await.unwrap();
-            send.finish().unwrap();
-            let resp = recv.read_to_end(1 << 16).await.unwrap();
-            assert_eq!(resp.len(), 200);
-            conn.close(0u32.into(), b"");
+            let _slot = slots.acquire_owned().await.unwrap();
+            connect_and_request(&ep, cfg, addr).await;
         });
     }
     while let Some(r) = tasks.join_next().await {
@@ -360,6 +374,22 @@ pub async fn bare_connect_storm(pki: &BarePki, n: usize, endpoints: usize) -> f6
     let rate = n as f64 / started.elapsed().as_secs_f64();
     server.close(0u32.into(), b"");
     rate
+}
+
+/// `bare_connect_storm` at several concurrencies (16, 64, 256 and `n`): (concurrency, rate)
+/// pairs, so the ratio can be taken against the baseline at its best (SPEC §8).
+pub async fn bare_connect_storm_sweep(
+    pki: &BarePki,
+    n: usize,
+    endpoints: usize,
+) -> Vec<(usize, f64)> {
+    let mut levels: Vec<usize> = [16, 64, 256].into_iter().filter(|c| *c < n).collect();
+    levels.push(n);
+    let mut out = vec![];
+    for c in levels {
+        out.push((c, bare_connect_storm(pki, n, endpoints, c).await));
+    }
+    out
 }
 
 /// Bare baseline of `connect_latency`: `n` sequential direct connects (mTLS handshake + one
@@ -372,18 +402,8 @@ pub async fn bare_connect_latency(pki: &BarePki, n: usize) -> Vec<f64> {
     let mut lat = vec![];
     for _ in 0..n {
         let t = Instant::now();
-        let conn = ep
-            .connect_with(cfg.clone(), addr, pki::SERVER_NAME)
-            .unwrap()
-            .await
-            .unwrap();
-        let (mut send, mut recv) = conn.open_bi().await.unwrap();
-        send.write_all(&[7u8; 200]).await.unwrap();
-        send.finish().unwrap();
-        let resp = recv.read_to_end(1 << 16).await.unwrap();
-        assert_eq!(resp.len(), 200);
+        connect_and_request(&ep, cfg.clone(), addr).await;
         lat.push(t.elapsed().as_secs_f64() * 1000.0);
-        conn.close(0u32.into(), b"");
     }
     lat.sort_by(|a, b| a.partial_cmp(b).unwrap());
     server.close(0u32.into(), b"");

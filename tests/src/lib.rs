@@ -278,6 +278,16 @@ impl Server {
         }
     }
 
+    /// Waits until key `id` has `want` seats in use. A seat of a grant the agent replaced
+    /// returns when the agent confirms it stored the new one (L15): the sync right after the
+    /// check, a round trip after the agent reports itself checked and synced.
+    pub async fn seats_used_becomes(&self, id: &str, want: u32) {
+        until(&format!("{want} seats in use on {id}"), || async {
+            self.key_info(id).await.seats_used == want
+        })
+        .await;
+    }
+
     /// One key's info.
     pub async fn key_info(&self, id: &str) -> KeyInfo {
         match self.admin(Op::KeyList(Empty {})).await {

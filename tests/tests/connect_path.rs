@@ -449,3 +449,87 @@ async fn t8_path_falls_back_gateway_then_server_and_returns_to_the_gateway() {
     agent.stop().await;
     gw.stop().await;
 }
+
+/// S1, S3: a running agent that reconnects through its gateway resumes its inner TLS session
+/// (a ticket it kept; no certificate signatures) and is licensed and synced again; the server
+/// still consults its registry on a resumed session, so a revoked device is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s1_reconnect_resumes_the_inner_session_and_the_registry_still_decides() {
+    init_logs();
+    let auth = Authority::new();
+    let server = Server::start(&auth, |_| {}).await;
+    server
+        .import_key(&auth.key("K-R", 5, 30 * DAY), true)
+        .await
+        .unwrap();
+    let gw = Gateway::start(&server, |_, _| {}).await;
+    let token = server.token("agent", 1).await;
+    let agent = Agent::start(
+        test_agent_config(vec![gw.addr().to_string()], None, "res"),
+        &token,
+    )
+    .await;
+    agent.wait_checked().await;
+    let status = async || match server.admin(Op::ServerStatus(Default::default())).await {
+        R::ServerStatus(s) => (s.relayed_sessions, s.relayed_sessions_resumed),
+        other => panic!("unexpected {other:?}"),
+    };
+    assert_eq!(
+        status().await,
+        (1, 0),
+        "the first session is a full handshake"
+    );
+    for round in 1..=3u64 {
+        let before = agent.h().status().borrow().sessions;
+        let mut events = agent.h().events();
+        agent.h().reconnect();
+        within("the reconnected session synced", async {
+            loop {
+                if let Ok(outpost_agent::AgentEvent::Synced { .. }) = events.recv().await
+                    && agent.h().status().borrow().sessions > before
+                {
+                    return;
+                }
+            }
+        })
+        .await;
+        let s = agent.h().status().borrow().clone();
+        assert_eq!(
+            (s.state.as_str(), s.licence.state.as_str()),
+            ("connected", "licensed")
+        );
+        assert_eq!(
+            status().await,
+            (1 + round, round),
+            "reconnect {round} resumed"
+        );
+    }
+    // A resumed handshake proves nothing about the registry: revocation still ends it.
+    let id = agent.h().device_id().to_owned();
+    let r = server
+        .admin(Op::DeviceRevoke(DeviceRef {
+            device_id: id,
+            ..Default::default()
+        }))
+        .await;
+    assert!(matches!(r, R::Done(_)), "{r:?}");
+    let s = agent
+        .h()
+        .wait_for(|s| s.licence.state == "unlicensed")
+        .await;
+    assert!(s.licence.reason.contains("revoked"), "{}", s.licence.reason);
+    // The agent comes back by itself (after its backoff) with a ticket from the last session.
+    until(
+        "the revoked device came back and was refused on a resumed session",
+        || async {
+            let (all, resumed) = status().await;
+            resumed >= 4 && all >= 5
+        },
+    )
+    .await;
+    assert_eq!(
+        agent.h().status().borrow().licence.state,
+        "unlicensed",
+        "still refused"
+    );
+}

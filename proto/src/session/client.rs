@@ -66,6 +66,23 @@ pub struct ClientSession {
 }
 
 impl ClientSession {
+    /// Starts a session with the first sync sent inside the hello (one round trip to licensed
+    /// and synced). If the server does not answer it (no `sync-in-hello` capability in its
+    /// HelloAck), the sync is sent again after the licence check, as `new` does.
+    pub fn with_first_sync(
+        mut hello: Hello,
+        mut first: SyncRequest,
+        sync_timeout: Duration,
+        now: Instant,
+    ) -> Self {
+        first.seq = 1;
+        hello.first_sync = Some(Box::new(first));
+        let mut s = ClientSession::new(hello, sync_timeout);
+        s.next_seq = 2;
+        s.outstanding = Some((1, now));
+        s
+    }
+
     /// Starts a session; the hello is the first transmit.
     pub fn new(hello: Hello, sync_timeout: Duration) -> Self {
         ClientSession {
@@ -182,6 +199,10 @@ impl ClientSession {
                     }));
                 }
                 self.phase = ClientPhase::AwaitLicence;
+                if !ack.capabilities.iter().any(|c| c == super::SYNC_IN_HELLO) {
+                    // The server ignored the sync in the hello: sync after the check.
+                    self.outstanding = None;
+                }
                 self.events.push_back(ClientEvent::Established {
                     version: ack.version,
                     device_id: ack.device_id,
@@ -191,7 +212,12 @@ impl ClientSession {
             (ClientPhase::AwaitLicence, Msg::LicenceStatus(status)) => {
                 self.phase = ClientPhase::Ready;
                 self.events.push_back(ClientEvent::Licence(status));
-                self.sync_due = Some(now);
+                match &mut self.outstanding {
+                    // The sync from the hello is answered from now on: its time-out runs from
+                    // here (the setup time-out covered the wait for the check).
+                    Some((_, sent)) => *sent = now,
+                    None => self.sync_due = Some(now),
+                }
                 Ok(())
             }
             (ClientPhase::Ready, Msg::SyncResponse(resp)) => {

@@ -91,6 +91,9 @@ pub fn msg_name(msg: &Msg) -> &'static str {
     }
 }
 
+/// Capability: the first sync travels in the hello and is answered after the licence check.
+pub const SYNC_IN_HELLO: &str = "sync-in-hello";
+
 /// A Hello for this build.
 pub fn hello(role: Role, software: &str, capabilities: &[&str]) -> Hello {
     Hello {
@@ -99,6 +102,7 @@ pub fn hello(role: Role, software: &str, capabilities: &[&str]) -> Hello {
         capabilities: capabilities.iter().map(|c| c.to_string()).collect(),
         software: software.to_owned(),
         role: role as i32,
+        first_sync: None,
     }
 }
 

@@ -64,6 +64,8 @@ pub struct ServerSession {
     actions: VecDeque<ServerAction>,
     /// Syncs handed to the application and not yet answered.
     syncs_pending: u32,
+    /// A first sync that came with the hello, handed over once the licence is checked (S3).
+    first_sync: Option<SyncRequest>,
 }
 
 impl ServerSession {
@@ -76,6 +78,7 @@ impl ServerSession {
             transmit: VecDeque::new(),
             actions: VecDeque::new(),
             syncs_pending: 0,
+            first_sync: None,
         }
     }
 
@@ -120,12 +123,13 @@ impl ServerSession {
     fn handle_inner(&mut self, msg: Msg, now_unix_ms: i64) -> Result<(), SessionError> {
         match (self.phase, msg) {
             (_, Msg::Refusal(r)) => Err(SessionError::Refused(Refused(r))),
-            (ServerPhase::AwaitHello, Msg::Hello(hello)) => {
+            (ServerPhase::AwaitHello, Msg::Hello(mut hello)) => {
                 let v =
                     version::negotiate(version::supported(), hello.min_version, hello.max_version)?;
+                self.first_sync = hello.first_sync.take().map(|b| *b);
                 self.transmit.push_back(Msg::HelloAck(HelloAck {
                     version: v,
-                    capabilities: vec![],
+                    capabilities: vec![super::SYNC_IN_HELLO.to_owned()],
                     software: self.software.clone(),
                     server_time_ms: now_unix_ms,
                     device_id: self.device_id.clone(),
@@ -170,11 +174,16 @@ impl ServerSession {
         }
     }
 
-    /// Answers `CheckLicence`. The session becomes ready.
+    /// Answers `CheckLicence`. The session becomes ready; a sync that came with the hello is
+    /// handed over now, after the check (S3).
     pub fn licence_checked(&mut self, status: LicenceStatus) {
         if self.phase == ServerPhase::AwaitLicenceCheck {
             self.transmit.push_back(Msg::LicenceStatus(status));
             self.phase = ServerPhase::Ready;
+            if let Some(req) = self.first_sync.take() {
+                self.syncs_pending += 1;
+                self.actions.push_back(ServerAction::Sync(req));
+            }
         }
     }
 

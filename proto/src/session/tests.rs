@@ -272,3 +272,98 @@ fn s9_certificate_renewal_over_an_established_session() {
             .is_err()
     );
 }
+
+fn first_sync_pair() -> Pair {
+    let now = Instant::now();
+    let first = SyncRequest {
+        events: vec![Event {
+            id: "e1".into(),
+            kind: "k".into(),
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    Pair {
+        client: ClientSession::with_first_sync(
+            hello(Role::Agent, "test", &[]),
+            first,
+            Duration::from_secs(30),
+            now,
+        ),
+        server: ServerSession::new("d-1", "server"),
+        now,
+    }
+}
+
+#[test]
+fn s3_sync_in_the_hello_is_answered_only_after_the_licence_check() {
+    let mut p = first_sync_pair();
+    p.drive().unwrap();
+    // Only the check is asked for; the sync waits for its answer (S3).
+    assert!(matches!(
+        p.server.poll_action(),
+        Some(ServerAction::CheckLicence { .. })
+    ));
+    assert_eq!(p.server.poll_action(), None);
+    p.server.licence_checked(LicenceStatus {
+        licensed: true,
+        ..Default::default()
+    });
+    let Some(ServerAction::Sync(req)) = p.server.poll_action() else {
+        panic!("the sync from the hello is handed over after the check")
+    };
+    assert_eq!((req.seq, req.events.len()), (1, 1));
+    p.server.sync_done(SyncResponse {
+        seq: req.seq,
+        acked_event_ids: vec!["e1".into()],
+        next_sync_secs: 60,
+        ..Default::default()
+    });
+    p.drive().unwrap();
+    // One round trip: established, licensed and synced; no second sync is due yet.
+    let mut seen = vec![];
+    while let Some(e) = p.client.poll_event() {
+        seen.push(match e {
+            ClientEvent::Established { .. } => "established",
+            ClientEvent::Licence(_) => "licence",
+            ClientEvent::Synced(r) => {
+                assert_eq!(r.acked_event_ids, vec!["e1".to_string()]);
+                "synced"
+            }
+            ClientEvent::SyncDue => "sync-due",
+            _ => "other",
+        });
+    }
+    assert_eq!(seen, ["established", "licence", "synced"]);
+    assert!(p.client.is_ready() && p.client.poll_timeout() > Some(p.now));
+}
+
+#[test]
+fn s2_a_server_without_sync_in_hello_gets_the_sync_after_the_check() {
+    let mut p = first_sync_pair();
+    // An older server: it ignores the field and announces no capability.
+    let Some(Msg::Hello(h)) = p.client.poll_transmit() else {
+        panic!("hello first")
+    };
+    assert!(h.first_sync.is_some());
+    p.client
+        .handle_message(
+            Msg::HelloAck(crate::pb::v1::HelloAck {
+                version: 1,
+                device_id: "d-1".into(),
+                ..Default::default()
+            }),
+            p.now,
+        )
+        .unwrap();
+    p.client
+        .handle_message(Msg::LicenceStatus(LicenceStatus::default()), p.now)
+        .unwrap();
+    p.client.handle_timeout(p.now).unwrap();
+    let mut due = false;
+    while let Some(e) = p.client.poll_event() {
+        due |= matches!(e, ClientEvent::SyncDue);
+    }
+    assert!(due, "the agent syncs after the check as before");
+    assert_eq!(p.client.send_sync(SyncRequest::default(), p.now), 2);
+}

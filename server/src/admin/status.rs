@@ -20,6 +20,8 @@ pub(super) async fn status(node: &Node) -> Result<AdminResponse, StoreError> {
         sessions_refused: Stats::get(&node.sessions().stats().sessions_refused),
         connections_refused: Stats::get(&node.sessions().stats().connections_refused),
         bad_frames: Stats::get(&node.sessions().stats().bad_frames),
+        relayed_sessions: Stats::get(&node.sessions().stats().relayed),
+        relayed_sessions_resumed: Stats::get(&node.sessions().stats().relayed_resumed),
         notifications_dropped: node.store().notices_dropped(),
         certificates: Some(super::certs::status(node).await?),
         gateways,

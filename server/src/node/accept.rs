@@ -91,9 +91,23 @@ pub enum Identified {
 
 /// Looks a certificate fingerprint (hex) up in the registry.
 pub async fn identify(node: &Node, fp: &str) -> Result<Identified, Refused> {
+    let found = node
+        .store()
+        .device_by_cert(fp)
+        .await
+        .map_err(|e| e.to_refusal("device registry lookup failed"))?;
+    identify_found(node, fp, found).await
+}
+
+/// [`identify`] after the registry lookup by fingerprint was made (a relayed session looks
+/// the certificate the gateway announced up while the inner handshake runs).
+pub async fn identify_found(
+    node: &Node,
+    fp: &str,
+    mut found: Option<DeviceRow>,
+) -> Result<Identified, Refused> {
     let store = node.store();
     let lookup = |e: crate::store::StoreError| e.to_refusal("device registry lookup failed");
-    let mut found = store.device_by_cert(fp).await.map_err(lookup)?;
     // S9: the first connection with a renewed certificate makes it the current one; from
     // then on the old one is refused.
     if found.is_none() && store.is_next_cert(fp).await.map_err(lookup)? {

@@ -22,7 +22,7 @@ use std::sync::Arc;
 use outpost_proto::error::{RefusalCode, Refused};
 use tracing::warn;
 
-pub use accept::{Identified, authenticate, identify, removed, revoked};
+pub use accept::{Identified, authenticate, identify, identify_found, removed, revoked};
 pub use start::{StartError, start};
 
 use crate::config::ServerConfig;

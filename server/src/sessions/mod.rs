@@ -27,6 +27,10 @@ pub struct Stats {
     pub connections_refused: AtomicU64,
     /// Frames rejected as malformed or oversized.
     pub bad_frames: AtomicU64,
+    /// Relayed sessions whose inner TLS handshake completed.
+    pub relayed: AtomicU64,
+    /// Of those, the ones that resumed with a ticket.
+    pub relayed_resumed: AtomicU64,
 }
 
 impl Stats {
@@ -93,6 +97,14 @@ impl Sessions {
     /// Counts a connection refused at authentication.
     pub fn refused_connection(&self) {
         Stats::bump(&self.stats.connections_refused);
+    }
+
+    /// Counts a relayed session's completed inner handshake.
+    pub fn relayed(&self, resumed: bool) {
+        Stats::bump(&self.stats.relayed);
+        if resumed {
+            Stats::bump(&self.stats.relayed_resumed);
+        }
     }
 
     /// Counts a malformed or oversized frame.

@@ -120,19 +120,39 @@ impl Drop for Proc {
 }
 
 pub(crate) fn spawn_child(args: &[&str]) -> anyhow::Result<Proc> {
-    let mut child = Command::new(std::env::current_exe()?)
+    spawn_wrapped(args, None)
+}
+
+/// Spawns a child, optionally under a wrapper command (a profiler: `heaptrack -o FILE`), and
+/// waits for its `READY` line (lines a wrapper prints first are skipped).
+pub(crate) fn spawn_wrapped(args: &[&str], wrapper: Option<&str>) -> anyhow::Result<Proc> {
+    let exe = std::env::current_exe()?;
+    let mut cmd = match wrapper.map(|w| w.split_whitespace().collect::<Vec<_>>()) {
+        Some(w) if !w.is_empty() => {
+            let mut c = Command::new(w[0]);
+            c.args(&w[1..]).arg(&exe);
+            c
+        }
+        _ => Command::new(&exe),
+    };
+    let mut child = cmd
         .args(args)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()?;
     let stdout = child.stdout.take().context("child stdout")?;
-    let mut line = String::new();
-    std::io::BufRead::read_line(&mut std::io::BufReader::new(stdout), &mut line)?;
-    let addr = line
-        .trim()
-        .strip_prefix("READY ")
-        .with_context(|| format!("child said {line:?}"))?
-        .to_owned();
-    Ok(Proc { child, addr })
+    let mut reader = std::io::BufReader::new(stdout);
+    loop {
+        let mut line = String::new();
+        if std::io::BufRead::read_line(&mut reader, &mut line)? == 0 {
+            anyhow::bail!("child ended before it was ready");
+        }
+        if let Some(addr) = line.trim().strip_prefix("READY ") {
+            let addr = addr.to_owned();
+            // Whatever the child prints later goes nowhere.
+            std::thread::spawn(move || std::io::copy(&mut reader, &mut std::io::sink()));
+            return Ok(Proc { child, addr });
+        }
+    }
 }

@@ -81,7 +81,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let agents = cli.agents.unwrap_or(if q { 200 } else { 2000 });
     let idle = cli.idle_agents.unwrap_or(if q { 300 } else { 10_000 });
     let seats = cli.seats.unwrap_or(if q { 500 } else { 5000 });
-    let uplinks = cli.uplinks.unwrap_or(if q { 50 } else { 2000 });
+    let uplinks = cli.uplinks.unwrap_or(if q { 50 } else { 10_000 });
     let want = |n: &str| cli.only.is_empty() || cli.only.iter().any(|o| o == n);
     let mut rows = vec![];
     println!(
@@ -130,7 +130,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
 
 fn one(r: &ScenarioResult) -> String {
     format!(
-        "  {:<14} {:.2} {} (bare quinn {}, ratio {}) {}",
+        "  {:<14} {:.2} {} (baseline {}, ratio {}) {}",
         r.name,
         r.value,
         r.unit,
