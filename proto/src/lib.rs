@@ -11,6 +11,7 @@ pub mod backoff;
 pub mod control;
 pub mod error;
 pub mod frame;
+pub mod lease;
 pub mod licence;
 pub mod pki;
 pub mod session;
