@@ -81,6 +81,7 @@ impl Channel {
             (self, msg),
             (Channel::Uplink, Msg::GatewayReport(_) | Msg::CertRenewal(_))
                 | (Channel::Admin, Msg::AdminRequest(_))
+                | (Channel::Peer, Msg::LeaseGrant(_) | Msg::LeaseRenewal(_))
         )
     }
 
@@ -92,6 +93,8 @@ impl Channel {
                 Channel::Uplink,
                 Msg::GatewayDirective(_) | Msg::CertRenewed(_)
             ) | (Channel::Admin, Msg::AdminResponse(_))
+                // Either end of a server link may give seats (a primary, or a peer that sends).
+                | (Channel::Peer, Msg::LeaseGrant(_) | Msg::LeaseRenewal(_))
         )
     }
 

@@ -390,6 +390,71 @@ impl Received {
     }
 }
 
+/// A lease message from the wire that cannot be taken.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid lease message: {0}")]
+pub struct BadLeaseMessage(&'static str);
+
+impl From<&LeaseGrant> for crate::pb::v1::LeaseGrant {
+    fn from(g: &LeaseGrant) -> Self {
+        crate::pb::v1::LeaseGrant {
+            lease_id: g.lease_id.clone(),
+            key_id: g.key_id.clone(),
+            seq: g.seq,
+            seats: g.seats,
+            period_end: g.period_end,
+            end_at: g.end_at,
+        }
+    }
+}
+
+impl TryFrom<crate::pb::v1::LeaseGrant> for LeaseGrant {
+    type Error = BadLeaseMessage;
+
+    fn try_from(m: crate::pb::v1::LeaseGrant) -> Result<Self, Self::Error> {
+        if m.lease_id.is_empty() || m.key_id.is_empty() {
+            return Err(BadLeaseMessage("lease and key ids are required"));
+        }
+        if m.seq == 0 {
+            return Err(BadLeaseMessage("sequence numbers start at 1"));
+        }
+        if m.period_end > m.end_at {
+            return Err(BadLeaseMessage("a period cannot end after the lease"));
+        }
+        Ok(LeaseGrant {
+            lease_id: m.lease_id,
+            key_id: m.key_id,
+            seq: m.seq,
+            seats: m.seats,
+            period_end: m.period_end,
+            end_at: m.end_at,
+        })
+    }
+}
+
+impl From<&RenewRequest> for crate::pb::v1::LeaseRenewal {
+    fn from(r: &RenewRequest) -> Self {
+        crate::pb::v1::LeaseRenewal {
+            lease_id: r.lease_id.clone(),
+            seq: r.seq,
+        }
+    }
+}
+
+impl TryFrom<crate::pb::v1::LeaseRenewal> for RenewRequest {
+    type Error = BadLeaseMessage;
+
+    fn try_from(m: crate::pb::v1::LeaseRenewal) -> Result<Self, Self::Error> {
+        if m.lease_id.is_empty() {
+            return Err(BadLeaseMessage("the lease id is required"));
+        }
+        Ok(RenewRequest {
+            lease_id: m.lease_id,
+            seq: m.seq,
+        })
+    }
+}
+
 /// H8: the seats a giver and a receiver each say are given on one lease. A mismatch (an error,
 /// or a forged receiver database) is reported, and the giver's figure wins.
 pub fn sync_check(giver_says: u32, receiver_says: u32) -> Result<(), (u32, u32)> {

@@ -381,3 +381,49 @@ fn l15_holds_across_a_chain_over_a_lossy_link_in_300_seeded_runs() {
         assert!(top.finished(end + 2 * P), "seed {seed}");
     }
 }
+
+#[test]
+fn h4_lease_messages_cross_a_server_link_only_and_bad_ones_are_refused() {
+    use crate::control::Channel;
+    use crate::pb::v1 as pb;
+    let (mut g, first) = give(10, 5_000, 0);
+    let wire = pb::LeaseGrant::from(&first);
+    assert_eq!(LeaseGrant::try_from(wire.clone()), Ok(first.clone()));
+    let revoked = pb::LeaseGrant::from(&g.revoke(10));
+    assert_eq!(LeaseGrant::try_from(revoked).unwrap().seats, 0);
+    let req = Received::new(first).renew_request();
+    assert_eq!(
+        RenewRequest::try_from(pb::LeaseRenewal::from(&req)),
+        Ok(req)
+    );
+    for (bad, why) in [
+        (
+            pb::LeaseGrant {
+                lease_id: String::new(),
+                ..wire.clone()
+            },
+            "ids are required",
+        ),
+        (
+            pb::LeaseGrant {
+                seq: 0,
+                ..wire.clone()
+            },
+            "start at 1",
+        ),
+        (
+            pb::LeaseGrant {
+                period_end: wire.end_at + 1,
+                ..wire.clone()
+            },
+            "after the lease",
+        ),
+    ] {
+        let e = LeaseGrant::try_from(bad).unwrap_err().to_string();
+        assert!(e.contains(why), "{e}");
+    }
+    assert!(RenewRequest::try_from(pb::LeaseRenewal::default()).is_err());
+    let m = crate::Msg::LeaseGrant(wire);
+    assert!(Channel::Peer.opener_may_send(&m) && Channel::Peer.acceptor_may_send(&m));
+    assert!(!Channel::Uplink.opener_may_send(&m) && !Channel::Admin.acceptor_may_send(&m));
+}

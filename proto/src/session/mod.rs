@@ -88,6 +88,8 @@ pub fn msg_name(msg: &Msg) -> &'static str {
         Msg::LicenceDropped(_) => "LicenceDropped",
         Msg::CertRenewal(_) => "CertRenewal",
         Msg::CertRenewed(_) => "CertRenewed",
+        Msg::LeaseGrant(_) => "LeaseGrant",
+        Msg::LeaseRenewal(_) => "LeaseRenewal",
     }
 }
 
