@@ -166,11 +166,23 @@ impl Server {
         s
     }
 
-    /// Starts (again) on the same data directory. A port-0 config gets a new port.
+    /// Starts (again) on the same data directory. A port-0 config gets a new port; a pinned
+    /// port that another test's short-lived socket took while the server was down is retried
+    /// for a while.
     pub async fn boot(&mut self) {
-        let h = outpost_server::start(DataDir::new(&self.data))
-            .await
-            .expect("server start");
+        let started = std::time::Instant::now();
+        let h = loop {
+            match outpost_server::start(DataDir::new(&self.data)).await {
+                Err(outpost_server::node::StartError::Listen(
+                    outpost_net::endpoint::ListenError::Bind { source, .. },
+                )) if source.kind() == std::io::ErrorKind::AddrInUse
+                    && started.elapsed() < PATIENCE / 2 =>
+                {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                r => break r.expect("server start"),
+            }
+        };
         self.handle = Some(h);
         self.admin = Some(
             AdminClient::from_bundle(&self.data.join("admin"), None)
@@ -399,19 +411,33 @@ impl Gateway {
         }
     }
 
-    /// Starts it again (same identity, same office port).
+    /// Starts it again (same identity, same office port). The port was free while the gateway
+    /// was down, and another test's short-lived socket may have taken it meanwhile: binding is
+    /// retried for a while.
     pub async fn boot(&mut self, server: SocketAddr) {
         let mut cfg = self.config.clone();
         cfg.server = server.to_string();
-        let h = outpost_gateway::start(
-            &self.data,
-            outpost_gateway::StartOptions {
-                config: Some(cfg),
-                ..Default::default()
-            },
-        )
-        .await
-        .expect("gateway start");
+        let started = std::time::Instant::now();
+        let h = loop {
+            let r = outpost_gateway::start(
+                &self.data,
+                outpost_gateway::StartOptions {
+                    config: Some(cfg.clone()),
+                    ..Default::default()
+                },
+            )
+            .await;
+            match r {
+                Err(outpost_gateway::node::StartError::Listen(
+                    outpost_net::endpoint::ListenError::Bind { source, .. },
+                )) if source.kind() == std::io::ErrorKind::AddrInUse
+                    && started.elapsed() < PATIENCE / 2 =>
+                {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                r => break r.expect("gateway start"),
+            }
+        };
         self.handle = Some(h);
     }
 }
