@@ -28,7 +28,12 @@ pub(crate) async fn connect_latency(n: usize) -> anyhow::Result<ScenarioResult> 
     // Fresh starts: a new agent (identity loaded, no ticket) per connect, timed from its
     // release.
     let mut fresh = vec![];
+    let mut running: Option<outpost_agent::AgentHandle> = None;
     for i in 0..n + 1 {
+        // One agent per data directory at a time: the previous one stops first.
+        if let Some(prev) = running.take() {
+            prev.shutdown().await;
+        }
         let (go, hold) = tokio::sync::watch::channel(false);
         let agent = agents::start_agents(&dirs, gw.addr(), &endpoints, &hold)?.remove(0);
         let t = Instant::now();
@@ -40,14 +45,11 @@ pub(crate) async fn connect_latency(n: usize) -> anyhow::Result<ScenarioResult> 
             .await;
         fresh.push(t.elapsed().as_secs_f64() * 1000.0);
         anyhow::ensure!(st.licence.state == "licensed", "connect {i}: not licensed");
-        if i < n {
-            agent.shutdown().await;
-        } else {
-            // Reconnects: the last agent stays up and is told to reconnect.
-            return reconnects(agent, n, fresh, &pki).await;
-        }
+        running = Some(agent);
     }
-    unreachable!("the loop returns")
+    // Reconnects: the last agent stays up and is told to reconnect.
+    let agent = running.expect("at least one start");
+    reconnects(agent, n, fresh, &pki).await
 }
 
 async fn reconnects(
