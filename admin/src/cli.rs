@@ -91,6 +91,16 @@ enum AdminCmd {
         #[command(subcommand)]
         cmd: CaCmd,
     },
+    /// Neighbour servers: primary, secondaries, peers (H1–H3).
+    Server {
+        #[command(subcommand)]
+        cmd: crate::hierarchy::ServerCmd,
+    },
+    /// Seats given to neighbour servers and received from them (H5–H8).
+    Lease {
+        #[command(subcommand)]
+        cmd: crate::hierarchy::LeaseCmd,
+    },
 }
 
 #[derive(Subcommand)]
@@ -420,6 +430,12 @@ pub async fn run(a: AdminArgs) -> Result<(), AdminError> {
         AdminCmd::Seats {
             cmd: SeatsCmd::Reclaim,
         } => Op::SeatsReclaim(Empty {}),
+        AdminCmd::Server { cmd } => {
+            let (op, out) = crate::hierarchy::server_op(cmd)?;
+            export_to = out;
+            op
+        }
+        AdminCmd::Lease { cmd } => crate::hierarchy::lease_op(cmd)?,
     };
     let client = AdminClient::from_bundle(&bundle, a.server.as_deref()).await?;
     let result = client.request(op).await?;
@@ -438,6 +454,23 @@ pub async fn run(a: AdminArgs) -> Result<(), AdminError> {
                 k.key_id,
                 out.display(),
                 k.content.len()
+            );
+        }
+        return Ok(());
+    }
+    if let (Some(out), R::ServerCert(c)) = (&export_to, &result) {
+        outpost_net::fsutil::write_atomic(out, c.pem.as_bytes(), false)
+            .map_err(|e| AdminError::Local(e.to_string()))?;
+        if a.json {
+            println!(
+                "{}",
+                serde_json::json!({"sha256": c.sha256, "written_to": out})
+            );
+        } else {
+            println!(
+                "link certificate written to {} (sha256 {}); give it to the neighbour server's administrator",
+                out.display(),
+                c.sha256
             );
         }
         return Ok(());

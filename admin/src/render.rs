@@ -44,6 +44,19 @@ fn table(headers: &[&str], rows: Vec<Vec<String>>) -> String {
 pub fn human(r: &R) -> String {
     match r {
         R::Done(d) => format!("{}\n", d.message),
+        R::Servers(s) if s.servers.is_empty() => {
+            "no server relations (add one with `server add-secondary`, `set-primary` or `add-peer`)\n".into()
+        }
+        R::Servers(s) => table(
+            &["NAME", "KIND", "DIRECTION", "TYPE", "STATE", "LAST CONTACT", "PINNED SHA-256"],
+            crate::hierarchy::servers(s),
+        ),
+        R::ServerCert(c) => format!("{}link certificate sha256 {}\n", c.pem, c.sha256),
+        R::Leases(l) if l.leases.is_empty() => "no leases\n".into(),
+        R::Leases(l) => table(
+            &["LEASE", "DIRECTION", "SERVER", "KEY", "SEATS", "AWAY/USABLE", "PERIOD END", "END"],
+            crate::hierarchy::leases(l),
+        ),
         R::Error(e) => format!("error: {}\n", e.message),
         R::TokenCreated(t) => format!(
             "{}\n\ntoken {} for {} devices in group {}, {} use(s), expires {}\n\

@@ -12,6 +12,9 @@ pub const ENROLL: &[u8] = b"outpost-enroll/1";
 pub const GATEWAY: &[u8] = b"outpost-gw/1";
 /// Admin tool to server (O3).
 pub const ADMIN: &[u8] = b"outpost-admin/1";
+/// Server to server: the hierarchy's link (H1–H9). Both ends pin each other's link
+/// certificate.
+pub const PEER: &[u8] = b"outpost-peer/1";
 /// Server to licence authority service (L11).
 pub const AUTHORITY: &[u8] = b"outpost-authority/1";
 /// Inner TLS between agent and server inside a relayed stream.

@@ -81,7 +81,10 @@ impl Channel {
             (self, msg),
             (Channel::Uplink, Msg::GatewayReport(_) | Msg::CertRenewal(_))
                 | (Channel::Admin, Msg::AdminRequest(_))
-                | (Channel::Peer, Msg::LeaseGrant(_) | Msg::LeaseRenewal(_))
+                | (
+                    Channel::Peer,
+                    Msg::LeaseGrant(_) | Msg::LeaseRenewal(_) | Msg::LeaseSync(_)
+                )
         )
     }
 
@@ -94,7 +97,7 @@ impl Channel {
                 Msg::GatewayDirective(_) | Msg::CertRenewed(_)
             ) | (Channel::Admin, Msg::AdminResponse(_))
                 // Either end of a server link may give seats (a primary, or a peer that sends).
-                | (Channel::Peer, Msg::LeaseGrant(_) | Msg::LeaseRenewal(_))
+                | (Channel::Peer, Msg::LeaseGrant(_) | Msg::LeaseRenewal(_) | Msg::LeaseSync(_))
         )
     }
 

@@ -49,6 +49,36 @@ pub struct ServerConfig {
     pub certificates: Certificates,
     /// UDP socket (T10).
     pub socket: SocketOptions,
+    /// Server hierarchy and leases (H1–H9).
+    pub hierarchy: Hierarchy,
+}
+
+/// Server hierarchy settings (H3, H6–H8). Relations themselves are added with `admin server
+/// add-…` and kept in the store.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Hierarchy {
+    /// Auto-renewal period of leases this server gives (H6): each grant is good for this long
+    /// and renewed while the neighbour is there; a neighbour that vanishes gives the seats
+    /// back after at most this long. `lease give --period` overrides it per lease.
+    #[serde(with = "humantime_serde")]
+    pub lease_period: Duration,
+    /// How often both ends of a link compare seats given and received (H8).
+    #[serde(with = "humantime_serde")]
+    pub sync_period: Duration,
+    /// On a periodic relation, ask for renewal this long before a lease runs out (H7).
+    #[serde(with = "humantime_serde")]
+    pub early_renewal: Duration,
+}
+
+impl Default for Hierarchy {
+    fn default() -> Self {
+        Hierarchy {
+            lease_period: Duration::from_secs(3600),
+            sync_period: Duration::from_secs(300),
+            early_renewal: Duration::from_secs(600),
+        }
+    }
 }
 
 /// Limits (T9).
@@ -212,6 +242,7 @@ impl Default for ServerConfig {
             notifications: Notifications::default(),
             certificates: Certificates::default(),
             socket: SocketOptions::default(),
+            hierarchy: Hierarchy::default(),
         }
     }
 }
@@ -311,6 +342,13 @@ impl Validate for ServerConfig {
             outpost_proto::licence::key::decode_public_key(&self.authority_public_key)
                 .map_err(|e| ConfigError::invalid(format!("authority_public_key: {e}")))?;
         }
+        ensure(
+            self.hierarchy.lease_period >= Duration::from_secs(2),
+            || "hierarchy.lease_period must be at least 2s (an hour is the default)".into(),
+        )?;
+        ensure(self.hierarchy.sync_period >= Duration::from_secs(1), || {
+            "hierarchy.sync_period must be at least 1s".into()
+        })?;
         outpost_net::config::check_addresses("gateways", &self.gateways)?;
         outpost_net::config::check_addresses("dmz_gateways", &self.dmz_gateways)
     }

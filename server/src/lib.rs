@@ -8,6 +8,7 @@
 //!   dispatch by ALPN, shutdown.
 //! - [`sessions`]: agent sessions (S2–S5, T7): bound, registry, the session driver and sync.
 //! - [`uplink`], [`dmz`], [`gateways`]: gateway uplinks (T3, T4, S1), dialled in or out.
+//! - [`peers`]: server↔server links of the hierarchy (H1–H8): relations, leases both ways.
 //! - [`licence`]: the licence manager (SPEC §3): check, clock, renewal, key import.
 //! - [`store`]: the database behind one seam (P1, P3): seats, devices, keys, events, pushes.
 //! - [`enroll`]: enrollment and the CA (S6, S7).
@@ -28,6 +29,7 @@ pub mod gateways;
 pub mod licence;
 pub mod node;
 pub mod notify;
+pub mod peers;
 pub mod sessions;
 pub mod store;
 pub mod uplink;

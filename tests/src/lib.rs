@@ -8,6 +8,7 @@
 
 pub mod bench;
 pub mod fuzz;
+pub mod hierarchy;
 pub mod licensing;
 pub mod netbed;
 

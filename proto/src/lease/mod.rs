@@ -194,6 +194,36 @@ impl Given {
         Ok((g, grant))
     }
 
+    /// A lease as the store kept it (the fields, and [`Given::promised`]).
+    #[allow(clippy::too_many_arguments)]
+    pub fn restore(
+        lease_id: &str,
+        key_id: &str,
+        terms: Terms,
+        seq: u64,
+        period_end: i64,
+        revoked: bool,
+        promised: Vec<(u32, i64)>,
+    ) -> Given {
+        Given {
+            lease_id: lease_id.to_owned(),
+            key_id: key_id.to_owned(),
+            seats: terms.seats,
+            end_at: terms.end_at,
+            period_secs: terms.period_secs,
+            seq,
+            period_end,
+            revoked,
+            promised,
+        }
+    }
+
+    /// The grants sent whose period may not have ended, (seats, period end): what the store
+    /// keeps so that [`Given::held`] survives a restart.
+    pub fn promised(&self) -> &[(u32, i64)] {
+        &self.promised
+    }
+
     /// Seats the giver cannot use at `now`: the most seats of any grant whose period has not
     /// ended (the receiver, and devices below it, may be using them until then).
     pub fn held(&self, now: i64) -> u32 {
@@ -359,6 +389,17 @@ impl Received {
         true
     }
 
+    /// H8: the giver's figure wins. Replaces the grant held by the giver's current one even
+    /// when its sequence number is not newer (a damaged or forged record). Returns whether
+    /// anything changed.
+    pub fn overrule(&mut self, g: &LeaseGrant) -> bool {
+        if g.lease_id != self.grant.lease_id || *g == self.grant {
+            return false;
+        }
+        self.grant = g.clone();
+        true
+    }
+
     /// Seats usable at `now` (0 once the grant's period ended).
     pub fn usable(&self, now: i64) -> u32 {
         if now < self.grant.period_end {
@@ -404,6 +445,7 @@ impl From<&LeaseGrant> for crate::pb::v1::LeaseGrant {
             seats: g.seats,
             period_end: g.period_end,
             end_at: g.end_at,
+            key_file: String::new(),
         }
     }
 }

@@ -28,7 +28,14 @@ pub use ca::{
     Ca, CsrPair, common_name, generate_csr, has_dns_name, issued_by, renewal_due, self_signed,
     validity,
 };
-pub use tls::{ClientAuth, Trust, client_config, provider, server_config};
+pub use tls::{
+    ClientAuth, Pins, Trust, client_config, provider, server_config, server_config_with_pins,
+};
+
+/// Lower-case hex of a fingerprint, as every message and record shows it.
+pub fn hex(fp: &[u8; 32]) -> String {
+    fp.iter().map(|b| format!("{b:02x}")).collect()
+}
 
 /// The name every server certificate carries and every client verifies.
 pub const SERVER_NAME: &str = "outpost-server";

@@ -2,12 +2,14 @@
 //! enrollment, allowing the absence of) client certificates from the CA; clients trusting the
 //! CA, a CA pinned by fingerprint (enrollment tokens) or a pinned leaf (the authority service).
 
-use std::sync::Arc;
+use std::collections::BTreeSet;
+use std::sync::{Arc, RwLock};
 
 use rustls::client::WebPkiServerVerifier;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::CryptoProvider;
 use rustls::server::WebPkiClientVerifier;
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::{DigitallySignedStruct, RootCertStore, SignatureScheme};
 use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
 
@@ -37,6 +39,149 @@ pub enum ClientAuth {
     OptionalForEnrollment,
     /// No client certificate is asked for (inner enrollment sessions).
     None,
+}
+
+/// The link certificates of the servers this one has relations with (H1), pinned by SHA-256:
+/// shared between the listener's verifier and whoever adds or removes relations, so a change
+/// applies to the next handshake without rebuilding the configuration.
+#[derive(Debug, Clone, Default)]
+pub struct Pins(Arc<RwLock<BTreeSet<[u8; 32]>>>);
+
+impl Pins {
+    /// Replaces the set.
+    pub fn set(&self, pins: impl IntoIterator<Item = [u8; 32]>) {
+        *self.0.write().expect("pins lock") = pins.into_iter().collect();
+    }
+
+    /// Whether `fp` is pinned.
+    pub fn contains(&self, fp: &[u8; 32]) -> bool {
+        self.0.read().expect("pins lock").contains(fp)
+    }
+}
+
+/// As [`server_config`] with `ClientAuth::OptionalForEnrollment`, also accepting a client
+/// whose certificate is one of `pins` (a neighbour server's link certificate, H1): no CA trust
+/// across deployments — the handshake signature proves the peer holds the pinned key. A client
+/// that offers only `link_alpn` is shown `link` instead of `identity`.
+pub fn server_config_with_pins(
+    identity: &Identity,
+    cas: &[CertificateDer<'static>],
+    alpn: &[&[u8]],
+    pins: Pins,
+    link: (&Identity, &[u8]),
+) -> Result<rustls::ServerConfig, PkiError> {
+    let provider = provider();
+    let inner = WebPkiClientVerifier::builder_with_provider(roots(cas)?, provider.clone())
+        .allow_unauthenticated()
+        .build()
+        .map_err(|e| PkiError::Verifier(e.to_string()))?;
+    let verifier = Arc::new(PinnedOrCa { inner, pins });
+    let certified = |id: &Identity| -> Result<Arc<rustls::sign::CertifiedKey>, PkiError> {
+        let key = provider.key_provider.load_private_key(id.key.clone_key())?;
+        Ok(Arc::new(rustls::sign::CertifiedKey::new(
+            id.chain.clone(),
+            key,
+        )))
+    };
+    let resolver = Arc::new(ByAlpn {
+        default: certified(identity)?,
+        link: certified(link.0)?,
+        link_alpn: link.1.to_vec(),
+    });
+    let mut cfg = rustls::ServerConfig::builder_with_provider(provider.clone())
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_client_cert_verifier(verifier)
+        .with_cert_resolver(resolver);
+    cfg.alpn_protocols = alpn.iter().map(|a| a.to_vec()).collect();
+    cfg.send_tls13_tickets = 0;
+    cfg.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+    Ok(cfg)
+}
+
+/// Shows the link certificate to clients that offer only the server-link ALPN.
+#[derive(Debug)]
+struct ByAlpn {
+    default: Arc<rustls::sign::CertifiedKey>,
+    link: Arc<rustls::sign::CertifiedKey>,
+    link_alpn: Vec<u8>,
+}
+
+impl rustls::server::ResolvesServerCert for ByAlpn {
+    fn resolve(
+        &self,
+        hello: rustls::server::ClientHello<'_>,
+    ) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        let mut offered = hello.alpn().into_iter().flatten();
+        let link = offered.next() == Some(self.link_alpn.as_slice()) && offered.next().is_none();
+        Some(if link { &self.link } else { &self.default }.clone())
+    }
+}
+
+#[derive(Debug)]
+struct PinnedOrCa {
+    inner: Arc<dyn ClientCertVerifier>,
+    pins: Pins,
+}
+
+impl ClientCertVerifier for PinnedOrCa {
+    fn offer_client_auth(&self) -> bool {
+        true
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        self.inner.client_auth_mandatory()
+    }
+
+    fn root_hint_subjects(&self) -> &[rustls::DistinguishedName] {
+        self.inner.root_hint_subjects()
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        let fp = fingerprint(end_entity);
+        if self.pins.contains(&fp) {
+            return Ok(ClientCertVerified::assertion());
+        }
+        self.inner
+            .verify_client_cert(end_entity, intermediates, now)
+            .map_err(|e| {
+                if super::issued_by(end_entity, end_entity) {
+                    // A self-signed certificate: a server's link certificate nobody pinned.
+                    rustls::Error::General(format!(
+                        "link certificate sha256 {} is not pinned for any server relation here",
+                        super::hex(&fp)
+                    ))
+                } else {
+                    e
+                }
+            })
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.inner.supported_verify_schemes()
+    }
 }
 
 /// A TLS 1.3 server configuration with this identity, verifying clients against the CAs
@@ -81,6 +226,14 @@ pub enum Trust {
     PinnedCa([u8; 32]),
     /// The SHA-256 of the peer's own (self-signed) certificate: the licence authority service.
     PinnedLeaf([u8; 32]),
+    /// A neighbour server's link certificate (H1), pinned by SHA-256; a mismatch names both
+    /// fingerprints and the relation.
+    PinnedServer {
+        /// The pinned fingerprint.
+        pin: [u8; 32],
+        /// The relation's name, for the message.
+        relation: String,
+    },
 }
 
 /// A TLS 1.3 client configuration presenting `identity` (if any).
@@ -108,6 +261,13 @@ pub fn client_config(
                 provider: provider.clone(),
                 leaf: true,
             })),
+        Trust::PinnedServer { pin, relation } => builder
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(PinnedServerVerifier {
+                pin: *pin,
+                relation: relation.clone(),
+                provider: provider.clone(),
+            })),
     };
     let mut cfg = match identity {
         Some(id) => builder.with_client_auth_cert(id.chain.clone(), id.key.clone_key())?,
@@ -115,6 +275,69 @@ pub fn client_config(
     };
     cfg.alpn_protocols = alpn.iter().map(|a| a.to_vec()).collect();
     Ok(cfg)
+}
+
+/// Verifies a neighbour server by its pinned link certificate (H1).
+#[derive(Debug)]
+struct PinnedServerVerifier {
+    pin: [u8; 32],
+    relation: String,
+    provider: Arc<CryptoProvider>,
+}
+
+impl ServerCertVerifier for PinnedServerVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        let got = fingerprint(end_entity);
+        if got == self.pin {
+            return Ok(ServerCertVerified::assertion());
+        }
+        Err(rustls::Error::General(format!(
+            "server {} presented link certificate sha256 {} but sha256 {} is pinned for it: \
+             another server answers at that address, or it was re-installed (export its \
+             certificate again and re-add the relation)",
+            self.relation,
+            super::hex(&got),
+            super::hex(&self.pin)
+        )))
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        _message: &[u8],
+        _cert: &CertificateDer<'_>,
+        _dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        Err(rustls::Error::PeerIncompatible(
+            rustls::PeerIncompatible::Tls12NotOffered,
+        ))
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
 }
 
 /// Verifies a server whose CA is known only by hash (enrollment). Not a weakening: the chain

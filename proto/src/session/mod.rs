@@ -90,6 +90,7 @@ pub fn msg_name(msg: &Msg) -> &'static str {
         Msg::CertRenewed(_) => "CertRenewed",
         Msg::LeaseGrant(_) => "LeaseGrant",
         Msg::LeaseRenewal(_) => "LeaseRenewal",
+        Msg::LeaseSync(_) => "LeaseSync",
     }
 }
 

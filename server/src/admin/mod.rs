@@ -10,6 +10,7 @@
 mod certs;
 mod devices;
 mod gateways;
+mod hierarchy;
 mod keys;
 mod push;
 mod status;
@@ -158,6 +159,14 @@ pub async fn handle(node: &Arc<Node>, admin: &str, req: AdminRequest) -> AdminRe
             Op::CertRotateServer(_) => certs::rotate_server(node).await,
             Op::CaRollOver(_) => certs::roll_over(node, admin).await,
             Op::CaFinishRollOver(f) => certs::finish(node, admin, f).await,
+            Op::ServerAdd(a) => hierarchy::add(node, a).await,
+            Op::ServerRemove(r) => hierarchy::remove(node, r).await,
+            Op::ServerList(_) => hierarchy::list(node).await,
+            Op::ServerExportCert(_) => hierarchy::export_cert(node).await,
+            Op::LeaseGive(l) => hierarchy::give(node, l).await,
+            Op::LeaseChange(c) => hierarchy::change(node, c).await,
+            Op::LeaseRevoke(r) => hierarchy::revoke(node, r).await,
+            Op::LeaseList(_) => hierarchy::list_leases(node).await,
         }
     }
     .instrument(span)

@@ -33,7 +33,9 @@ use tokio_rustls::TlsAcceptor;
 use crate::datadir::{DataDir, DataDirError};
 use crate::store::{IssuedCert, fp_hex};
 
+mod link;
 mod renew;
+pub use link::Link;
 pub use renew::{renew_device, renew_own};
 
 /// Why a certificate operation failed. Each names the fix.
@@ -149,6 +151,8 @@ pub struct Certs {
     endpoint: std::sync::OnceLock<quinn::Endpoint>,
     trust: watch::Sender<[u8; 32]>,
     ops: tokio::sync::Mutex<()>,
+    pins: pki::Pins,
+    link: Link,
 }
 
 impl std::fmt::Debug for Certs {
@@ -168,7 +172,9 @@ impl Certs {
     /// Loads the certificates of a data directory and builds the TLS configurations.
     pub fn load(data: DataDir, config: &crate::config::ServerConfig) -> Result<Certs, CertError> {
         finish_interrupted_write(&data);
-        let state = build(&data, config.timing.idle_timeout)?;
+        let pins = pki::Pins::default();
+        let link = Link::load_or_create(&data, &config.deployment)?;
+        let state = build(&data, config.timing.idle_timeout, &pins, &link)?;
         let (trust, _) = watch::channel(state.trust_sha256);
         Ok(Certs {
             data,
@@ -181,7 +187,19 @@ impl Certs {
             endpoint: std::sync::OnceLock::new(),
             trust,
             ops: tokio::sync::Mutex::new(()),
+            pins,
+            link,
         })
+    }
+
+    /// The link certificates of neighbour servers the listener accepts (H1).
+    pub fn pins(&self) -> &pki::Pins {
+        &self.pins
+    }
+
+    /// This server's link certificate.
+    pub fn link(&self) -> &Link {
+        &self.link
     }
 
     /// The listener whose configuration follows rotations.
@@ -384,7 +402,12 @@ impl Certs {
     /// Rebuilds the state from the files and swaps it in; the listener gets the new
     /// configuration for its next handshakes. Returns the server certificate's expiry.
     fn reload(&self) -> Result<i64, CertError> {
-        let st = Arc::new(build(&self.data, self.idle_timeout)?);
+        let st = Arc::new(build(
+            &self.data,
+            self.idle_timeout,
+            &self.pins,
+            &self.link,
+        )?);
         if let Some(ep) = self.endpoint.get() {
             ep.set_server_config(Some(st.listener.clone()));
         }
@@ -416,7 +439,12 @@ fn finish_interrupted_write(data: &DataDir) {
     }
 }
 
-fn build(data: &DataDir, idle_timeout: std::time::Duration) -> Result<State, CertError> {
+fn build(
+    data: &DataDir,
+    idle_timeout: std::time::Duration,
+    pins: &pki::Pins,
+    link: &Link,
+) -> Result<State, CertError> {
     let pki_path = data.root().join("pki.toml");
     let file: PkiFile = if pki_path.exists() {
         toml::from_str(&read_string(&pki_path).map_err(DataDirError::from)?).map_err(|e| {
@@ -454,11 +482,20 @@ fn build(data: &DataDir, idle_timeout: std::time::Duration) -> Result<State, Cer
     let trusted: Vec<CertificateDer<'static>> =
         cas.iter().map(|c| c.ca.cert_der().clone()).collect();
     let tls = |e: &dyn std::fmt::Display| damaged(data.server_cert(), e);
-    let mut outer = pki::server_config(
+    // Devices under the deployment CA (a certificate is optional for enrollment only), and
+    // neighbour servers by their pinned link certificates.
+    let mut outer = pki::server_config_with_pins(
         &server,
         &trusted,
-        &[alpn::AGENT, alpn::GATEWAY, alpn::ADMIN, alpn::ENROLL],
-        ClientAuth::OptionalForEnrollment,
+        &[
+            alpn::AGENT,
+            alpn::GATEWAY,
+            alpn::ADMIN,
+            alpn::ENROLL,
+            alpn::PEER,
+        ],
+        pins.clone(),
+        (&link.identity, alpn::PEER),
     )?;
     outer.max_early_data_size = 0;
     let quic =

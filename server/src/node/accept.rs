@@ -61,6 +61,7 @@ async fn handle_incoming(node: Arc<Node>, incoming: quinn::Incoming) {
                 uplink::serve(node, conn, dev, crate::gateways::Direction::DialIn).await
             }
         }
+        Some(a) if a == alpn::PEER => crate::peers::accept(node, conn).await,
         Some(a) if a == alpn::ADMIN => {
             if let Some(dev) = authenticate(&node, &conn, "admin").await {
                 admin::serve(node, conn, dev).await

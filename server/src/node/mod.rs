@@ -45,6 +45,7 @@ pub struct Node {
     sessions: Sessions,
     gateways: Gateways,
     dmz: Dmz,
+    peers: crate::peers::Peers,
     enrollment: Enrollment,
     local_addr: SocketAddr,
 }
@@ -96,6 +97,11 @@ impl Node {
     /// The gateways in a DMZ this server dials (T4).
     pub fn dmz(&self) -> &Dmz {
         &self.dmz
+    }
+
+    /// Links to neighbour servers (H1–H8).
+    pub fn peers(&self) -> &crate::peers::Peers {
+        &self.peers
     }
 
     /// The CA and inner TLS.

@@ -81,6 +81,7 @@ pub async fn start(data: DataDir) -> Result<ServerHandle, StartError> {
     let dmz_added = store.dmz_targets().await?;
     let node = Arc::new(Node {
         dmz: crate::dmz::Dmz::new(ep.clone()),
+        peers: crate::peers::Peers::new(ep.clone()),
         licensing: Licensing::new(store, grants, authority_public, &config, data.keys()),
         sessions: Sessions::new(config.limits.max_sessions),
         gateways: Default::default(),
@@ -102,6 +103,9 @@ pub async fn start(data: DataDir) -> Result<ServerHandle, StartError> {
     }
     node.runtime.spawn(crate::licence::clock::run(node.clone()));
     node.runtime.spawn(crate::certs::renew_own(node.clone()));
+    // Pins first: a neighbour dialling in right away must find its certificate accepted.
+    node.peers.reload(&node).await?;
+    node.runtime.spawn(crate::peers::refresh_loop(node.clone()));
     let accept = tokio::spawn(super::accept::accept_loop(node.clone(), ep.clone()));
     Ok(ServerHandle {
         node,

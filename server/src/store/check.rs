@@ -91,6 +91,8 @@ struct CheckRow {
     held: Option<String>,
     /// `grant_until` of the seat held on this key.
     held_until: Option<i64>,
+    /// A leased key's current period end (H6, L7); `None` for keys this server owns.
+    usable_until: Option<i64>,
     key: Option<KeyRow>,
 }
 
@@ -124,6 +126,7 @@ impl<'r> sqlx::FromRow<'r, Row> for CheckRow {
             object: row.try_get("object")?,
             held: row.try_get("held")?,
             held_until: row.try_get("held_until")?,
+            usable_until: row.try_get("usable_until")?,
             key: match id {
                 Some(_) => Some(KeyRow::from_row(row)?),
                 None => None,
@@ -150,7 +153,7 @@ pub(super) async fn check_in_tx(
     let mut attempts = 0;
     loop {
         attempts += 1;
-        let (first, keys) = read_candidates(tx, device_id).await?;
+        let (first, keys) = read_candidates(tx, device_id, now).await?;
         if first.revoked_at.is_some() {
             return Err(StoreError::Revoked(format!(
                 "device {device_id} was revoked by an administrator"
@@ -203,14 +206,22 @@ pub(super) async fn check_in_tx(
             Settled::Unlicensed(reason) => CheckOutcome::Unlicensed(reason),
             Settled::Licensed { active, reserve } => {
                 let a = key(&active).expect("planned keys come from the rows read");
-                let grant = GrantKey::from_row(a, now, now.saturating_add(policy.grant_ttl));
+                let cap = |id: &str| keys.usable.get(id).copied().unwrap_or(i64::MAX);
+                let grant = GrantKey::from_row(
+                    a,
+                    now,
+                    now.saturating_add(policy.grant_ttl).min(cap(&active)),
+                );
                 // Valid from when it may be used, long enough to cover the time after the
                 // active key expires.
                 let reserve = reserve.as_deref().and_then(key).map(|r| {
                     GrantKey::from_row(
                         r,
                         now.max(r.valid_from),
-                        a.expires_at.max(now).saturating_add(policy.grant_ttl),
+                        a.expires_at
+                            .max(now)
+                            .saturating_add(policy.grant_ttl)
+                            .min(cap(&r.id)),
                     )
                 });
                 // How long the device may hold these grants offline (L15).
@@ -221,7 +232,7 @@ pub(super) async fn check_in_tx(
                     device_id,
                     grant.expires_at,
                     recorded(&active),
-                    a.expires_at,
+                    a.expires_at.min(cap(&active)),
                 )
                 .await?;
                 if let Some(r) = &reserve {
@@ -231,7 +242,7 @@ pub(super) async fn check_in_tx(
                         device_id,
                         r.expires_at,
                         recorded(&r.key_id),
-                        r.key_expires_at,
+                        r.key_expires_at.min(cap(&r.key_id)),
                     )
                     .await?;
                 }
@@ -272,6 +283,8 @@ struct Found {
     found: Vec<(Origin, Candidate)>,
     rows: HashMap<String, KeyRow>,
     until: HashMap<String, i64>,
+    /// Leased keys: the current period's end, which no grant on them outlives (L7).
+    usable: HashMap<String, i64>,
 }
 
 /// Everything the decision needs in one statement: the device, the keys assigned to it or to
@@ -280,6 +293,7 @@ struct Found {
 async fn read_candidates(
     tx: &mut Tx<'_>,
     device_id: &str,
+    now: i64,
 ) -> Result<(CheckRow, Found), StoreError> {
     let device_object = Object::Device(device_id.to_owned()).stored();
     let rows: Vec<CheckRow> = sqlx::query_as(
@@ -289,7 +303,7 @@ async fn read_candidates(
                 (SELECT s.grant_until FROM seats s WHERE s.key_id = k.id AND s.device_id = d.id) AS held_until,
                 k.id, k.licensee, k.product, k.components, k.seats, k.seats_used,
                 k.seats_leased_out, k.valid_from, k.expires_at, k.kind, k.renews,
-                k.auto_distribute, k.origin, k.file_name, k.imported_at
+                k.auto_distribute, k.origin, k.file_name, k.imported_at, k.usable_until
          FROM devices d
          LEFT JOIN (SELECT object, key_id FROM key_assignments WHERE object = $2 OR object LIKE 'group:%'
                     UNION ALL
@@ -313,16 +327,26 @@ async fn read_candidates(
         found: vec![],
         rows: HashMap::new(),
         until: HashMap::new(),
+        usable: HashMap::new(),
     };
     let first_row = (
         first.object.take(),
         first.held.take(),
         first.held_until.take(),
+        first.usable_until.take(),
         first.key.take(),
     );
-    let rest = rows.map(|r| (r.object, r.held, r.held_until, r.key));
-    for (object, held, held_until, key) in std::iter::once(first_row).chain(rest) {
+    let rest = rows.map(|r| (r.object, r.held, r.held_until, r.usable_until, r.key));
+    for (object, held, held_until, usable_until, key) in std::iter::once(first_row).chain(rest) {
         let Some(k) = key else { continue };
+        if let Some(u) = usable_until {
+            // A leased key whose period ended unrenewed licenses nobody (H6); one in force
+            // issues grants that end with its period (L7).
+            if u <= now {
+                continue;
+            }
+            found.usable.insert(k.id.clone(), u);
+        }
         if let Some(u) = held_until {
             found.until.insert(k.id.clone(), u);
         }

@@ -20,9 +20,11 @@ mod events;
 mod groups;
 mod holds;
 mod keys;
+mod leases;
 mod notices;
 mod pushes;
 mod seats;
+mod servers;
 mod tokens;
 mod writer;
 
@@ -38,8 +40,10 @@ pub use enroll::{EnrollOutcome, IssuedCert, NewDevice};
 pub use events::StoredEvent;
 pub use holds::{GaveBack, HeldSeats};
 pub use keys::KeyRow;
+pub use leases::LeaseInfo;
 pub use notices::Notice;
 pub use pushes::QueuedPush;
+pub use servers::ServerRow;
 pub use tokens::{TokenRow, TokenSpec};
 
 use backend::Pool;

@@ -1,0 +1,477 @@
+//! One server link, either end: the control stream (channel `Peer`), then leases both ways
+//! (H5–H8). The giver sends a grant when a lease is given, changed, revoked or renewed; on a
+//! permanent relation it renews each lease at half its period while the link is up. Both ends
+//! send a `LeaseSync` on connect and every synchronisation period (H8): the receiver takes the
+//! giver's figures (a mismatch is notified), the giver notifies a receiver that claims other
+//! figures and answers with its own.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use outpost_net::stream;
+use outpost_proto::control::{
+    Acceptor, AcceptorEvent, Channel, ControlError, Opener, OpenerEvent, Outgoing,
+};
+use outpost_proto::lease::{LeaseGrant, RenewRequest};
+use outpost_proto::licence::verify_key_file;
+use outpost_proto::pb::v1 as pb;
+use outpost_proto::pb::v1::envelope::Msg;
+use tokio::time::Instant;
+use tracing::{Instrument, debug, info, info_span, warn};
+
+use crate::node::Node;
+use crate::store::{ServerRow, StoreError};
+
+enum Ctl {
+    Open(Opener),
+    Accept(Acceptor),
+}
+
+impl Outgoing for Ctl {
+    fn poll_transmit(&mut self) -> Option<Msg> {
+        match self {
+            Ctl::Open(o) => o.poll_transmit(),
+            Ctl::Accept(a) => a.poll_transmit(),
+        }
+    }
+}
+
+impl Ctl {
+    /// Feeds a message; returns the application messages it carried and whether the hello
+    /// exchange is done.
+    fn handle(&mut self, m: Msg) -> Result<(Vec<Msg>, bool), ControlError> {
+        let mut out = vec![];
+        let mut up = false;
+        match self {
+            Ctl::Open(o) => {
+                o.handle_message(m)?;
+                while let Some(ev) = o.poll_event() {
+                    match ev {
+                        OpenerEvent::Established { .. } => up = true,
+                        OpenerEvent::Message(m) => out.push(*m),
+                    }
+                }
+            }
+            Ctl::Accept(a) => {
+                a.handle_message(m, outpost_net::unix_now_ms())?;
+                while let Some(ev) = a.poll_event() {
+                    match ev {
+                        AcceptorEvent::Established { .. } => up = true,
+                        AcceptorEvent::Message(m) => out.push(*m),
+                    }
+                }
+            }
+        }
+        Ok((out, up))
+    }
+
+    fn send(&mut self, m: Msg) {
+        let r = match self {
+            Ctl::Open(o) => o.send(m),
+            Ctl::Accept(a) => a.send(m),
+        };
+        if let Err(e) = r {
+            debug!(error = %e, "message not sent on the server link");
+        }
+    }
+}
+
+/// How often a link looks for leases to renew: often enough for the shortest period.
+pub(super) fn tick(node: &Node) -> Duration {
+    (node.config().hierarchy.lease_period / 8)
+        .clamp(Duration::from_millis(250), Duration::from_secs(30))
+}
+
+/// Serves one link until it closes. `opener`: this side dialled and opens the stream.
+pub async fn serve(node: Arc<Node>, conn: quinn::Connection, r: ServerRow, opener: bool) {
+    let span = info_span!("link", server = %r.name, conn = conn.stable_id());
+    async move {
+        let why = match run(&node, &conn, &r, opener).await {
+            Ok(()) => "closed".to_owned(),
+            Err(e) => e,
+        };
+        let was_up = node.peers().live_id(&r.name) == Some(conn.stable_id() as u64);
+        node.peers().detach(
+            &r.name,
+            conn.stable_id() as u64,
+            format!("link ended: {why}"),
+        );
+        if was_up {
+            info!(reason = %why, "server link down");
+            let _ = node
+                .store()
+                .notify(
+                    "neighbour-offline",
+                    None,
+                    &format!("server {} is offline ({why})", r.name),
+                    serde_json::json!({ "server": r.name, "reason": why }),
+                )
+                .await;
+        }
+    }
+    .instrument(span)
+    .await
+}
+
+async fn run(
+    node: &Arc<Node>,
+    conn: &quinn::Connection,
+    r: &ServerRow,
+    opener: bool,
+) -> Result<(), String> {
+    let max = node.config().limits.max_frame;
+    let software = format!("outpost-server {}", outpost_proto::SOFTWARE_VERSION);
+    let setup = node.config().timing.session_setup_timeout;
+    let (send, recv) = tokio::time::timeout(setup, async {
+        if opener {
+            conn.open_bi().await
+        } else {
+            conn.accept_bi().await
+        }
+    })
+    .await
+    .map_err(|_| "no control stream in time".to_owned())?
+    .map_err(|e| outpost_net::refuse::explain(&e))?;
+    let mut f = stream::framed(stream::bi(send, recv), max);
+    let mut ctl = if opener {
+        Ctl::Open(Opener::new(Channel::Peer, &software))
+    } else {
+        Ctl::Accept(
+            Acceptor::new(
+                Channel::Peer,
+                r.name.clone(),
+                software,
+                Instant::now().into_std(),
+                setup,
+            )
+            .with_connection_id(conn.stable_id() as u64),
+        )
+    };
+    let flush = |e: outpost_proto::frame::FrameError| e.to_string();
+    stream::send_queued(&mut f, &mut ctl).await.map_err(flush)?;
+    // The hello exchange.
+    let mut pending = vec![];
+    loop {
+        let m = tokio::time::timeout(setup, f.next())
+            .await
+            .map_err(|_| "no hello in time".to_owned())?;
+        let m = match m {
+            Some(Ok(m)) => m,
+            Some(Err(e)) => return Err(e.to_string()),
+            None => return Err("closed during the hello".into()),
+        };
+        let res = ctl.handle(m);
+        stream::send_queued(&mut f, &mut ctl).await.map_err(flush)?;
+        let (msgs, up) = res.map_err(|e| e.to_string())?;
+        pending.extend(msgs);
+        if up {
+            break;
+        }
+    }
+    let id = conn.stable_id() as u64;
+    let mut outbox = node.peers().attach(&r.name, id);
+    info!(remote = %conn.remote_address(), "server link up");
+    let now = outpost_net::unix_now();
+    let _ = node.store().touch_server(&r.name, now).await;
+    let _ = node
+        .store()
+        .notify(
+            "neighbour-online",
+            None,
+            &format!("server {} is online", r.name),
+            serde_json::json!({ "server": r.name }),
+        )
+        .await;
+    let mut link = Link {
+        node: node.clone(),
+        r: r.clone(),
+        files: HashMap::new(),
+    };
+    link.sync(&mut ctl).await;
+    for m in pending {
+        link.on_message(&mut ctl, m).await;
+    }
+    stream::send_queued(&mut f, &mut ctl).await.map_err(flush)?;
+    let mut ticker = tokio::time::interval(tick(node));
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let sync_every = node.config().hierarchy.sync_period;
+    let mut next_sync = Instant::now() + sync_every;
+    loop {
+        tokio::select! {
+            m = f.next() => match m {
+                Some(Ok(m)) => {
+                    let (msgs, _) = ctl.handle(m).map_err(|e| e.to_string())?;
+                    for m in msgs {
+                        link.on_message(&mut ctl, m).await;
+                    }
+                }
+                Some(Err(e)) => return Err(e.to_string()),
+                None => return Ok(()),
+            },
+            Some(m) = outbox.recv() => ctl.send(m),
+            _ = ticker.tick() => {
+                let now = outpost_net::unix_now();
+                if link.r.may_give() {
+                    match node.store().renew_due_leases(&r.name, now).await {
+                        Ok(grants) => for g in grants {
+                            link.send_grant(&mut ctl, &g).await;
+                        },
+                        Err(e) => warn!(error = %e, "lease renewal failed; retrying at the next tick"),
+                    }
+                }
+                if Instant::now() >= next_sync {
+                    next_sync = Instant::now() + sync_every;
+                    link.sync(&mut ctl).await;
+                    let _ = node.store().touch_server(&r.name, now).await;
+                }
+            }
+            _ = node.runtime().cancelled() => return Ok(()),
+        }
+        stream::send_queued(&mut f, &mut ctl).await.map_err(flush)?;
+    }
+}
+
+struct Link {
+    node: Arc<Node>,
+    r: ServerRow,
+    /// Key files sent on this link, by key id.
+    files: HashMap<String, String>,
+}
+
+impl Link {
+    async fn key_file(&mut self, key_id: &str) -> String {
+        if let Some(f) = self.files.get(key_id) {
+            return f.clone();
+        }
+        match self.node.store().key_file(key_id).await {
+            Ok((_, bytes)) => {
+                let f = String::from_utf8_lossy(&bytes).into_owned();
+                self.files.insert(key_id.to_owned(), f.clone());
+                f
+            }
+            Err(e) => {
+                warn!(key = %key_id, error = %e, "key file not found for a lease");
+                String::new()
+            }
+        }
+    }
+
+    async fn wire(&mut self, g: &LeaseGrant) -> pb::LeaseGrant {
+        let mut m = pb::LeaseGrant::from(g);
+        m.key_file = self.key_file(&g.key_id).await;
+        m
+    }
+
+    async fn send_grant(&mut self, ctl: &mut Ctl, g: &LeaseGrant) {
+        let m = self.wire(g).await;
+        ctl.send(Msg::LeaseGrant(m));
+    }
+
+    /// Both lists, as this side sees them (H8).
+    async fn sync(&mut self, ctl: &mut Ctl) {
+        let now = outpost_net::unix_now();
+        let store = self.node.store().clone();
+        let given = match store.given_grants(&self.r.name, now).await {
+            Ok(g) => g,
+            Err(e) => return warn!(error = %e, "lease sync skipped"),
+        };
+        let received = store
+            .received_grants(&self.r.name)
+            .await
+            .unwrap_or_default();
+        let mut msg = pb::LeaseSync::default();
+        for g in &given {
+            msg.given.push(self.wire(g).await);
+        }
+        msg.received = received.iter().map(pb::LeaseGrant::from).collect();
+        ctl.send(Msg::LeaseSync(msg));
+    }
+
+    async fn on_message(&mut self, ctl: &mut Ctl, m: Msg) {
+        let now = outpost_net::unix_now();
+        match m {
+            Msg::LeaseGrant(g) => {
+                let _ = self.take(g, false, now).await;
+            }
+            Msg::LeaseRenewal(req) => {
+                let Ok(req) = RenewRequest::try_from(req) else {
+                    return warn!("malformed lease renewal request ignored");
+                };
+                if !self.r.may_give() {
+                    return;
+                }
+                match self
+                    .node
+                    .store()
+                    .lease_request(&self.r.name, &req, now)
+                    .await
+                {
+                    Ok(Some(g)) => self.send_grant(ctl, &g).await,
+                    Ok(None) => {}
+                    Err(e) => warn!(error = %e, "lease renewal request failed"),
+                }
+            }
+            Msg::LeaseSync(s) => self.on_sync(ctl, s, now).await,
+            other => debug!(
+                msg = outpost_proto::session::msg_name(&other),
+                "ignored on a server link"
+            ),
+        }
+    }
+
+    /// A grant from the neighbour: verified, then taken (H5; `overrule`: H8).
+    async fn take(&mut self, m: pb::LeaseGrant, overrule: bool, now: i64) -> Result<bool, ()> {
+        if !self.r.may_receive() {
+            warn!(lease = %m.lease_id, "{} offered seats but this server does not receive licences from it (H2); ignored", self.r.name);
+            return Err(());
+        }
+        let file = m.key_file.clone();
+        let grant =
+            LeaseGrant::try_from(m).map_err(|e| warn!(error = %e, "lease grant refused"))?;
+        let key = verify_key_file(file.as_bytes(), self.node.licensing().authority_public())
+            .map_err(|e| {
+                warn!(lease = %grant.lease_id, key = %grant.key_id, error = %e,
+                    "lease grant refused: its key file does not verify against this server's licence authority")
+            })?;
+        match self
+            .node
+            .store()
+            .take_grant(&self.r.name, &grant, &key, overrule, now)
+            .await
+        {
+            Ok(changed) => {
+                if changed {
+                    info!(lease = %grant.lease_id, key = %grant.key_id, seats = grant.seats,
+                        period_end = grant.period_end, "lease grant taken");
+                }
+                Ok(changed)
+            }
+            Err(e) => {
+                warn!(lease = %grant.lease_id, error = %e, "lease grant not taken");
+                Err(())
+            }
+        }
+    }
+
+    async fn on_sync(&mut self, ctl: &mut Ctl, s: pb::LeaseSync, now: i64) {
+        let store = self.node.store().clone();
+        // The neighbour's leases to this server: its figures win.
+        if self.r.may_receive() {
+            let mine = store
+                .received_grants(&self.r.name)
+                .await
+                .unwrap_or_default();
+            let listed: Vec<String> = s.given.iter().map(|g| g.lease_id.clone()).collect();
+            for m in s.given {
+                let Ok(theirs) = LeaseGrant::try_from(m.clone()) else {
+                    continue;
+                };
+                match mine.iter().find(|x| x.lease_id == theirs.lease_id) {
+                    Some(held) if theirs.seq <= held.seq && *held != theirs => {
+                        self.mismatch(&theirs, held.seats, theirs.seats).await;
+                        let _ = self.take(m, true, now).await;
+                    }
+                    _ => {
+                        let _ = self.take(m, false, now).await;
+                    }
+                }
+            }
+            match store
+                .drop_unlisted_received(&self.r.name, &listed, now)
+                .await
+            {
+                Ok(gone) => {
+                    for id in gone {
+                        let _ = store
+                            .notify(
+                                "lease-sync-mismatch",
+                                None,
+                                &format!("lease {id} from {} is not given any more by it; its seats were dropped here (the giver's figure wins)", self.r.name),
+                                serde_json::json!({ "server": self.r.name, "lease": id }),
+                            )
+                            .await;
+                    }
+                }
+                Err(e) => warn!(error = %e, "lease sync: dropping unlisted leases failed"),
+            }
+        }
+        // What the neighbour says it holds from this server.
+        if self.r.may_give() && !s.received.is_empty() {
+            let given = match store.given_grants(&self.r.name, now).await {
+                Ok(g) => g,
+                Err(e) => return warn!(error = %e, "lease sync skipped"),
+            };
+            let mut answer = false;
+            for m in s.received {
+                let Ok(theirs) = LeaseGrant::try_from(m) else {
+                    continue;
+                };
+                match given.iter().find(|g| g.lease_id == theirs.lease_id) {
+                    Some(g)
+                        if theirs.seq > g.seq
+                            || (theirs.seq == g.seq
+                                && (theirs.seats != g.seats
+                                    || theirs.period_end != g.period_end)) =>
+                    {
+                        self.mismatch(g, g.seats, theirs.seats).await;
+                        answer = true;
+                    }
+                    Some(g) if theirs.seq < g.seq => answer = true,
+                    Some(_) => {}
+                    None if theirs.period_end > now && theirs.seats > 0 => {
+                        let gone = LeaseGrant {
+                            seats: 0,
+                            ..theirs.clone()
+                        };
+                        self.mismatch(&gone, 0, theirs.seats).await;
+                        answer = true;
+                    }
+                    None => {}
+                }
+            }
+            if answer {
+                self.sync(ctl).await;
+            }
+        }
+    }
+
+    async fn mismatch(&self, g: &LeaseGrant, giver: u32, receiver: u32) {
+        warn!(lease = %g.lease_id, giver, receiver, "lease figures differ (H8); the giver's figure wins");
+        let _ = self
+            .node
+            .store()
+            .notify(
+                "lease-sync-mismatch",
+                Some(&g.key_id),
+                &format!(
+                    "lease {} of key {} with server {}: the giver says {giver} seat(s), the receiver {receiver}; the giver's figure wins",
+                    g.lease_id, g.key_id, self.r.name
+                ),
+                serde_json::json!({
+                    "server": self.r.name, "lease": g.lease_id, "key": g.key_id,
+                    "giver_seats": giver, "receiver_seats": receiver,
+                }),
+            )
+            .await;
+    }
+}
+
+/// Keeps lease counts in step with time on this server: promised periods that ended give
+/// seats back; leases received whose period ended unrenewed take their seats back (H6).
+pub async fn refresh_loop(node: Arc<Node>) {
+    let mut ticker = tokio::time::interval(tick(&node));
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => {}
+            _ = node.runtime().cancelled() => return,
+        }
+        if let Err(e) = node.store().refresh_leases(outpost_net::unix_now()).await
+            && !matches!(e, StoreError::Closed)
+        {
+            warn!(error = %e, "lease refresh failed; retrying at the next tick");
+        }
+    }
+}

@@ -1,0 +1,309 @@
+//! Server↔server links (H1–H4): the relations this server has with neighbour servers, kept in
+//! the store, each pinned by the neighbour's link certificate (`certs::Link`).
+//!
+//! Whoever the relation says dials (a secondary its primary; a primary a secondary in a DMZ;
+//! for peers the side given an address) keeps one connection up with jittered backoff, as a
+//! gateway keeps its uplink; the other side accepts it on the shared UDP port under ALPN
+//! `outpost-peer/1`. Once up, both ends run the same link ([`link`]): who gives seats is the
+//! relation's business, not the connection's. Relations are added and removed at run time;
+//! [`Peers::reload`] brings the listener's pins and the diallers in line with the store.
+
+mod link;
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use outpost_net::{endpoint, refuse, transport};
+use outpost_proto::alpn;
+use outpost_proto::backoff::{Backoff, BackoffConfig};
+use outpost_proto::error::{RefusalCode, Refused};
+use outpost_proto::pb::v1::envelope::Msg;
+use outpost_proto::pki::{self, Trust};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::{Instrument, info, info_span, warn};
+
+use crate::node::Node;
+use crate::store::{ServerRow, StoreError};
+
+pub use link::{refresh_loop, serve as serve_link};
+
+/// Messages waiting to go out on one link before further ones are dropped (counted; the next
+/// sync sends every lease again).
+const LINK_QUEUE: usize = 256;
+
+struct Live {
+    id: u64,
+    tx: mpsc::Sender<Msg>,
+}
+
+struct Dialler {
+    address: String,
+    stop: CancellationToken,
+}
+
+/// The links of this server.
+pub struct Peers {
+    ep: quinn::Endpoint,
+    live: Mutex<HashMap<String, Live>>,
+    diallers: Mutex<BTreeMap<String, Dialler>>,
+    /// Last state per relation ("connected", "dialling", an error), for `server list`.
+    states: Mutex<HashMap<String, String>>,
+    dropped: std::sync::atomic::AtomicU64,
+}
+
+impl std::fmt::Debug for Peers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Peers").finish_non_exhaustive()
+    }
+}
+
+impl Peers {
+    /// Links dialled from `ep`.
+    pub fn new(ep: quinn::Endpoint) -> Peers {
+        Peers {
+            ep,
+            live: Mutex::new(HashMap::new()),
+            diallers: Mutex::new(BTreeMap::new()),
+            states: Mutex::new(HashMap::new()),
+            dropped: Default::default(),
+        }
+    }
+
+    /// Brings the listener's pins and the diallers in line with the relations in the store.
+    pub async fn reload(&self, node: &Arc<Node>) -> Result<(), StoreError> {
+        let relations = node.store().servers().await?;
+        let pins = relations
+            .iter()
+            .filter_map(|r| hex::decode(&r.cert_sha256).ok()?.try_into().ok());
+        node.enrollment().certs().pins().set(pins);
+        let mut diallers = self.diallers.lock().expect("peers lock");
+        diallers.retain(|name, d| {
+            let keep = relations
+                .iter()
+                .any(|r| &r.name == name && r.dials == 1 && r.address == d.address);
+            if !keep {
+                d.stop.cancel();
+            }
+            keep
+        });
+        for r in relations
+            .iter()
+            .filter(|r| r.dials == 1 && !r.address.is_empty())
+        {
+            if diallers.contains_key(&r.name) {
+                continue;
+            }
+            let stop = node.runtime().child_token();
+            node.runtime().spawn(dial_loop(
+                node.clone(),
+                self.ep.clone(),
+                r.clone(),
+                stop.clone(),
+            ));
+            diallers.insert(
+                r.name.clone(),
+                Dialler {
+                    address: r.address.clone(),
+                    stop,
+                },
+            );
+        }
+        drop(diallers);
+        // Links of relations that are gone end now.
+        let names: Vec<&str> = relations.iter().map(|r| r.name.as_str()).collect();
+        self.live
+            .lock()
+            .expect("peers lock")
+            .retain(|name, _| names.contains(&name.as_str()));
+        Ok(())
+    }
+
+    /// Queues `msg` for the live link to `server`. Returns false when no link is up (the
+    /// next connect's sync carries the lease) or its queue is full (counted).
+    pub fn send(&self, server: &str, msg: Msg) -> bool {
+        let live = self.live.lock().expect("peers lock");
+        let Some(l) = live.get(server) else {
+            return false;
+        };
+        match l.tx.try_send(msg) {
+            Ok(()) => true,
+            Err(_) => {
+                self.dropped
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                false
+            }
+        }
+    }
+
+    /// The state of the link to `server`, for `server list`.
+    pub fn state(&self, r: &ServerRow) -> String {
+        if self.live.lock().expect("peers lock").contains_key(&r.name) {
+            return "connected".into();
+        }
+        if let Some(s) = self.states.lock().expect("peers lock").get(&r.name) {
+            return s.clone();
+        }
+        if r.dials == 1 {
+            "dialling".into()
+        } else {
+            "waiting for it to dial in".into()
+        }
+    }
+
+    /// Messages dropped because a link's queue was full.
+    pub fn dropped(&self) -> u64 {
+        self.dropped.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    fn live_id(&self, name: &str) -> Option<u64> {
+        self.live
+            .lock()
+            .expect("peers lock")
+            .get(name)
+            .map(|l| l.id)
+    }
+
+    fn set_state(&self, name: &str, s: String) {
+        self.states
+            .lock()
+            .expect("peers lock")
+            .insert(name.to_owned(), s);
+    }
+
+    /// Registers a link that came up; a second link for the same relation replaces the first.
+    fn attach(&self, name: &str, id: u64) -> mpsc::Receiver<Msg> {
+        let (tx, rx) = mpsc::channel(LINK_QUEUE);
+        self.live
+            .lock()
+            .expect("peers lock")
+            .insert(name.to_owned(), Live { id, tx });
+        rx
+    }
+
+    fn detach(&self, name: &str, id: u64, why: String) {
+        let mut live = self.live.lock().expect("peers lock");
+        if live.get(name).is_some_and(|l| l.id == id) {
+            live.remove(name);
+        }
+        drop(live);
+        self.set_state(name, why);
+    }
+}
+
+/// The client configuration a link is dialled with: this server's link certificate, the
+/// neighbour verified by its pinned one.
+fn client_config(node: &Node, r: &ServerRow) -> Result<quinn::ClientConfig, String> {
+    let pin: [u8; 32] = hex::decode(&r.cert_sha256)
+        .ok()
+        .and_then(|v| v.try_into().ok())
+        .ok_or_else(|| format!("relation {}: stored fingerprint is not SHA-256 hex", r.name))?;
+    let link = node.enrollment().certs().link();
+    let tls = pki::client_config(
+        Some(&link.identity),
+        &Trust::PinnedServer {
+            pin,
+            relation: r.name.clone(),
+        },
+        &[alpn::PEER],
+    )
+    .map_err(|e| e.to_string())?;
+    let quic = quinn::crypto::rustls::QuicClientConfig::try_from(Arc::new(tls))
+        .map_err(|e| e.to_string())?;
+    let mut c = quinn::ClientConfig::new(Arc::new(quic));
+    c.transport_config(transport::uplink(
+        Duration::from_secs(15),
+        Duration::from_secs(45),
+    ));
+    Ok(c)
+}
+
+/// Keeps the link to one neighbour up until `stop` (relation removed or changed, shutdown).
+async fn dial_loop(node: Arc<Node>, ep: quinn::Endpoint, r: ServerRow, stop: CancellationToken) {
+    let mut backoff = Backoff::new(BackoffConfig::default());
+    let span = info_span!("peer", server = %r.name, address = %r.address);
+    async move {
+        loop {
+            let conn = match client_config(&node, &r) {
+                Ok(client) => tokio::select! {
+                    c = dial(&ep, &client, &r.address) => c,
+                    _ = stop.cancelled() => return,
+                },
+                Err(e) => Err(e),
+            };
+            match conn {
+                Ok(conn) => {
+                    backoff.on_connected(Instant::now().into_std());
+                    tokio::select! {
+                        _ = link::serve(node.clone(), conn.clone(), r.clone(), true) => {}
+                        _ = stop.cancelled() => {
+                            let bye = Refused::new(RefusalCode::ShuttingDown, "the relation was changed or removed, or the server is stopping");
+                            refuse::close(&conn, &bye);
+                            return;
+                        }
+                    }
+                }
+                Err(e) => {
+                    warn!(error = %e, "cannot reach the neighbour server");
+                    node.peers().set_state(&r.name, format!("cannot reach it: {e}"));
+                }
+            }
+            backoff.on_disconnected(Instant::now().into_std());
+            let delay = backoff.next_delay(outpost_net::jitter_unit());
+            tokio::select! {
+                _ = tokio::time::sleep(delay) => {}
+                _ = stop.cancelled() => return,
+            }
+        }
+    }
+    .instrument(span)
+    .await
+}
+
+async fn dial(
+    ep: &quinn::Endpoint,
+    client: &quinn::ClientConfig,
+    target: &str,
+) -> Result<quinn::Connection, String> {
+    let addr = endpoint::resolve(target).await.map_err(|e| e.to_string())?;
+    let connecting = ep
+        .connect_with(client.clone(), addr, pki::SERVER_NAME)
+        .map_err(|e| refuse::explain_connect(&e))?;
+    let conn = connecting.await.map_err(|e| refuse::explain(&e))?;
+    info!(remote = %conn.remote_address(), "link to the neighbour server up");
+    Ok(conn)
+}
+
+/// An incoming `outpost-peer/1` connection: the certificate must be a relation's pinned one.
+pub async fn accept(node: Arc<Node>, conn: quinn::Connection) {
+    let Some(leaf) = endpoint::peer_leaf(&conn) else {
+        let r = Refused::new(
+            RefusalCode::Unauthenticated,
+            "a server link needs the server's link certificate",
+        );
+        refuse::close(&conn, &r);
+        return;
+    };
+    let fp = crate::store::fp_hex(&pki::fingerprint(&leaf));
+    match node.store().server_by_cert(&fp).await {
+        Ok(Some(r)) => {
+            tracing::Span::current().record("device", r.name.as_str());
+            info!(server = %r.name, "neighbour server dialled in");
+            link::serve(node, conn, r, false).await
+        }
+        Ok(None) => {
+            let r = Refused::new(
+                RefusalCode::Unauthenticated,
+                format!(
+                    "link certificate sha256 {fp} is not pinned for any server relation here \
+                     (add this server there with its `server export-cert` file)"
+                ),
+            );
+            warn!(refusal = %r, "server link refused");
+            refuse::close(&conn, &r);
+        }
+        Err(e) => refuse::close(&conn, &e.to_refusal("server relation lookup failed")),
+    }
+}

@@ -1,0 +1,245 @@
+//! Servers as real `outpost-server` processes for the hierarchy tests (H1–H9): initialised in
+//! a temporary directory on a fixed loopback port, spawned, killed with SIGKILL, restarted;
+//! administered over QUIC with their admin bundles; related to each other by exchanging
+//! their link certificates the way an administrator does (`server export-cert`).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use outpost_admin::AdminClient;
+use outpost_proto::pb::admin::{
+    Empty, KeyInfo, LeaseGive, LeaseInfo, ServerAdd, ServerInfo, admin_request::Op,
+    admin_response::Result as R,
+};
+use outpost_server::config::ServerConfig;
+
+use crate::{Authority, bin, test_server_config, until, within};
+
+/// One `outpost-server run` process.
+pub struct ServerProc {
+    /// Name in test output and relations.
+    pub name: String,
+    /// Data directory.
+    pub data: PathBuf,
+    /// Where it listens (fixed across restarts).
+    pub addr: SocketAddr,
+    child: Option<std::process::Child>,
+    _dir: tempfile::TempDir,
+}
+
+impl ServerProc {
+    /// Initialises a data directory (config from `tweak`) and starts the process.
+    pub async fn start(
+        auth: &Authority,
+        name: &str,
+        tweak: impl FnOnce(&mut ServerConfig),
+    ) -> ServerProc {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let data = dir.path().join(name);
+        let addr = std::net::UdpSocket::bind("127.0.0.1:0")
+            .and_then(|s| s.local_addr())
+            .expect("free port");
+        let mut cfg = test_server_config();
+        cfg.listen = addr;
+        tweak(&mut cfg);
+        outpost_server::DataDir::new(&data)
+            .init(&outpost_server::InitOptions {
+                authority_public_key: auth.public_text.clone(),
+                base: Some(cfg),
+                deployment: Some(name.to_owned()),
+                ..Default::default()
+            })
+            .await
+            .expect("server init");
+        let mut p = ServerProc {
+            name: name.to_owned(),
+            data,
+            addr,
+            child: None,
+            _dir: dir,
+        };
+        p.spawn();
+        p
+    }
+
+    /// Starts the process (again).
+    pub fn spawn(&mut self) {
+        let log = std::fs::File::create(self.data.with_extension("log")).expect("log file");
+        let child = std::process::Command::new(bin("outpost-server"))
+            .args(["run", "--data-dir"])
+            .arg(&self.data)
+            .env(
+                "RUST_LOG",
+                std::env::var("HIERARCHY_SERVER_LOG").unwrap_or_else(|_| "warn".into()),
+            )
+            .stdout(std::process::Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn outpost-server");
+        self.child = Some(child);
+    }
+
+    /// SIGKILL: no shutdown, nothing flushed beyond what was committed.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            c.kill().expect("SIGKILL");
+            let _ = c.wait();
+        }
+    }
+
+    /// The process's log so far (stderr).
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.data.with_extension("log")).unwrap_or_default()
+    }
+
+    /// Runs an admin request, retrying while the process starts.
+    pub async fn admin(&self, op: Op) -> R {
+        within(&format!("admin request to {}", self.name), async {
+            loop {
+                if let Ok(c) = AdminClient::from_bundle(&self.data.join("admin"), None).await {
+                    let r = c.request(op.clone()).await;
+                    c.close();
+                    match r {
+                        Ok(r) => return r,
+                        Err(e) if e.to_string().contains("refused") => {
+                            panic!("{}: {e}", self.name)
+                        }
+                        Err(_) => {}
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        })
+        .await
+    }
+
+    /// Runs an admin request expected to be refused; returns the refusal text.
+    pub async fn admin_refused(&self, op: Op) -> String {
+        let c = within("admin connect", async {
+            loop {
+                if let Ok(c) = AdminClient::from_bundle(&self.data.join("admin"), None).await {
+                    return c;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        })
+        .await;
+        let r = c.request(op).await;
+        c.close();
+        match r {
+            Err(e) => e.to_string(),
+            Ok(r) => panic!("{}: expected a refusal, got {r:?}", self.name),
+        }
+    }
+
+    /// Its link certificate (PEM), as `server export-cert` writes it.
+    pub async fn link_cert(&self) -> (String, String) {
+        match self.admin(Op::ServerExportCert(Empty {})).await {
+            R::ServerCert(c) => (c.pem, c.sha256),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    /// Relations as `server list` shows them.
+    pub async fn servers(&self) -> Vec<ServerInfo> {
+        match self.admin(Op::ServerList(Empty {})).await {
+            R::Servers(s) => s.servers,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    /// Waits until the link to `other` is up.
+    pub async fn wait_connected(&self, other: &str) {
+        until(&format!("{} linked to {other}", self.name), || async {
+            self.servers()
+                .await
+                .iter()
+                .any(|s| s.name == other && s.state == "connected")
+        })
+        .await;
+    }
+
+    /// Leases given and received.
+    pub async fn leases(&self) -> Vec<LeaseInfo> {
+        match self.admin(Op::LeaseList(Empty {})).await {
+            R::Leases(l) => l.leases,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    /// One key as `key list` shows it (None when absent).
+    pub async fn key(&self, id: &str) -> Option<KeyInfo> {
+        match self.admin(Op::KeyList(Empty {})).await {
+            R::Keys(k) => k.keys.into_iter().find(|k| k.key_id == id),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    /// Gives `seats` of `key` to the neighbour `server` until `end_at`; returns the lease id.
+    pub async fn give(&self, key: &str, server: &str, seats: u32, end_at: i64) -> String {
+        match self
+            .admin(Op::LeaseGive(LeaseGive {
+                server: server.into(),
+                key_id: key.into(),
+                seats,
+                end_at,
+                period_secs: 0,
+            }))
+            .await
+        {
+            R::Done(d) => d
+                .message
+                .split_whitespace()
+                .nth(1)
+                .expect("lease id")
+                .trim_end_matches(':')
+                .to_owned(),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    /// Waits until `key` here has `seats` seats in total.
+    pub async fn key_seats_become(&self, key: &str, seats: u32) {
+        until(
+            &format!("{} holds {seats} seats of {key}", self.name),
+            || async { self.key(key).await.is_some_and(|k| k.seats_total == seats) },
+        )
+        .await;
+    }
+}
+
+impl Drop for ServerProc {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Relates `primary` and `secondary` the documented way: each exports its link certificate,
+/// the primary adds the secondary, the secondary sets the primary at its address (it dials).
+pub async fn relate(primary: &ServerProc, secondary: &ServerProc) {
+    let (p_cert, _) = primary.link_cert().await;
+    let (s_cert, _) = secondary.link_cert().await;
+    let r = primary
+        .admin(Op::ServerAdd(ServerAdd {
+            name: secondary.name.clone(),
+            kind: "secondary".into(),
+            cert_pem: s_cert,
+            ..Default::default()
+        }))
+        .await;
+    assert!(matches!(r, R::Done(_)), "{r:?}");
+    let r = secondary
+        .admin(Op::ServerAdd(ServerAdd {
+            name: primary.name.clone(),
+            kind: "primary".into(),
+            cert_pem: p_cert,
+            address: primary.addr.to_string(),
+            dial: true,
+            ..Default::default()
+        }))
+        .await;
+    assert!(matches!(r, R::Done(_)), "{r:?}");
+    primary.wait_connected(&secondary.name).await;
+    secondary.wait_connected(&primary.name).await;
+}

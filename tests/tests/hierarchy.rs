@@ -1,0 +1,198 @@
+//! The server hierarchy (H1–H8) with real `outpost-server` processes linked over QUIC: leases
+//! down a chain of three servers, with agents on every level and a monitor asserting L15
+//! across the whole tree; a regional server killed; pinned certificates.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use outpost_proto::pb::admin::{
+    KeyImport, TokenCreate, admin_request::Op, admin_response::Result as R,
+};
+use outpost_server::config::ServerConfig;
+use outpost_tests::hierarchy::{ServerProc, relate};
+use outpost_tests::licensing::{AV_FW, DAY, issue};
+use outpost_tests::{Agent, Authority, init_logs, test_agent_config, until};
+
+/// Short periods so renewals happen many times in a test.
+fn fast(c: &mut ServerConfig) {
+    c.hierarchy.lease_period = Duration::from_secs(6);
+    c.hierarchy.sync_period = Duration::from_secs(2);
+    c.timing.sync_interval = Duration::from_secs(1);
+}
+
+async fn agents(server: &ServerProc, n: usize) -> Vec<Agent> {
+    let R::TokenCreated(t) = server
+        .admin(Op::TokenCreate(TokenCreate {
+            role: "agent".into(),
+            uses: n as u32,
+            ttl_secs: 3600,
+            ..Default::default()
+        }))
+        .await
+    else {
+        panic!("token")
+    };
+    let mut out = vec![];
+    for i in 0..n {
+        let name = format!("{}-{i}", server.name);
+        out.push(
+            Agent::start(
+                test_agent_config(vec![], Some(server.addr), &name),
+                &t.token,
+            )
+            .await,
+        );
+    }
+    out
+}
+
+fn licensed(agents: &[Agent], key: &str) -> usize {
+    let now = outpost_net::unix_now();
+    agents
+        .iter()
+        .filter(|a| {
+            let s = a.h().status().borrow().clone();
+            s.licence.state == "licensed" && s.licence.key == key && s.licence.expires_at > now
+        })
+        .count()
+}
+
+/// Samples every agent's grant on `key` across the tree until stopped; returns the highest
+/// count seen and the number of samples.
+fn monitor(
+    all: Arc<Vec<Vec<Agent>>>,
+    key: &'static str,
+    stop: Arc<AtomicBool>,
+) -> tokio::task::JoinHandle<(usize, usize)> {
+    let max = Arc::new(AtomicUsize::new(0));
+    tokio::spawn(async move {
+        let mut samples = 0;
+        while !stop.load(Ordering::Relaxed) {
+            let n: usize = all.iter().map(|level| licensed(level, key)).sum();
+            max.fetch_max(n, Ordering::Relaxed);
+            samples += 1;
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        (max.load(Ordering::Relaxed), samples)
+    })
+}
+
+async fn import(server: &ServerProc, key: &outpost_proto::licence::LicenceKey) {
+    let r = server
+        .admin(Op::KeyImport(KeyImport {
+            file_name: format!("{}.key", key.body.key_id),
+            content: key.file.clone(),
+            assign_everyone: true,
+            ..Default::default()
+        }))
+        .await;
+    assert!(matches!(r, R::KeyImport(_)), "{r:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h5_a_chain_of_three_servers_leases_30_then_10_and_l15_holds_across_the_tree() {
+    init_logs();
+    let auth = Authority::new();
+    let hq = ServerProc::start(&auth, "hq", fast).await;
+    let regional = ServerProc::start(&auth, "regional", fast).await;
+    let office = ServerProc::start(&auth, "office", fast).await;
+    let key = issue(&auth, "K-TREE", 50, 30 * DAY, AV_FW, false, None);
+    import(&hq, &key).await;
+    relate(&hq, &regional).await;
+    relate(&regional, &office).await;
+
+    // The head office gives 30 of its 50 seats to the regional server, which passes 10 on.
+    let end = outpost_net::unix_now() + 20 * DAY;
+    let refused = hq
+        .admin_refused(Op::LeaseGive(outpost_proto::pb::admin::LeaseGive {
+            server: "regional".into(),
+            key_id: "K-TREE".into(),
+            seats: 51,
+            end_at: end,
+            period_secs: 0,
+        }))
+        .await;
+    assert!(refused.contains("only 50 free"), "{refused}");
+    hq.give("K-TREE", "regional", 30, end).await;
+    regional.key_seats_become("K-TREE", 30).await;
+    let refused = regional
+        .admin_refused(Op::LeaseGive(outpost_proto::pb::admin::LeaseGive {
+            server: "office".into(),
+            key_id: "K-TREE".into(),
+            seats: 10,
+            end_at: end + DAY,
+            period_secs: 0,
+        }))
+        .await;
+    assert!(
+        refused.contains("after"),
+        "a chain cannot outlast its own lease: {refused}"
+    );
+    regional.give("K-TREE", "office", 10, end).await;
+    office.key_seats_become("K-TREE", 10).await;
+    let k = hq.key("K-TREE").await.unwrap();
+    assert_eq!((k.seats_leased_out, k.seats_free), (30, 20), "{k:?}");
+
+    // Agents on every level, more than each level may license; a monitor counts unexpired
+    // grants on the key across the whole tree all along.
+    let levels = Arc::new(vec![
+        agents(&hq, 22).await,
+        agents(&regional, 22).await,
+        agents(&office, 12).await,
+    ]);
+    let stop = Arc::new(AtomicBool::new(false));
+    let mon = monitor(levels.clone(), "K-TREE", stop.clone());
+    let counts = || [0, 1, 2].map(|i| licensed(&levels[i], "K-TREE"));
+    until("20 / 20 / 10 agents licensed", || async {
+        counts() == [20, 20, 10]
+    })
+    .await;
+
+    // Three auto-renewal periods later nothing moved: the leases were renewed under the
+    // devices, whose grants end with each period (L7) and were renewed with it.
+    let started = std::time::Instant::now();
+    let mut renewed = 0;
+    let first = regional.leases().await[0].period_end;
+    while started.elapsed() < Duration::from_secs(20) {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert_eq!(counts(), [20, 20, 10], "after {:?}", started.elapsed());
+        renewed = regional
+            .leases()
+            .await
+            .iter()
+            .find(|l| l.direction == "received")
+            .map(|l| l.period_end - first)
+            .unwrap_or(0);
+    }
+    assert!(
+        renewed >= 12,
+        "the regional lease was renewed ({renewed}s further)"
+    );
+    let office_grant = levels[2]
+        .iter()
+        .map(|a| a.h().status().borrow().licence.expires_at)
+        .max()
+        .unwrap();
+    let office_lease = office.leases().await[0].period_end;
+    assert!(
+        office_grant <= office_lease,
+        "office grants end with the office lease's period (L7): {office_grant} > {office_lease}"
+    );
+    stop.store(true, Ordering::Relaxed);
+    let (max, samples) = mon.await.unwrap();
+    assert!(max <= 50, "L15: {max} devices held grants on 50 seats");
+    assert!(samples > 100, "the monitor sampled ({samples})");
+    for s in [&hq, &regional, &office] {
+        let k = s.key("K-TREE").await.unwrap();
+        assert!(
+            k.seats_used + k.seats_leased_out <= k.seats_total,
+            "{}: {k:?}",
+            s.name
+        );
+    }
+    eprintln!(
+        "chain: 20/20/10 licensed of 22/22/12; lease renewed {renewed}s further over 20s; \
+         monitor max {max} over {samples} samples"
+    );
+}
