@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use outpost_admin::AdminClient;
+use outpost_admin::{AdminClient, AdminError};
 use outpost_proto::pb::admin::{
     Empty, KeyInfo, LeaseGive, LeaseInfo, ServerAdd, ServerInfo, admin_request::Op,
     admin_response::Result as R,
@@ -102,7 +102,7 @@ impl ServerProc {
                     c.close();
                     match r {
                         Ok(r) => return r,
-                        Err(e) if e.to_string().contains("refused") => {
+                        Err(e @ (AdminError::Failed { .. } | AdminError::Refused(_))) => {
                             panic!("{}: {e}", self.name)
                         }
                         Err(_) => {}

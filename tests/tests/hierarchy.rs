@@ -7,12 +7,12 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use outpost_proto::pb::admin::{
-    KeyImport, TokenCreate, admin_request::Op, admin_response::Result as R,
+    KeyImport, ServerAdd, TokenCreate, admin_request::Op, admin_response::Result as R,
 };
 use outpost_server::config::ServerConfig;
 use outpost_tests::hierarchy::{ServerProc, relate};
 use outpost_tests::licensing::{AV_FW, DAY, issue};
-use outpost_tests::{Agent, Authority, init_logs, test_agent_config, until};
+use outpost_tests::{Agent, Authority, init_logs, run_bin, test_agent_config, until};
 
 /// Short periods so renewals happen many times in a test.
 fn fast(c: &mut ServerConfig) {
@@ -195,4 +195,253 @@ async fn h5_a_chain_of_three_servers_leases_30_then_10_and_l15_holds_across_the_
         "chain: 20/20/10 licensed of 22/22/12; lease renewed {renewed}s further over 20s; \
          monitor max {max} over {samples} samples"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h6_regional_server_killed_after_a_renewal_gives_the_seats_back_within_one_period() {
+    init_logs();
+    let auth = Authority::new();
+    let hq = ServerProc::start(&auth, "hq", fast).await;
+    let mut regional = ServerProc::start(&auth, "regional", fast).await;
+    let office = ServerProc::start(&auth, "office", fast).await;
+    let key = issue(&auth, "K-KILL", 50, 30 * DAY, AV_FW, false, None);
+    import(&hq, &key).await;
+    relate(&hq, &regional).await;
+    relate(&regional, &office).await;
+    let end = outpost_net::unix_now() + 20 * DAY;
+    hq.give("K-KILL", "regional", 30, end).await;
+    regional.key_seats_become("K-KILL", 30).await;
+    regional.give("K-KILL", "office", 10, end).await;
+    office.key_seats_become("K-KILL", 10).await;
+    let levels = Arc::new(vec![
+        agents(&hq, 20).await,
+        agents(&regional, 20).await,
+        agents(&office, 10).await,
+    ]);
+    let stop = Arc::new(AtomicBool::new(false));
+    let mon = monitor(levels.clone(), "K-KILL", stop.clone());
+    let counts = || [0, 1, 2].map(|i| licensed(&levels[i], "K-KILL"));
+    until("20 / 20 / 10 agents licensed", || async {
+        counts() == [20, 20, 10]
+    })
+    .await;
+
+    // Kill the regional server right after the head office renewed its lease.
+    let given = |ls: Vec<outpost_proto::pb::admin::LeaseInfo>| {
+        ls.into_iter()
+            .find(|l| l.direction == "given")
+            .expect("lease")
+    };
+    let seq = given(hq.leases().await).seq;
+    until("a renewal", || async { given(hq.leases().await).seq > seq }).await;
+    regional.kill();
+    let killed = outpost_net::unix_now();
+    let promised = given(hq.leases().await).period_end;
+    let office_grants = levels[2]
+        .iter()
+        .map(|a| a.h().status().borrow().licence.expires_at)
+        .max()
+        .unwrap();
+    assert!(
+        office_grants <= promised,
+        "office grants ({office_grants}) end no later than the period the head office promised ({promised})"
+    );
+
+    // Within one period the head office has its seats back.
+    until("the 30 seats back at the head office", || async {
+        hq.key("K-KILL").await.unwrap().seats_leased_out == 0
+    })
+    .await;
+    let back = outpost_net::unix_now();
+    assert!(
+        back <= promised + 2 && back - killed <= 6 + 2,
+        "seats back {}s after the kill (promised until +{}s, period 6s)",
+        back - killed,
+        promised - killed
+    );
+    until("office agents unlicensed", || async { counts()[2] == 0 }).await;
+    let office_lost = outpost_net::unix_now();
+    assert!(
+        office_lost <= promised + 2,
+        "office agents lost their licence {}s after the kill, when the period promised above \
+         them ended (+{}s)",
+        office_lost - killed,
+        promised - killed
+    );
+
+    // The regional server comes back: the lease resumes, nothing is counted twice.
+    regional.spawn();
+    until("20 / 20 / 10 agents licensed again", || async {
+        counts() == [20, 20, 10]
+    })
+    .await;
+    stop.store(true, Ordering::Relaxed);
+    let (max, samples) = mon.await.unwrap();
+    assert!(max <= 50, "L15: {max} devices held grants on 50 seats");
+    for (s, n) in [(&hq, 20), (&regional, 20), (&office, 10)] {
+        let k = s.key("K-KILL").await.unwrap();
+        assert_eq!(k.seats_used, n, "{}: {k:?}", s.name);
+        assert!(
+            k.seats_used + k.seats_leased_out <= k.seats_total,
+            "{}: {k:?}",
+            s.name
+        );
+    }
+    eprintln!(
+        "kill: seats back at the head office {}s after the SIGKILL, office agents unlicensed \
+         after {}s (period 6s); monitor max {max} over {samples} samples",
+        back - killed,
+        office_lost - killed
+    );
+}
+
+fn cli(server: &ServerProc, args: &[&str]) -> String {
+    let data = server.data.to_string_lossy().into_owned();
+    let mut all = vec!["admin", "--data-dir", data.as_str()];
+    all.extend_from_slice(args);
+    let (ok, out, err) = run_bin("outpost-server", &all).expect("run outpost-server admin");
+    assert!(ok, "outpost-server {all:?} failed: {err}");
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h1_offline_addition_with_certificate_files_dmz_direction_and_wrong_certificates_refused() {
+    init_logs();
+    let auth = Authority::new();
+    let hq = ServerProc::start(&auth, "hq", fast).await;
+    let dmz = ServerProc::start(&auth, "dmz", fast).await;
+    let impostor = ServerProc::start(&auth, "impostor", fast).await;
+    let files = tempfile::tempdir().unwrap();
+    let file = |n: &str| files.path().join(n).to_string_lossy().into_owned();
+    // Offline: each administrator exports a file and carries it to the other side.
+    hq.admin(Op::KeyList(outpost_proto::pb::admin::Empty {}))
+        .await;
+    dmz.admin(Op::KeyList(outpost_proto::pb::admin::Empty {}))
+        .await;
+    let out = cli(&hq, &["server", "export-cert", "--out", &file("hq.pem")]);
+    assert!(out.contains("sha256"), "{out}");
+    cli(&dmz, &["server", "export-cert", "--out", &file("dmz.pem")]);
+    cli(
+        &impostor,
+        &["server", "export-cert", "--out", &file("impostor.pem")],
+    );
+    // The secondary sits in a DMZ: the primary dials it; the secondary has no address for it.
+    let dmz_addr = dmz.addr.to_string();
+    cli(
+        &hq,
+        &[
+            "server",
+            "add-secondary",
+            "dmz",
+            "--cert",
+            &file("dmz.pem"),
+            "--address",
+            &dmz_addr,
+            "--dial",
+        ],
+    );
+    cli(
+        &dmz,
+        &["server", "set-primary", "hq", "--cert", &file("hq.pem")],
+    );
+    hq.wait_connected("dmz").await;
+    dmz.wait_connected("hq").await;
+    let list = cli(&hq, &["--json", "server", "list"]);
+    assert!(
+        list.contains("\"dials\": true") && list.contains("connected"),
+        "{list}"
+    );
+    let key = issue(&auth, "K-DMZ", 10, 30 * DAY, AV_FW, false, None);
+    import(&hq, &key).await;
+    let end = outpost_net::unix_now() + 10 * DAY;
+    let out = cli(
+        &hq,
+        &[
+            "lease",
+            "give",
+            "K-DMZ",
+            "dmz",
+            "--seats",
+            "4",
+            "--until",
+            &outpost_proto::licence::key::format_time(end),
+        ],
+    );
+    assert!(out.contains("sent now"), "{out}");
+    dmz.key_seats_become("K-DMZ", 4).await;
+
+    // Someone else answers where a relation's server should be: refused, naming both.
+    let (_, hq_fp) = hq.link_cert().await;
+    let (_, impostor_fp) = impostor.link_cert().await;
+    let branch = ServerProc::start(&auth, "branch", fast).await;
+    let impostor_addr = impostor.addr.to_string();
+    cli(
+        &branch,
+        &[
+            "server",
+            "set-primary",
+            "hq",
+            "--cert",
+            &file("hq.pem"),
+            "--address",
+            &impostor_addr,
+        ],
+    );
+    until("branch refuses the impostor", || async {
+        branch.servers().await[0].state.contains(&impostor_fp)
+    })
+    .await;
+    let state = branch.servers().await[0].state.clone();
+    assert!(
+        state.contains(&impostor_fp) && state.contains(&hq_fp) && state.contains("pinned"),
+        "{state}"
+    );
+    // A server nobody pinned dials the head office: refused at the handshake, logged there
+    // with its fingerprint; the real link is untouched.
+    let hq_addr = hq.addr.to_string();
+    cli(
+        &impostor,
+        &[
+            "server",
+            "set-primary",
+            "hq",
+            "--cert",
+            &file("hq.pem"),
+            "--address",
+            &hq_addr,
+        ],
+    );
+    until("the head office logs the refusal", || async {
+        hq.log().contains(&impostor_fp)
+    })
+    .await;
+    assert!(
+        hq.log().contains("not pinned for any server relation"),
+        "{}",
+        hq.log()
+    );
+    assert!(!impostor.servers().await[0].state.contains("connected"));
+    let r = hq
+        .admin_refused(Op::ServerAdd(ServerAdd {
+            name: "again".into(),
+            kind: "secondary".into(),
+            cert_pem: std::fs::read_to_string(file("dmz.pem")).unwrap(),
+            ..Default::default()
+        }))
+        .await;
+    assert!(
+        r.contains("already a relation"),
+        "the same certificate twice: {r}"
+    );
+    let r = hq
+        .admin_refused(Op::ServerAdd(ServerAdd {
+            name: "garbage".into(),
+            kind: "secondary".into(),
+            cert_pem: "not a certificate".into(),
+            ..Default::default()
+        }))
+        .await;
+    assert!(r.contains("export-cert"), "a bad file names the fix: {r}");
+    dmz.wait_connected("hq").await;
+    assert_eq!(dmz.key("K-DMZ").await.unwrap().seats_total, 4);
 }

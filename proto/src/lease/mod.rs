@@ -17,8 +17,10 @@
 //! - every grant carries a sequence number: a repeated or late message never extends a lease
 //!   twice nor rolls a receiver back ([`Given::on_request`], [`Received::on_grant`]);
 //! - on a periodic relation the receiver contacts the giver the *early-renewal interval* before
-//!   its grant runs out (H7, [`Received::early_renewal_at`]); on a permanent relation the giver
-//!   renews on its own at half the period ([`Given::renew_due`]).
+//!   its grant runs out (H7, [`Received::early_renewal_at`]); on a permanent relation it asks
+//!   when half the time its grant was given for has passed ([`Received::renewal_at`]). The
+//!   giver renews only when asked: a request is the proof that the receiver is there, so one
+//!   that vanished — even behind a connection that still looks open — is not renewed (H6).
 //!
 //! The store keeps one row per lease on each side and applies these transitions inside its
 //! transactions; the peer link carries [`LeaseGrant`]s down and [`RenewRequest`]s up.
@@ -241,8 +243,8 @@ impl Given {
         (self.revoked || now >= self.end_at) && self.held(now) == 0
     }
 
-    /// On a permanent relation: whether the giver should renew now (half the period gone and
-    /// something left to extend).
+    /// Whether half the period is gone and something is left to extend: when a giver renews
+    /// for a receiver that asks (the simulation's giver renews on its own at this point).
     pub fn renew_due(&self, now: i64) -> bool {
         !self.revoked
             && self.period_end < self.end_at
@@ -420,6 +422,13 @@ impl Received {
             lease_id: self.grant.lease_id.clone(),
             seq: self.grant.seq,
         }
+    }
+
+    /// On a permanent relation: when to ask for the next grant, the grant having arrived at
+    /// `received_at` — half-way to its period end; `None` when there is nothing to renew.
+    pub fn renewal_at(&self, received_at: i64) -> Option<i64> {
+        (self.grant.seats > 0 && self.grant.period_end < self.grant.end_at)
+            .then(|| received_at + (self.grant.period_end - received_at).max(0) / 2)
     }
 
     /// On a periodic relation (H7): when to contact the giver to renew, `early` seconds before

@@ -39,7 +39,13 @@ async fn handle_incoming(node: Arc<Node>, incoming: quinn::Incoming) {
     let conn = match tokio::time::timeout(setup, connecting).await {
         Ok(Ok(c)) => c,
         Ok(Err(e)) => {
-            tracing::debug!(error = %refuse::explain(&e), "handshake failed");
+            let why = refuse::explain(&e);
+            if why.contains("link certificate") {
+                // A server dialling with a link certificate no relation pins (H1).
+                warn!(error = %why, "server link refused");
+            } else {
+                tracing::debug!(error = %why, "handshake failed");
+            }
             return;
         }
         Err(_) => {

@@ -1,6 +1,7 @@
 //! One server link, either end: the control stream (channel `Peer`), then leases both ways
-//! (H5–H8). The giver sends a grant when a lease is given, changed, revoked or renewed; on a
-//! permanent relation it renews each lease at half its period while the link is up. Both ends
+//! (H5–H8). The giver sends a grant when a lease is given, changed or revoked, and a renewed
+//! one when the receiver asks — half-way through each grant on a permanent relation: the
+//! request is the proof the receiver is there (H6). Both ends
 //! send a `LeaseSync` on connect and every synchronisation period (H8): the receiver takes the
 //! giver's figures (a mismatch is notified), the giver notifies a receiver that claims other
 //! figures and answers with its own.
@@ -213,12 +214,12 @@ async fn run(
             Some(m) = outbox.recv() => ctl.send(m),
             _ = ticker.tick() => {
                 let now = outpost_net::unix_now();
-                if link.r.may_give() {
-                    match node.store().renew_due_leases(&r.name, now).await {
-                        Ok(grants) => for g in grants {
-                            link.send_grant(&mut ctl, &g).await;
+                if link.r.may_receive() {
+                    match node.store().renewals_due(&r.name, now).await {
+                        Ok(asks) => for a in asks {
+                            ctl.send(Msg::LeaseRenewal(pb::LeaseRenewal::from(&a)));
                         },
-                        Err(e) => warn!(error = %e, "lease renewal failed; retrying at the next tick"),
+                        Err(e) => warn!(error = %e, "lease renewal requests skipped; retrying at the next tick"),
                     }
                 }
                 if Instant::now() >= next_sync {

@@ -339,26 +339,35 @@ impl Store {
             .collect())
     }
 
-    /// Renews, on a permanent relation, every lease given to `server` that is due (half its
-    /// period gone). Returns the grants to send.
-    pub async fn renew_due_leases(
+    /// The renewal requests due for leases held from `server` (half-way to the period end
+    /// since the grant arrived, [`Received::renewal_at`]; a lapsed one is asked for too: the
+    /// giver decides).
+    pub async fn renewals_due(
         &self,
         server: &str,
         now: i64,
-    ) -> Result<Vec<LeaseGrant>, StoreError> {
-        let ids: Vec<(String,)> = sqlx::query_as(
-            "SELECT id FROM leases_given WHERE server = $1 AND revoked = 0 AND period_end < end_at",
+    ) -> Result<Vec<RenewRequest>, StoreError> {
+        let rows: Vec<(String, String, i64, i64, i64, i64, i64)> = sqlx::query_as(
+            "SELECT id, key_id, seq, seats, period_end, end_at, received_at FROM leases_received
+             WHERE server = $1 AND seats > 0 AND period_end < end_at",
         )
         .bind(server)
         .fetch_all(&self.read)
         .await?;
-        let mut out = vec![];
-        for (id,) in ids {
-            if let Some(g) = self.renew_lease(&id, None, now).await? {
-                out.push(g);
-            }
-        }
-        Ok(out)
+        Ok(rows
+            .into_iter()
+            .filter_map(|(lease_id, key_id, seq, seats, period_end, end_at, at)| {
+                let r = Received::new(LeaseGrant {
+                    lease_id,
+                    key_id,
+                    seq: seq as u64,
+                    seats: seats as u32,
+                    period_end,
+                    end_at,
+                });
+                (now >= r.renewal_at(at)?).then(|| r.renew_request())
+            })
+            .collect())
     }
 
     /// A receiver's renewal request (H7), idempotent by sequence number.
@@ -368,14 +377,13 @@ impl Store {
         req: &RenewRequest,
         now: i64,
     ) -> Result<Option<LeaseGrant>, StoreError> {
-        self.renew_lease(&req.lease_id, Some((server, req)), now)
-            .await
+        self.renew_lease(&req.lease_id, (server, req), now).await
     }
 
     async fn renew_lease(
         &self,
         id: &str,
-        request: Option<(&str, &RenewRequest)>,
+        request: (&str, &RenewRequest),
         now: i64,
     ) -> Result<Option<LeaseGrant>, StoreError> {
         let mut tx = self.write.begin().await?;
@@ -384,10 +392,7 @@ impl Store {
             Err(StoreError::NotFound(_)) => return Ok(None),
             Err(e) => return Err(e),
         };
-        if request.is_some_and(|(from, _)| from != server) {
-            return Ok(None);
-        }
-        if request.is_none() && !g.renew_due(now) {
+        if request.0 != server {
             return Ok(None);
         }
         let src = source(&mut tx, &g.key_id, now).await?;
@@ -404,10 +409,11 @@ impl Store {
             };
             let _ = g.change(terms, 0, src.cap, now);
         }
-        let grant = match request {
-            Some((_, req)) => g.on_request(req, now, src.cap),
-            None if src.leased_seats == Some(0) => None,
-            None => g.renew(now, src.cap),
+        let grant = if src.leased_seats == Some(0) {
+            // Nothing held to pass on: the current grant, no extension.
+            Some(g.current())
+        } else {
+            g.on_request(request.1, now, src.cap)
         };
         save_given(&mut tx, &g, old, now).await?;
         tx.commit().await?;
