@@ -445,3 +445,154 @@ async fn h1_offline_addition_with_certificate_files_dmz_direction_and_wrong_cert
     dmz.wait_connected("hq").await;
     assert_eq!(dmz.key("K-DMZ").await.unwrap().seats_total, 4);
 }
+
+/// Rewrites the receiver's record of a lease while it is stopped (a damaged or forged
+/// database): it claims `seats` where fewer were given.
+async fn forge(server: &ServerProc, key: &str, seats: i64) {
+    use sqlx::Connection;
+    let url = format!("sqlite://{}", server.data.join("outpost.db").display());
+    let mut db = sqlx::SqliteConnection::connect(&url).await.unwrap();
+    sqlx::query("UPDATE leases_received SET seats = $1 WHERE key_id = $2")
+        .bind(seats)
+        .bind(key)
+        .execute(&mut db)
+        .await
+        .unwrap();
+    sqlx::query("UPDATE licence_keys SET seats = $1 WHERE id = $2")
+        .bind(seats)
+        .bind(key)
+        .execute(&mut db)
+        .await
+        .unwrap();
+    db.close().await.unwrap();
+}
+
+async fn notified(server: &ServerProc, kind: &str) -> Vec<String> {
+    match server
+        .admin(Op::NotificationList(
+            outpost_proto::pb::admin::NotificationList {
+                kind: kind.into(),
+                limit: 50,
+            },
+        ))
+        .await
+    {
+        R::Notifications(n) => n.notifications.into_iter().map(|n| n.message).collect(),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h8_a_receiver_claiming_more_seats_than_given_is_notified_and_the_givers_figure_wins() {
+    init_logs();
+    let auth = Authority::new();
+    let hq = ServerProc::start(&auth, "hq", fast).await;
+    let mut regional = ServerProc::start(&auth, "regional", fast).await;
+    import(
+        &hq,
+        &issue(&auth, "K-SYNC", 50, 30 * DAY, AV_FW, false, None),
+    )
+    .await;
+    relate(&hq, &regional).await;
+    hq.give("K-SYNC", "regional", 12, outpost_net::unix_now() + 20 * DAY)
+        .await;
+    regional.key_seats_become("K-SYNC", 12).await;
+    regional.kill();
+    forge(&regional, "K-SYNC", 40).await;
+    regional.spawn();
+    // On connect both sides compare (H8): the giver notices, and its figure wins.
+    until("the giver notified the mismatch", || async {
+        !notified(&hq, "lease-sync-mismatch").await.is_empty()
+    })
+    .await;
+    let msg = &notified(&hq, "lease-sync-mismatch").await[0];
+    assert!(
+        msg.contains("the giver says 12") && msg.contains("the receiver 40"),
+        "{msg}"
+    );
+    regional.key_seats_become("K-SYNC", 12).await;
+    assert!(
+        !notified(&regional, "lease-sync-mismatch").await.is_empty(),
+        "the receiver notifies too"
+    );
+    let hq_key = hq.key("K-SYNC").await.unwrap();
+    assert_eq!(hq_key.seats_leased_out, 12, "{hq_key:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h2_peers_transfer_seats_only_where_the_sender_sends_and_the_receiver_receives() {
+    init_logs();
+    let auth = Authority::new();
+    let a = ServerProc::start(&auth, "a", fast).await;
+    import(
+        &a,
+        &issue(&auth, "K-PEER", 40, 30 * DAY, AV_FW, false, None),
+    )
+    .await;
+    let (a_pem, _) = a.link_cert().await;
+    let end = outpost_net::unix_now() + 20 * DAY;
+    let mut outcomes = vec![];
+    for (send, receive) in [(true, true), (true, false), (false, true), (false, false)] {
+        let name = format!("b-{}-{}", send as u8, receive as u8);
+        let b = ServerProc::start(&auth, &name, fast).await;
+        let (b_pem, _) = b.link_cert().await;
+        let add = |name: &str, pem: &str, address: String, send, receive| {
+            Op::ServerAdd(ServerAdd {
+                name: name.into(),
+                kind: "peer".into(),
+                cert_pem: pem.into(),
+                dial: !address.is_empty(),
+                address,
+                send,
+                receive,
+            })
+        };
+        // Each side sets its own flags; the other side's flags are the opposite direction.
+        a.admin(add(&name, &b_pem, String::new(), send, false))
+            .await;
+        b.admin(add("a", &a_pem, a.addr.to_string(), false, receive))
+            .await;
+        a.wait_connected(&name).await;
+        b.wait_connected("a").await;
+        let give = Op::LeaseGive(outpost_proto::pb::admin::LeaseGive {
+            server: name.clone(),
+            key_id: "K-PEER".into(),
+            seats: 5,
+            end_at: end,
+            period_secs: 0,
+        });
+        if !send {
+            let e = a.admin_refused(give).await;
+            assert!(e.contains("does not send"), "{e}");
+            assert!(b.key("K-PEER").await.is_none());
+            outcomes.push((send, receive, 0));
+            continue;
+        }
+        a.admin(give).await;
+        if receive {
+            b.key_seats_become("K-PEER", 5).await;
+        } else {
+            // The grant arrives and is ignored, said in the log.
+            until("the grant refused by the peer", || async {
+                b.log().contains("does not receive licences")
+            })
+            .await;
+            assert!(
+                b.leases().await.is_empty(),
+                "a peer that does not receive holds no lease"
+            );
+            assert!(b.key("K-PEER").await.is_none());
+        }
+        let seats = b.key("K-PEER").await.map(|k| k.seats_total).unwrap_or(0);
+        outcomes.push((send, receive, seats));
+    }
+    assert_eq!(
+        outcomes,
+        vec![
+            (true, true, 5),
+            (true, false, 0),
+            (false, true, 0),
+            (false, false, 0)
+        ]
+    );
+}

@@ -469,10 +469,23 @@ pub async fn refresh_loop(node: Arc<Node>) {
             _ = ticker.tick() => {}
             _ = node.runtime().cancelled() => return,
         }
-        if let Err(e) = node.store().refresh_leases(outpost_net::unix_now()).await
-            && !matches!(e, StoreError::Closed)
-        {
-            warn!(error = %e, "lease refresh failed; retrying at the next tick");
+        match node.store().refresh_leases(outpost_net::unix_now()).await {
+            Ok(returned) => {
+                for (lease, key, server) in returned {
+                    info!(%lease, %key, %server, "leased seats returned");
+                    let _ = node
+                        .store()
+                        .notify(
+                            "lease-returned",
+                            Some(&key),
+                            &format!("the seats of lease {lease} (key {key}) given to {server} are back: its last promised period ended"),
+                            serde_json::json!({ "lease": lease, "key": key, "server": server }),
+                        )
+                        .await;
+                }
+            }
+            Err(StoreError::Closed) => {}
+            Err(e) => warn!(error = %e, "lease refresh failed; retrying at the next tick"),
         }
     }
 }
