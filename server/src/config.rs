@@ -53,7 +53,7 @@ pub struct ServerConfig {
     pub hierarchy: Hierarchy,
 }
 
-/// Server hierarchy settings (H3, H6–H8). Relations themselves are added with `admin server
+/// Server hierarchy settings (H6, H8). Relations themselves are added with `admin server
 /// add-…` and kept in the store.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -66,9 +66,6 @@ pub struct Hierarchy {
     /// How often both ends of a link compare seats given and received (H8).
     #[serde(with = "humantime_serde")]
     pub sync_period: Duration,
-    /// On a periodic relation, ask for renewal this long before a lease runs out (H7).
-    #[serde(with = "humantime_serde")]
-    pub early_renewal: Duration,
 }
 
 impl Default for Hierarchy {
@@ -76,7 +73,6 @@ impl Default for Hierarchy {
         Hierarchy {
             lease_period: Duration::from_secs(3600),
             sync_period: Duration::from_secs(300),
-            early_renewal: Duration::from_secs(600),
         }
     }
 }

@@ -596,3 +596,82 @@ async fn h2_peers_transfer_seats_only_where_the_sender_sends_and_the_receiver_re
         ]
     );
 }
+
+/// The README's "A hierarchy of servers", run line by line as written against three server
+/// processes. A line that needs a link or a lease that is still on its way is retried, as an
+/// administrator would run it again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h5_readme_hierarchy_walk_through_runs_as_written() {
+    init_logs();
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md"))
+        .expect("README.md");
+    let section = &readme[readme.find("### A hierarchy of servers").expect("section")..];
+    let block = &section[section.find("```sh\n").expect("sh block") + 6..];
+    let block = &block[..block.find("```").expect("end of block")];
+    let auth = Authority::new();
+    let hq = ServerProc::start(&auth, "hq", fast).await;
+    let regional = ServerProc::start(&auth, "regional", fast).await;
+    let office = ServerProc::start(&auth, "office", fast).await;
+    for s in [&hq, &regional, &office] {
+        s.servers().await;
+    }
+    let work = tempfile::tempdir().unwrap();
+    let server = outpost_tests::bin("outpost-server");
+    let run = |cmd: &str| -> Result<String, String> {
+        let out = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(cmd.replacen("outpost-server", &server.to_string_lossy(), 1))
+            .current_dir(work.path())
+            .env("A", auth.dir.path())
+            .env("HQ", &hq.data)
+            .env("REGIONAL", &regional.data)
+            .env("OFFICE", &office.data)
+            .env("HQ_ADDR", hq.addr.to_string())
+            .env("REGIONAL_ADDR", regional.addr.to_string())
+            .output()
+            .expect("sh");
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        if out.status.success() {
+            Ok(text)
+        } else {
+            Err(text)
+        }
+    };
+    let mut ran = 0;
+    for line in block.lines().map(str::trim) {
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        assert!(
+            line.starts_with("outpost-server "),
+            "not understood: {line}"
+        );
+        let started = std::time::Instant::now();
+        loop {
+            match run(line) {
+                Ok(_) => break,
+                Err(e) if started.elapsed() < Duration::from_secs(30) => {
+                    let _ = e;
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                Err(e) => panic!("`{line}` failed:\n{e}"),
+            }
+        }
+        ran += 1;
+    }
+    assert_eq!(ran, 15, "every line ran");
+    office.key_seats_become("K-ORG", 10).await;
+    let k = hq.key("K-ORG").await.unwrap();
+    assert_eq!((k.seats_total, k.seats_leased_out), (50, 30), "{k:?}");
+    let k = regional.key("K-ORG").await.unwrap();
+    assert_eq!((k.seats_total, k.seats_leased_out), (30, 10), "{k:?}");
+    let listed = run("outpost-server admin --data-dir $REGIONAL lease list").unwrap();
+    assert!(
+        listed.contains("given") && listed.contains("received"),
+        "{listed}"
+    );
+}
