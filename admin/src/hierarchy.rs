@@ -35,6 +35,9 @@ pub enum ServerCmd {
         /// This server dials it (a secondary in a DMZ).
         #[arg(long)]
         dial: bool,
+        /// Periodic relation: the dialling side connects every D (e.g. 6h), exchanges, leaves.
+        #[arg(long)]
+        periodic: Option<humantime::Duration>,
     },
     /// Make a server this one's primary. This server dials it at --address; without
     /// --address the primary dials this server (this server is in a DMZ).
@@ -47,6 +50,9 @@ pub enum ServerCmd {
         /// Where it listens (host:port).
         #[arg(long, default_value = "")]
         address: String,
+        /// Periodic relation: the dialling side connects every D (e.g. 6h), exchanges, leaves.
+        #[arg(long)]
+        periodic: Option<humantime::Duration>,
     },
     /// Add a peer (H2). Licences go from a side that sends to a side that receives.
     AddPeer {
@@ -64,6 +70,9 @@ pub enum ServerCmd {
         /// This server takes licences from it.
         #[arg(long)]
         receive: bool,
+        /// Periodic relation: the dialling side connects every D (e.g. 6h), exchanges, leaves.
+        #[arg(long)]
+        periodic: Option<humantime::Duration>,
     },
     /// Relations, their direction, state and pinned fingerprint.
     List,
@@ -126,7 +135,18 @@ pub fn server_op(cmd: ServerCmd) -> Result<(Op, Option<PathBuf>), AdminError> {
     let cert = |p: &PathBuf| {
         outpost_net::fsutil::read_string(p).map_err(|e| AdminError::Local(e.to_string()))
     };
-    let add = |name, kind: &str, cert_pem, address, dial, send, receive| {
+    let secs = |p: Option<humantime::Duration>| p.map(|p| p.as_secs().max(1)).unwrap_or(0);
+    #[allow(clippy::too_many_arguments)]
+    fn add(
+        name: String,
+        kind: &str,
+        cert_pem: String,
+        address: String,
+        dial: bool,
+        send: bool,
+        receive: bool,
+        periodic_secs: u64,
+    ) -> Op {
         Op::ServerAdd(ServerAdd {
             name,
             kind: kind.into(),
@@ -135,8 +155,9 @@ pub fn server_op(cmd: ServerCmd) -> Result<(Op, Option<PathBuf>), AdminError> {
             dial,
             send,
             receive,
+            periodic_secs,
         })
-    };
+    }
     Ok(match cmd {
         ServerCmd::ExportCert { out } => (Op::ServerExportCert(Empty {}), Some(out)),
         ServerCmd::AddSecondary {
@@ -144,27 +165,27 @@ pub fn server_op(cmd: ServerCmd) -> Result<(Op, Option<PathBuf>), AdminError> {
             cert: c,
             address,
             dial,
+            periodic,
         } => {
             if dial && address.is_empty() {
                 return Err(AdminError::Local(
                     "--dial needs --address (where the secondary listens)".into(),
                 ));
             }
-            (
-                add(name, "secondary", cert(&c)?, address, dial, true, false),
-                None,
-            )
+            let p = secs(periodic);
+            let op = add(name, "secondary", cert(&c)?, address, dial, true, false, p);
+            (op, None)
         }
         ServerCmd::SetPrimary {
             name,
             cert: c,
             address,
+            periodic,
         } => {
             let dial = !address.is_empty();
-            (
-                add(name, "primary", cert(&c)?, address, dial, false, true),
-                None,
-            )
+            let p = secs(periodic);
+            let op = add(name, "primary", cert(&c)?, address, dial, false, true, p);
+            (op, None)
         }
         ServerCmd::AddPeer {
             name,
@@ -172,12 +193,12 @@ pub fn server_op(cmd: ServerCmd) -> Result<(Op, Option<PathBuf>), AdminError> {
             address,
             send,
             receive,
+            periodic,
         } => {
             let dial = !address.is_empty();
-            (
-                add(name, "peer", cert(&c)?, address, dial, send, receive),
-                None,
-            )
+            let p = secs(periodic);
+            let op = add(name, "peer", cert(&c)?, address, dial, send, receive, p);
+            (op, None)
         }
         ServerCmd::List => (Op::ServerList(Empty {}), None),
         ServerCmd::Remove { name } => (Op::ServerRemove(ServerRef { name }), None),
@@ -244,7 +265,11 @@ pub fn servers(r: &ServerListResult) -> Vec<Vec<String>> {
                 s.name.clone(),
                 format!("{}{flags}", s.kind),
                 direction,
-                s.connection.clone(),
+                if s.connection == "periodic" {
+                    format!("periodic, every {}s", s.interval_secs)
+                } else {
+                    s.connection.clone()
+                },
                 s.state.clone(),
                 when(s.last_contact),
                 s.cert_sha256.clone(),

@@ -53,7 +53,7 @@ pub struct ServerConfig {
     pub hierarchy: Hierarchy,
 }
 
-/// Server hierarchy settings (H6, H8). Relations themselves are added with `admin server
+/// Server hierarchy settings (H6–H8). Relations themselves are added with `admin server
 /// add-…` and kept in the store.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -66,6 +66,10 @@ pub struct Hierarchy {
     /// How often both ends of a link compare seats given and received (H8).
     #[serde(with = "humantime_serde")]
     pub sync_period: Duration,
+    /// Periodic relations (H7): connect this long before a lease runs out, so it is renewed
+    /// in time even when the relation's interval is longer than the lease period; `0s` off.
+    #[serde(with = "humantime_serde")]
+    pub early_renewal: Duration,
 }
 
 impl Default for Hierarchy {
@@ -73,6 +77,7 @@ impl Default for Hierarchy {
         Hierarchy {
             lease_period: Duration::from_secs(3600),
             sync_period: Duration::from_secs(300),
+            early_renewal: Duration::from_secs(600),
         }
     }
 }

@@ -88,6 +88,14 @@ impl ServerProc {
         }
     }
 
+    /// Edits `server.toml` (for the next start).
+    pub fn edit_config(&self, f: impl FnOnce(&mut ServerConfig)) {
+        let path = self.data.join("server.toml");
+        let mut cfg = ServerConfig::load(&path).expect("config");
+        f(&mut cfg);
+        std::fs::write(&path, cfg.to_commented_toml()).expect("write config");
+    }
+
     /// The process's log so far (stderr).
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.data.with_extension("log")).unwrap_or_default()

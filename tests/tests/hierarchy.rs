@@ -545,6 +545,7 @@ async fn h2_peers_transfer_seats_only_where_the_sender_sends_and_the_receiver_re
                 address,
                 send,
                 receive,
+                periodic_secs: 0,
             })
         };
         // Each side sets its own flags; the other side's flags are the opposite direction.
@@ -674,4 +675,92 @@ async fn h5_readme_hierarchy_walk_through_runs_as_written() {
         listed.contains("given") && listed.contains("received"),
         "{listed}"
     );
+}
+
+/// H3 + H7: a periodic relation whose interval (10 s) is longer than the lease period (4 s).
+/// With early renewal (2 s) the receiver connects before each lease runs out and its agents
+/// stay licensed; with early renewal off the lease lapses between contacts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h7_periodic_relation_renews_early_and_lapses_without_early_renewal() {
+    init_logs();
+    let auth = Authority::new();
+    let hq = ServerProc::start(&auth, "hq", |c| {
+        fast(c);
+        c.hierarchy.lease_period = Duration::from_secs(4);
+    })
+    .await;
+    let mut regional = ServerProc::start(&auth, "regional", |c| {
+        fast(c);
+        c.hierarchy.early_renewal = Duration::from_secs(2);
+    })
+    .await;
+    import(
+        &hq,
+        &issue(&auth, "K-PERIODIC", 20, 30 * DAY, AV_FW, false, None),
+    )
+    .await;
+    let (hq_pem, _) = hq.link_cert().await;
+    let (regional_pem, _) = regional.link_cert().await;
+    hq.admin(Op::ServerAdd(ServerAdd {
+        name: "regional".into(),
+        kind: "secondary".into(),
+        cert_pem: regional_pem,
+        ..Default::default()
+    }))
+    .await;
+    regional
+        .admin(Op::ServerAdd(ServerAdd {
+            name: "hq".into(),
+            kind: "primary".into(),
+            cert_pem: hq_pem,
+            address: hq.addr.to_string(),
+            dial: true,
+            periodic_secs: 10,
+            ..Default::default()
+        }))
+        .await;
+    hq.give(
+        "K-PERIODIC",
+        "regional",
+        5,
+        outpost_net::unix_now() + 20 * DAY,
+    )
+    .await;
+    regional.key_seats_become("K-PERIODIC", 5).await;
+    let agents = agents(&regional, 3).await;
+    until("regional agents licensed", || async {
+        licensed(&agents, "K-PERIODIC") == 3
+    })
+    .await;
+    let state = regional.servers().await[0].state.clone();
+    assert!(state.contains("periodic: next contact"), "{state}");
+    // 25 s: two and a half intervals, six periods. Never a gap.
+    let seq = |ls: Vec<outpost_proto::pb::admin::LeaseInfo>| ls[0].seq;
+    let first = seq(hq.leases().await);
+    let started = std::time::Instant::now();
+    while started.elapsed() < Duration::from_secs(25) {
+        assert_eq!(
+            licensed(&agents, "K-PERIODIC"),
+            3,
+            "licensed all along ({:?} in)",
+            started.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let renewals = seq(hq.leases().await) - first;
+    assert!(renewals >= 5, "renewed at each early contact ({renewals})");
+
+    // Early renewal off: the next contact is an interval away, past the lease's end.
+    regional.kill();
+    regional.edit_config(|c| c.hierarchy.early_renewal = Duration::ZERO);
+    regional.spawn();
+    until("the lease lapsed between two contacts", || async {
+        licensed(&agents, "K-PERIODIC") == 0
+    })
+    .await;
+    until("its seats back at the head office", || async {
+        hq.key("K-PERIODIC").await.unwrap().seats_leased_out == 0
+    })
+    .await;
+    eprintln!("periodic: {renewals} renewals in 25 s with a 10 s interval and a 4 s period");
 }

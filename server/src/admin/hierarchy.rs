@@ -67,8 +67,13 @@ pub(super) async fn add(node: &Arc<Node>, a: ServerAdd) -> Answer {
         cert_sha256: fp_hex(&fp),
         address: a.address.clone(),
         dials: i64::from(a.dial),
-        connection: "permanent".into(),
-        interval_secs: 0,
+        connection: if a.periodic_secs > 0 {
+            "periodic"
+        } else {
+            "permanent"
+        }
+        .into(),
+        interval_secs: a.periodic_secs.min(i64::MAX as u64) as i64,
         sends: i64::from(a.kind == "secondary" || (a.kind == "peer" && a.send)),
         receives: i64::from(a.kind == "primary" || (a.kind == "peer" && a.receive)),
         added_at: outpost_net::unix_now(),
@@ -77,10 +82,15 @@ pub(super) async fn add(node: &Arc<Node>, a: ServerAdd) -> Answer {
     node.store().add_server(&row).await?;
     node.peers().reload(node).await?;
     info!(server = %row.name, kind = %row.kind, pinned = %row.cert_sha256, "server relation added");
-    let how = if a.dial {
-        format!("this server dials it at {}", a.address)
+    let every = if a.periodic_secs > 0 {
+        format!(" every {}s (periodic)", a.periodic_secs)
     } else {
-        "it dials this server".to_owned()
+        String::new()
+    };
+    let how = if a.dial {
+        format!("this server dials it at {}{every}", a.address)
+    } else {
+        format!("it dials this server{every}")
     };
     Ok(done(format!(
         "{} {} added, pinned to link certificate sha256 {}; {how}",
@@ -113,6 +123,7 @@ pub(super) async fn list(node: &Node) -> Answer {
                 cert_sha256: s.cert_sha256.clone(),
                 sends: s.sends == 1,
                 receives: s.receives == 1,
+                interval_secs: s.interval_secs.max(0) as u64,
             })
             .collect(),
     })))

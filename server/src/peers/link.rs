@@ -6,7 +6,7 @@
 //! giver's figures (a mismatch is notified), the giver notifies a receiver that claims other
 //! figures and answers with its own.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -85,21 +85,31 @@ pub(super) fn tick(node: &Node) -> Duration {
         .clamp(Duration::from_millis(250), Duration::from_secs(30))
 }
 
-/// Serves one link until it closes. `opener`: this side dialled and opens the stream.
-pub async fn serve(node: Arc<Node>, conn: quinn::Connection, r: ServerRow, opener: bool) {
+/// Serves one link until it closes. `opener`: this side dialled and opens the stream; on a
+/// periodic relation it leaves once the exchange is done. Returns whether the link came up.
+pub async fn serve(node: Arc<Node>, conn: quinn::Connection, r: ServerRow, opener: bool) -> bool {
     let span = info_span!("link", server = %r.name, conn = conn.stable_id());
     async move {
-        let why = match run(&node, &conn, &r, opener).await {
+        let periodic = r.connection == "periodic";
+        let id = conn.stable_id() as u64;
+        let result = run(&node, &conn, &r, opener).await;
+        let was_up = node.peers().live_id(&r.name) == Some(id);
+        let why = match result {
+            Ok(()) if periodic && opener => {
+                let bye = outpost_proto::error::Refused::new(
+                    outpost_proto::error::RefusalCode::ShuttingDown,
+                    "periodic exchange done",
+                );
+                outpost_net::refuse::close(&conn, &bye);
+                "periodic exchange done".to_owned()
+            }
             Ok(()) => "closed".to_owned(),
             Err(e) => e,
         };
-        let was_up = node.peers().live_id(&r.name) == Some(conn.stable_id() as u64);
-        node.peers().detach(
-            &r.name,
-            conn.stable_id() as u64,
-            format!("link ended: {why}"),
-        );
-        if was_up {
+        node.peers()
+            .detach(&r.name, id, format!("link ended: {why}"));
+        // A periodic relation comes and goes by design: no offline notification each time.
+        if was_up && !periodic {
             info!(reason = %why, "server link down");
             let _ = node
                 .store()
@@ -111,6 +121,7 @@ pub async fn serve(node: Arc<Node>, conn: quinn::Connection, r: ServerRow, opene
                 )
                 .await;
         }
+        was_up
     }
     .instrument(span)
     .await
@@ -175,26 +186,43 @@ async fn run(
     let mut outbox = node.peers().attach(&r.name, id);
     info!(remote = %conn.remote_address(), "server link up");
     let now = outpost_net::unix_now();
+    let periodic = r.connection == "periodic";
     let _ = node.store().touch_server(&r.name, now).await;
-    let _ = node
-        .store()
-        .notify(
-            "neighbour-online",
-            None,
-            &format!("server {} is online", r.name),
-            serde_json::json!({ "server": r.name }),
-        )
-        .await;
+    if !periodic {
+        let _ = node
+            .store()
+            .notify(
+                "neighbour-online",
+                None,
+                &format!("server {} is online", r.name),
+                serde_json::json!({ "server": r.name }),
+            )
+            .await;
+    }
     let mut link = Link {
         node: node.clone(),
         r: r.clone(),
         files: HashMap::new(),
+        asked: HashSet::new(),
+        asked_ever: HashSet::new(),
+        peer_synced: false,
     };
+    if periodic {
+        // The next contact may be far: ask now for every lease held from the neighbour.
+        link.ask_all(&mut ctl).await;
+    }
     link.sync(&mut ctl).await;
+    // A periodic exchange ends once the neighbour's figures and the answers to this side's
+    // requests are in (its own requests, sent before its sync, were answered by then).
+    let exchange_deadline = Instant::now() + setup;
+    let exchange_done = |l: &Link| periodic && opener && l.peer_synced && l.asked.is_empty();
     for m in pending {
         link.on_message(&mut ctl, m).await;
     }
     stream::send_queued(&mut f, &mut ctl).await.map_err(flush)?;
+    if exchange_done(&link) {
+        return Ok(());
+    }
     let mut ticker = tokio::time::interval(tick(node));
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let sync_every = node.config().hierarchy.sync_period;
@@ -228,9 +256,15 @@ async fn run(
                     let _ = node.store().touch_server(&r.name, now).await;
                 }
             }
+            _ = tokio::time::sleep_until(exchange_deadline), if periodic && opener => {
+                return Err("the periodic exchange did not finish in time".into());
+            }
             _ = node.runtime().cancelled() => return Ok(()),
         }
         stream::send_queued(&mut f, &mut ctl).await.map_err(flush)?;
+        if exchange_done(&link) {
+            return Ok(());
+        }
     }
 }
 
@@ -239,6 +273,12 @@ struct Link {
     r: ServerRow,
     /// Key files sent on this link, by key id.
     files: HashMap<String, String>,
+    /// Leases this side asked to renew and has no answer for yet.
+    asked: HashSet<String>,
+    /// Leases asked for during this connection (a periodic exchange asks once per lease).
+    asked_ever: HashSet<String>,
+    /// The neighbour's `LeaseSync` arrived.
+    peer_synced: bool,
 }
 
 impl Link {
@@ -290,10 +330,27 @@ impl Link {
         ctl.send(Msg::LeaseSync(msg));
     }
 
+    /// Asks for the next grant of every lease held from the neighbour (periodic relations).
+    async fn ask_all(&mut self, ctl: &mut Ctl) {
+        if !self.r.may_receive() {
+            return;
+        }
+        let held = self.node.store().received_grants(&self.r.name).await;
+        for g in held.unwrap_or_default() {
+            if g.seats > 0 && g.period_end < g.end_at && !self.asked_ever.contains(&g.lease_id) {
+                let req = outpost_proto::lease::Received::new(g).renew_request();
+                self.asked.insert(req.lease_id.clone());
+                self.asked_ever.insert(req.lease_id.clone());
+                ctl.send(Msg::LeaseRenewal(pb::LeaseRenewal::from(&req)));
+            }
+        }
+    }
+
     async fn on_message(&mut self, ctl: &mut Ctl, m: Msg) {
         let now = outpost_net::unix_now();
         match m {
             Msg::LeaseGrant(g) => {
+                self.asked.remove(&g.lease_id);
                 let _ = self.take(g, false, now).await;
             }
             Msg::LeaseRenewal(req) => {
@@ -314,7 +371,14 @@ impl Link {
                     Err(e) => warn!(error = %e, "lease renewal request failed"),
                 }
             }
-            Msg::LeaseSync(s) => self.on_sync(ctl, s, now).await,
+            Msg::LeaseSync(s) => {
+                self.on_sync(ctl, s, now).await;
+                if self.r.connection == "periodic" {
+                    // Leases first heard of in this sync are renewed in the same exchange.
+                    self.ask_all(ctl).await;
+                }
+                self.peer_synced = true;
+            }
             other => debug!(
                 msg = outpost_proto::session::msg_name(&other),
                 "ignored on a server link"

@@ -220,9 +220,12 @@ fn client_config(node: &Node, r: &ServerRow) -> Result<quinn::ClientConfig, Stri
     Ok(c)
 }
 
-/// Keeps the link to one neighbour up until `stop` (relation removed or changed, shutdown).
+/// Keeps the link to one neighbour up until `stop` (relation removed or changed, shutdown);
+/// on a periodic relation connects every interval (and the early-renewal interval before a
+/// lease between the two runs out, H7), exchanges, and leaves.
 async fn dial_loop(node: Arc<Node>, ep: quinn::Endpoint, r: ServerRow, stop: CancellationToken) {
     let mut backoff = Backoff::new(BackoffConfig::default());
+    let periodic = r.connection == "periodic";
     let span = info_span!("peer", server = %r.name, address = %r.address);
     async move {
         loop {
@@ -233,11 +236,14 @@ async fn dial_loop(node: Arc<Node>, ep: quinn::Endpoint, r: ServerRow, stop: Can
                 },
                 Err(e) => Err(e),
             };
+            let mut exchanged = false;
             match conn {
                 Ok(conn) => {
                     backoff.on_connected(Instant::now().into_std());
                     tokio::select! {
-                        _ = link::serve(node.clone(), conn.clone(), r.clone(), true) => {}
+                        ok = link::serve(node.clone(), conn.clone(), r.clone(), true) => {
+                            exchanged = ok;
+                        }
                         _ = stop.cancelled() => {
                             let bye = Refused::new(RefusalCode::ShuttingDown, "the relation was changed or removed, or the server is stopping");
                             refuse::close(&conn, &bye);
@@ -250,8 +256,13 @@ async fn dial_loop(node: Arc<Node>, ep: quinn::Endpoint, r: ServerRow, stop: Can
                     node.peers().set_state(&r.name, format!("cannot reach it: {e}"));
                 }
             }
-            backoff.on_disconnected(Instant::now().into_std());
-            let delay = backoff.next_delay(outpost_net::jitter_unit());
+            let delay = if periodic && exchanged {
+                backoff.on_connected(Instant::now().into_std());
+                next_contact(&node, &r).await
+            } else {
+                backoff.on_disconnected(Instant::now().into_std());
+                backoff.next_delay(outpost_net::jitter_unit())
+            };
             tokio::select! {
                 _ = tokio::time::sleep(delay) => {}
                 _ = stop.cancelled() => return,
@@ -260,6 +271,44 @@ async fn dial_loop(node: Arc<Node>, ep: quinn::Endpoint, r: ServerRow, stop: Can
     }
     .instrument(span)
     .await
+}
+
+/// How long until a periodic relation's next contact: its interval, or sooner when a lease
+/// between the two would run out before (H7: `hierarchy.early_renewal` before its end).
+async fn next_contact(node: &Node, r: &ServerRow) -> Duration {
+    let now = outpost_net::unix_now();
+    let interval = r.interval_secs.max(1);
+    let early = node.config().hierarchy.early_renewal.as_secs() as i64;
+    let mut at = now + interval;
+    if early > 0 {
+        let store = node.store();
+        let given = store.given_grants(&r.name, now).await.unwrap_or_default();
+        let received = store.received_grants(&r.name).await.unwrap_or_default();
+        let deadline = given
+            .iter()
+            .chain(&received)
+            .filter(|g| g.seats > 0 && g.period_end < g.end_at && g.period_end > now)
+            .map(|g| g.period_end)
+            .min();
+        if let Some(d) = deadline {
+            let early_at = d - early;
+            // Already inside the early window (a period shorter than it): half-way to the end.
+            let due = if early_at > now {
+                early_at
+            } else {
+                now + (d - now) / 2
+            };
+            at = at.min(due.max(now + 1));
+        }
+    }
+    node.peers().set_state(
+        &r.name,
+        format!(
+            "periodic: next contact {}",
+            outpost_proto::licence::key::format_time(at)
+        ),
+    );
+    Duration::from_secs((at - now).max(1) as u64)
 }
 
 async fn dial(
@@ -291,7 +340,7 @@ pub async fn accept(node: Arc<Node>, conn: quinn::Connection) {
         Ok(Some(r)) => {
             tracing::Span::current().record("device", r.name.as_str());
             info!(server = %r.name, "neighbour server dialled in");
-            link::serve(node, conn, r, false).await
+            link::serve(node, conn, r, false).await;
         }
         Ok(None) => {
             let r = Refused::new(
