@@ -101,6 +101,12 @@ enum AdminCmd {
         #[command(subcommand)]
         cmd: crate::hierarchy::LeaseCmd,
     },
+    /// Licence usage of this server and of every server below it (H9).
+    Report {
+        /// Only this server's part of the tree.
+        #[arg(long)]
+        server: Option<String>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -436,6 +442,9 @@ pub async fn run(a: AdminArgs) -> Result<(), AdminError> {
             op
         }
         AdminCmd::Lease { cmd } => crate::hierarchy::lease_op(cmd)?,
+        AdminCmd::Report { server } => Op::Report(outpost_proto::pb::admin::ReportRequest {
+            server: server.unwrap_or_default(),
+        }),
     };
     let client = AdminClient::from_bundle(&bundle, a.server.as_deref()).await?;
     let result = client.request(op).await?;

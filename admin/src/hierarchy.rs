@@ -296,3 +296,50 @@ pub fn leases(r: &LeaseListResult) -> Vec<Vec<String>> {
         })
         .collect()
 }
+
+/// `report` for a terminal: one line per server and key.
+pub fn report(r: &outpost_proto::pb::admin::ReportResult) -> Vec<Vec<String>> {
+    let mut rows = vec![];
+    for s in &r.servers {
+        let Some(u) = &s.report else { continue };
+        let devices = format!(
+            "{} ({} licensed, {} active)",
+            u.devices, u.devices_licensed, u.devices_active
+        );
+        let made = when(u.made_at);
+        if u.keys.is_empty() {
+            rows.push(vec![
+                s.path.clone(),
+                "-".into(),
+                String::new(),
+                String::new(),
+                String::new(),
+                String::new(),
+                devices,
+                made,
+            ]);
+            continue;
+        }
+        for (i, k) in u.keys.iter().enumerate() {
+            rows.push(vec![
+                if i == 0 {
+                    s.path.clone()
+                } else {
+                    String::new()
+                },
+                k.key_id.clone(),
+                k.seats.to_string(),
+                k.seats_used.to_string(),
+                k.seats_leased_out.to_string(),
+                k.active_licensed.to_string(),
+                if i == 0 {
+                    devices.clone()
+                } else {
+                    String::new()
+                },
+                if i == 0 { made.clone() } else { String::new() },
+            ]);
+        }
+    }
+    rows
+}

@@ -52,6 +52,10 @@ pub fn human(r: &R) -> String {
             crate::hierarchy::servers(s),
         ),
         R::ServerCert(c) => format!("{}link certificate sha256 {}\n", c.pem, c.sha256),
+        R::Report(r) => table(
+            &["SERVER", "KEY", "SEATS", "USED", "LEASED OUT", "ACTIVE LICENSED", "AGENTS", "REPORT MADE"],
+            crate::hierarchy::report(r),
+        ),
         R::Leases(l) if l.leases.is_empty() => "no leases\n".into(),
         R::Leases(l) => table(
             &["LEASE", "DIRECTION", "SERVER", "KEY", "SEATS", "AWAY/USABLE", "PERIOD END", "END"],

@@ -83,7 +83,10 @@ impl Channel {
                 | (Channel::Admin, Msg::AdminRequest(_))
                 | (
                     Channel::Peer,
-                    Msg::LeaseGrant(_) | Msg::LeaseRenewal(_) | Msg::LeaseSync(_)
+                    Msg::LeaseGrant(_)
+                        | Msg::LeaseRenewal(_)
+                        | Msg::LeaseSync(_)
+                        | Msg::UsageReport(_)
                 )
         )
     }
@@ -96,8 +99,12 @@ impl Channel {
                 Channel::Uplink,
                 Msg::GatewayDirective(_) | Msg::CertRenewed(_)
             ) | (Channel::Admin, Msg::AdminResponse(_))
-                // Either end of a server link may give seats (a primary, or a peer that sends).
-                | (Channel::Peer, Msg::LeaseGrant(_) | Msg::LeaseRenewal(_) | Msg::LeaseSync(_))
+                // Either end of a server link may give seats (a primary, or a peer that sends)
+                // and report (a secondary dialled by its primary in a DMZ).
+                | (
+                    Channel::Peer,
+                    Msg::LeaseGrant(_) | Msg::LeaseRenewal(_) | Msg::LeaseSync(_) | Msg::UsageReport(_)
+                )
         )
     }
 

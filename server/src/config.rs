@@ -70,6 +70,13 @@ pub struct Hierarchy {
     /// in time even when the relation's interval is longer than the lease period; `0s` off.
     #[serde(with = "humantime_serde")]
     pub early_renewal: Duration,
+    /// For the servers below this one (H9): how often they send their licence-usage report.
+    #[serde(with = "humantime_serde")]
+    pub report_period: Duration,
+    /// For the servers below this one (H9): devices active within this period are counted in
+    /// reports; `0s` counts every device.
+    #[serde(with = "humantime_serde")]
+    pub active_period: Duration,
 }
 
 impl Default for Hierarchy {
@@ -78,6 +85,8 @@ impl Default for Hierarchy {
             lease_period: Duration::from_secs(3600),
             sync_period: Duration::from_secs(300),
             early_renewal: Duration::from_secs(600),
+            report_period: Duration::from_secs(3600),
+            active_period: Duration::ZERO,
         }
     }
 }
@@ -346,6 +355,10 @@ impl Validate for ServerConfig {
         ensure(
             self.hierarchy.lease_period >= Duration::from_secs(2),
             || "hierarchy.lease_period must be at least 2s (an hour is the default)".into(),
+        )?;
+        ensure(
+            self.hierarchy.report_period >= Duration::from_secs(1),
+            || "hierarchy.report_period must be at least 1s".into(),
         )?;
         ensure(self.hierarchy.sync_period >= Duration::from_secs(1), || {
             "hierarchy.sync_period must be at least 1s".into()

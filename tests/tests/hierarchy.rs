@@ -664,7 +664,7 @@ async fn h5_readme_hierarchy_walk_through_runs_as_written() {
         }
         ran += 1;
     }
-    assert_eq!(ran, 15, "every line ran");
+    assert_eq!(ran, 16, "every line ran");
     office.key_seats_become("K-ORG", 10).await;
     let k = hq.key("K-ORG").await.unwrap();
     assert_eq!((k.seats_total, k.seats_leased_out), (50, 30), "{k:?}");
@@ -763,4 +763,101 @@ async fn h7_periodic_relation_renews_early_and_lapses_without_early_renewal() {
     })
     .await;
     eprintln!("periodic: {renewals} renewals in 25 s with a 10 s interval and a 4 s period");
+}
+
+async fn report(server: &ServerProc) -> Vec<outpost_proto::pb::admin::ServerUsage> {
+    match server
+        .admin(Op::Report(
+            outpost_proto::pb::admin::ReportRequest::default(),
+        ))
+        .await
+    {
+        R::Report(r) => r.servers,
+        other => panic!("{other:?}"),
+    }
+}
+
+/// (seats, leased out, active licensed) of `key` in the report of the server at `path`.
+fn usage(
+    rows: &[outpost_proto::pb::admin::ServerUsage],
+    path: &str,
+    key: &str,
+) -> Option<(u32, u32, u32)> {
+    let r = rows.iter().find(|u| u.path == path)?.report.as_ref()?;
+    let k = r.keys.iter().find(|k| k.key_id == key)?;
+    Some((k.seats, k.seats_leased_out, k.active_licensed))
+}
+
+/// H9 (and the device summaries of H4): reports travel up the tree on connect, when a
+/// report arrives from below and when the seats given change — here with a report period of
+/// an hour, so nothing below is periodic.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h9_usage_reports_travel_up_the_tree_on_connect_and_when_seats_change() {
+    init_logs();
+    let auth = Authority::new();
+    let hourly = |c: &mut ServerConfig| {
+        fast(c);
+        c.hierarchy.report_period = Duration::from_secs(3600);
+    };
+    let hq = ServerProc::start(&auth, "hq", hourly).await;
+    let regional = ServerProc::start(&auth, "regional", hourly).await;
+    let office = ServerProc::start(&auth, "office", hourly).await;
+    import(
+        &hq,
+        &issue(&auth, "K-REP", 40, 30 * DAY, AV_FW, false, None),
+    )
+    .await;
+    relate(&hq, &regional).await;
+    relate(&regional, &office).await;
+    let end = outpost_net::unix_now() + 20 * DAY;
+    let lease = hq.give("K-REP", "regional", 20, end).await;
+    regional.key_seats_become("K-REP", 20).await;
+    regional.give("K-REP", "office", 5, end).await;
+    office.key_seats_become("K-REP", 5).await;
+    let _a = agents(&regional, 4).await;
+    let _b = agents(&office, 3).await;
+    // Agents checked in after the last report: a lease change below triggers a new one.
+    until("agents licensed", || async {
+        licensed(&_a, "K-REP") == 4 && licensed(&_b, "K-REP") == 3
+    })
+    .await;
+    let r = hq
+        .admin(Op::LeaseChange(outpost_proto::pb::admin::LeaseChange {
+            lease_id: lease.clone(),
+            seats: 18,
+            end_at: 0,
+        }))
+        .await;
+    assert!(matches!(r, R::Done(_)), "{r:?}");
+    regional.key_seats_become("K-REP", 18).await;
+    // The office's report reaches the head office through the regional server.
+    regional.give("K-REP", "office", 1, end).await;
+    until("the tree's usage at the head office", || async {
+        let rows = report(&hq).await;
+        usage(&rows, "regional", "K-REP") == Some((18, 6, 4))
+            && usage(&rows, "regional/office", "K-REP") == Some((6, 0, 3))
+    })
+    .await;
+    // Lowered to 18: the 2 come back at the head office when the period granted ends.
+    until("the head office's own row", || async {
+        usage(&report(&hq).await, "(this server)", "K-REP") == Some((40, 18, 0))
+    })
+    .await;
+    let rows = report(&hq).await;
+    let office_row = rows.iter().find(|u| u.path == "regional/office").unwrap();
+    let summary = office_row.report.as_ref().unwrap();
+    assert_eq!(
+        (summary.devices, summary.devices_licensed),
+        (3, 3),
+        "{summary:?}"
+    );
+    // The CLI shows the same tree.
+    let data = hq.data.to_string_lossy().into_owned();
+    let (ok, out, err) =
+        run_bin("outpost-server", &["admin", "--data-dir", &data, "report"]).unwrap();
+    assert!(ok, "{err}");
+    assert!(
+        out.contains("regional/office") && out.contains("K-REP"),
+        "{out}"
+    );
 }

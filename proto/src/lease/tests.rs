@@ -423,7 +423,23 @@ fn h4_lease_messages_cross_a_server_link_only_and_bad_ones_are_refused() {
         assert!(e.contains(why), "{e}");
     }
     assert!(RenewRequest::try_from(pb::LeaseRenewal::default()).is_err());
-    let m = crate::Msg::LeaseGrant(wire);
-    assert!(Channel::Peer.opener_may_send(&m) && Channel::Peer.acceptor_may_send(&m));
-    assert!(!Channel::Uplink.opener_may_send(&m) && !Channel::Admin.acceptor_may_send(&m));
+    // Every server-link message goes both ways on a server link (either end may dial), and
+    // nowhere else.
+    for m in [
+        crate::Msg::LeaseGrant(wire),
+        crate::Msg::LeaseRenewal(pb::LeaseRenewal::default()),
+        crate::Msg::LeaseSync(pb::LeaseSync::default()),
+        crate::Msg::UsageReport(crate::pb::admin::UsageReport::default()),
+    ] {
+        assert!(
+            Channel::Peer.opener_may_send(&m) && Channel::Peer.acceptor_may_send(&m),
+            "{m:?}"
+        );
+        for other in [Channel::Uplink, Channel::Admin] {
+            assert!(
+                !other.opener_may_send(&m) && !other.acceptor_may_send(&m),
+                "{m:?}"
+            );
+        }
+    }
 }

@@ -91,6 +91,7 @@ pub fn msg_name(msg: &Msg) -> &'static str {
         Msg::LeaseGrant(_) => "LeaseGrant",
         Msg::LeaseRenewal(_) => "LeaseRenewal",
         Msg::LeaseSync(_) => "LeaseSync",
+        Msg::UsageReport(_) => "UsageReport",
     }
 }
 

@@ -8,8 +8,9 @@ use outpost_proto::error::RefusalCode;
 use outpost_proto::lease::{LeaseGrant, Terms};
 use outpost_proto::licence::key::format_time;
 use outpost_proto::pb::admin::{
-    AdminResponse, LeaseChange, LeaseGive, LeaseInfo, LeaseListResult, LeaseRef, ServerAdd,
-    ServerCert, ServerInfo, ServerListResult, ServerRef, admin_response::Result as R,
+    AdminResponse, LeaseChange, LeaseGive, LeaseInfo, LeaseListResult, LeaseRef, ReportRequest,
+    ReportResult, ServerAdd, ServerCert, ServerInfo, ServerListResult, ServerRef,
+    admin_response::Result as R,
 };
 use outpost_proto::pb::v1 as pb;
 use outpost_proto::pb::v1::envelope::Msg;
@@ -229,4 +230,18 @@ pub(super) async fn list_leases(node: &Node) -> Answer {
             })
             .collect(),
     })))
+}
+
+pub(super) async fn report(node: &Node, r: ReportRequest) -> Answer {
+    let servers = crate::peers::report::tree(node, &r.server).await?;
+    if servers.is_empty() {
+        return Ok(error(
+            RefusalCode::NotFound,
+            format!(
+                "no report from a server named {} (`server list`; reports arrive every hierarchy.report_period)",
+                r.server
+            ),
+        ));
+    }
+    Ok(ok(R::Report(ReportResult { servers })))
 }

@@ -167,6 +167,7 @@ pub async fn handle(node: &Arc<Node>, admin: &str, req: AdminRequest) -> AdminRe
             Op::LeaseChange(c) => hierarchy::change(node, c).await,
             Op::LeaseRevoke(r) => hierarchy::revoke(node, r).await,
             Op::LeaseList(_) => hierarchy::list_leases(node).await,
+            Op::Report(r) => hierarchy::report(node, r).await,
         }
     }
     .instrument(span)

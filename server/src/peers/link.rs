@@ -206,7 +206,15 @@ async fn run(
         asked: HashSet::new(),
         asked_ever: HashSet::new(),
         peer_synced: false,
+        report_due: r.kind == "primary",
+        report_every: node.config().hierarchy.report_period,
     };
+    if r.kind == "primary"
+        && let Ok((secs, _)) = node.store().report_terms(&r.name).await
+        && secs > 0
+    {
+        link.report_every = Duration::from_secs(secs as u64);
+    }
     if periodic {
         // The next contact may be far: ask now for every lease held from the neighbour.
         link.ask_all(&mut ctl).await;
@@ -219,10 +227,14 @@ async fn run(
     for m in pending {
         link.on_message(&mut ctl, m).await;
     }
+    link.report_if_due(&mut ctl).await;
     stream::send_queued(&mut f, &mut ctl).await.map_err(flush)?;
     if exchange_done(&link) {
         return Ok(());
     }
+    let mut next_report = Instant::now() + link.report_every;
+    let mut report_changes = node.peers().report_watch();
+    report_changes.mark_unchanged();
     let mut ticker = tokio::time::interval(tick(node));
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let sync_every = node.config().hierarchy.sync_period;
@@ -240,6 +252,7 @@ async fn run(
                 None => return Ok(()),
             },
             Some(m) = outbox.recv() => ctl.send(m),
+            Ok(()) = report_changes.changed(), if r.kind == "primary" => link.report_due = true,
             _ = ticker.tick() => {
                 let now = outpost_net::unix_now();
                 if link.r.may_receive() {
@@ -255,11 +268,18 @@ async fn run(
                     link.sync(&mut ctl).await;
                     let _ = node.store().touch_server(&r.name, now).await;
                 }
+                if r.kind == "primary" && Instant::now() >= next_report {
+                    link.report_due = true;
+                }
             }
             _ = tokio::time::sleep_until(exchange_deadline), if periodic && opener => {
                 return Err("the periodic exchange did not finish in time".into());
             }
             _ = node.runtime().cancelled() => return Ok(()),
+        }
+        if link.report_due {
+            next_report = Instant::now() + link.report_every;
+            link.report_if_due(&mut ctl).await;
         }
         stream::send_queued(&mut f, &mut ctl).await.map_err(flush)?;
         if exchange_done(&link) {
@@ -279,6 +299,11 @@ struct Link {
     asked_ever: HashSet<String>,
     /// The neighbour's `LeaseSync` arrived.
     peer_synced: bool,
+    /// A usage report is owed to the main server (H9): on connect, each report period, when
+    /// the seats given to this server changed.
+    report_due: bool,
+    /// The report period the main server set (else this server's own setting).
+    report_every: Duration,
 }
 
 impl Link {
@@ -330,6 +355,18 @@ impl Link {
         ctl.send(Msg::LeaseSync(msg));
     }
 
+    /// Sends this server's usage report up when one is owed (H9).
+    async fn report_if_due(&mut self, ctl: &mut Ctl) {
+        if !self.report_due || self.r.kind != "primary" {
+            return;
+        }
+        self.report_due = false;
+        match super::report::make(&self.node).await {
+            Ok(r) => ctl.send(Msg::UsageReport(r)),
+            Err(e) => warn!(error = %e, "usage report not made; next period"),
+        }
+    }
+
     /// Asks for the next grant of every lease held from the neighbour (periodic relations).
     async fn ask_all(&mut self, ctl: &mut Ctl) {
         if !self.r.may_receive() {
@@ -371,7 +408,38 @@ impl Link {
                     Err(e) => warn!(error = %e, "lease renewal request failed"),
                 }
             }
+            Msg::UsageReport(rep) => {
+                if self.r.kind != "secondary" {
+                    return debug!("usage report from a server that is not below this one ignored");
+                }
+                match self
+                    .node
+                    .store()
+                    .store_report(&self.r.name, &rep, now)
+                    .await
+                {
+                    // Passed up with this server's own at once.
+                    Ok(()) => self.node.peers().report_changed(),
+                    Err(e) => warn!(error = %e, "usage report not stored"),
+                }
+            }
             Msg::LeaseSync(s) => {
+                if self.r.kind == "primary" && s.report_period_secs > 0 {
+                    let every = Duration::from_secs(s.report_period_secs);
+                    if every != self.report_every {
+                        self.report_every = every;
+                        let _ = self
+                            .node
+                            .store()
+                            .set_report_terms(
+                                &self.r.name,
+                                s.report_period_secs as i64,
+                                s.active_period_secs as i64,
+                            )
+                            .await;
+                        self.report_due = true;
+                    }
+                }
                 self.on_sync(ctl, s, now).await;
                 if self.r.connection == "periodic" {
                     // Leases first heard of in this sync are renewed in the same exchange.
@@ -407,6 +475,9 @@ impl Link {
             .await
         {
             Ok(changed) => {
+                if changed {
+                    self.node.peers().report_changed();
+                }
                 if changed {
                     info!(lease = %grant.lease_id, key = %grant.key_id, seats = grant.seats,
                         period_end = grant.period_end, "lease grant taken");

@@ -9,6 +9,7 @@
 //! [`Peers::reload`] brings the listener's pins and the diallers in line with the store.
 
 mod link;
+pub mod report;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
@@ -52,6 +53,9 @@ pub struct Peers {
     /// Last state per relation ("connected", "dialling", an error), for `server list`.
     states: Mutex<HashMap<String, String>>,
     dropped: std::sync::atomic::AtomicU64,
+    /// Moves when this server's report changed (a report from below, seats given to it): the
+    /// link to its main server sends a new one (H9).
+    reports: tokio::sync::watch::Sender<u64>,
 }
 
 impl std::fmt::Debug for Peers {
@@ -69,7 +73,17 @@ impl Peers {
             diallers: Mutex::new(BTreeMap::new()),
             states: Mutex::new(HashMap::new()),
             dropped: Default::default(),
+            reports: tokio::sync::watch::Sender::new(0),
         }
+    }
+
+    /// This server's usage report changed: the main server gets a new one now (H9).
+    pub fn report_changed(&self) {
+        self.reports.send_modify(|n| *n += 1);
+    }
+
+    fn report_watch(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.reports.subscribe()
     }
 
     /// Brings the listener's pins and the diallers in line with the relations in the store.

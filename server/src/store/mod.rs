@@ -23,6 +23,7 @@ mod keys;
 mod leases;
 mod notices;
 mod pushes;
+mod reports;
 mod seats;
 mod servers;
 mod tokens;
