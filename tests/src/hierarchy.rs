@@ -251,3 +251,162 @@ pub async fn relate(primary: &ServerProc, secondary: &ServerProc) {
     primary.wait_connected(&secondary.name).await;
     secondary.wait_connected(&primary.name).await;
 }
+
+// Helpers of the hierarchy tests.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+use outpost_proto::pb::admin::{KeyImport, TokenCreate};
+
+use crate::{Agent, run_bin, test_agent_config};
+
+/// Short periods so renewals happen many times in a test.
+pub fn fast(c: &mut ServerConfig) {
+    c.hierarchy.lease_period = Duration::from_secs(6);
+    c.hierarchy.sync_period = Duration::from_secs(2);
+    c.timing.sync_interval = Duration::from_secs(1);
+}
+
+/// Enrolls and starts `n` agents on `server` (directly, no gateway).
+pub async fn agents(server: &ServerProc, n: usize) -> Vec<Agent> {
+    let R::TokenCreated(t) = server
+        .admin(Op::TokenCreate(TokenCreate {
+            role: "agent".into(),
+            uses: n as u32,
+            ttl_secs: 3600,
+            ..Default::default()
+        }))
+        .await
+    else {
+        panic!("token")
+    };
+    let mut out = vec![];
+    for i in 0..n {
+        let name = format!("{}-{i}", server.name);
+        out.push(
+            Agent::start(
+                test_agent_config(vec![], Some(server.addr), &name),
+                &t.token,
+            )
+            .await,
+        );
+    }
+    out
+}
+
+/// How many of `agents` hold an unexpired grant on `key` now.
+pub fn licensed(agents: &[Agent], key: &str) -> usize {
+    let now = outpost_net::unix_now();
+    agents
+        .iter()
+        .filter(|a| {
+            let s = a.h().status().borrow().clone();
+            s.licence.state == "licensed" && s.licence.key == key && s.licence.expires_at > now
+        })
+        .count()
+}
+
+/// Samples every agent's grant on `key` across the tree until stopped; returns the highest
+/// count seen and the number of samples.
+pub fn monitor(
+    all: Arc<Vec<Vec<Agent>>>,
+    key: &'static str,
+    stop: Arc<AtomicBool>,
+) -> tokio::task::JoinHandle<(usize, usize)> {
+    let max = Arc::new(AtomicUsize::new(0));
+    tokio::spawn(async move {
+        let mut samples = 0;
+        while !stop.load(Ordering::Relaxed) {
+            let n: usize = all.iter().map(|level| licensed(level, key)).sum();
+            max.fetch_max(n, Ordering::Relaxed);
+            samples += 1;
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        (max.load(Ordering::Relaxed), samples)
+    })
+}
+
+/// Imports `key` on `server`, assigned to everyone.
+pub async fn import(server: &ServerProc, key: &outpost_proto::licence::LicenceKey) {
+    let r = server
+        .admin(Op::KeyImport(KeyImport {
+            file_name: format!("{}.key", key.body.key_id),
+            content: key.file.clone(),
+            assign_everyone: true,
+            ..Default::default()
+        }))
+        .await;
+    assert!(matches!(r, R::KeyImport(_)), "{r:?}");
+}
+
+/// Runs `outpost-server admin --data-dir <its data> ARGS` and returns its output; panics on failure.
+pub fn cli(server: &ServerProc, args: &[&str]) -> String {
+    let data = server.data.to_string_lossy().into_owned();
+    let mut all = vec!["admin", "--data-dir", data.as_str()];
+    all.extend_from_slice(args);
+    let (ok, out, err) = run_bin("outpost-server", &all).expect("run outpost-server admin");
+    assert!(ok, "outpost-server {all:?} failed: {err}");
+    out
+}
+
+/// Rewrites the receiver's record of a lease while it is stopped (a damaged or forged
+/// database): it claims `seats` where fewer were given.
+pub async fn forge(server: &ServerProc, key: &str, seats: i64) {
+    use sqlx::Connection;
+    let url = format!("sqlite://{}", server.data.join("outpost.db").display());
+    let mut db = sqlx::SqliteConnection::connect(&url).await.unwrap();
+    sqlx::query("UPDATE leases_received SET seats = $1 WHERE key_id = $2")
+        .bind(seats)
+        .bind(key)
+        .execute(&mut db)
+        .await
+        .unwrap();
+    sqlx::query("UPDATE licence_keys SET seats = $1 WHERE id = $2")
+        .bind(seats)
+        .bind(key)
+        .execute(&mut db)
+        .await
+        .unwrap();
+    db.close().await.unwrap();
+}
+
+/// The messages of the notifications of `kind` on `server`, newest first.
+pub async fn notified(server: &ServerProc, kind: &str) -> Vec<String> {
+    match server
+        .admin(Op::NotificationList(
+            outpost_proto::pb::admin::NotificationList {
+                kind: kind.into(),
+                limit: 50,
+            },
+        ))
+        .await
+    {
+        R::Notifications(n) => n.notifications.into_iter().map(|n| n.message).collect(),
+        other => panic!("{other:?}"),
+    }
+}
+
+/// `admin report` on `server`.
+pub async fn report(server: &ServerProc) -> Vec<outpost_proto::pb::admin::ServerUsage> {
+    match server
+        .admin(Op::Report(
+            outpost_proto::pb::admin::ReportRequest::default(),
+        ))
+        .await
+    {
+        R::Report(r) => r.servers,
+        other => panic!("{other:?}"),
+    }
+}
+
+/// (seats, leased out, active licensed) of `key` in the report of the server at `path`.
+pub fn usage(
+    rows: &[outpost_proto::pb::admin::ServerUsage],
+    path: &str,
+    key: &str,
+) -> Option<(u32, u32, u32)> {
+    let r = rows.iter().find(|u| u.path == path)?.report.as_ref()?;
+    let k = r.keys.iter().find(|k| k.key_id == key)?;
+    Some((k.seats, k.seats_leased_out, k.active_licensed))
+}

@@ -25,7 +25,7 @@ use tracing::{Instrument, debug, info, info_span, warn};
 use crate::node::Node;
 use crate::store::{ServerRow, StoreError};
 
-enum Ctl {
+pub(super) enum Ctl {
     Open(Opener),
     Accept(Acceptor),
 }
@@ -68,7 +68,7 @@ impl Ctl {
         Ok((out, up))
     }
 
-    fn send(&mut self, m: Msg) {
+    pub(super) fn send(&mut self, m: Msg) {
         let r = match self {
             Ctl::Open(o) => o.send(m),
             Ctl::Accept(a) => a.send(m),
@@ -288,22 +288,22 @@ async fn run(
     }
 }
 
-struct Link {
-    node: Arc<Node>,
-    r: ServerRow,
+pub(super) struct Link {
+    pub(super) node: Arc<Node>,
+    pub(super) r: ServerRow,
     /// Key files sent on this link, by key id.
-    files: HashMap<String, String>,
+    pub(super) files: HashMap<String, String>,
     /// Leases this side asked to renew and has no answer for yet.
-    asked: HashSet<String>,
+    pub(super) asked: HashSet<String>,
     /// Leases asked for during this connection (a periodic exchange asks once per lease).
-    asked_ever: HashSet<String>,
+    pub(super) asked_ever: HashSet<String>,
     /// The neighbour's `LeaseSync` arrived.
-    peer_synced: bool,
+    pub(super) peer_synced: bool,
     /// A usage report is owed to the main server (H9): on connect, each report period, when
     /// the seats given to this server changed.
-    report_due: bool,
+    pub(super) report_due: bool,
     /// The report period the main server set (else this server's own setting).
-    report_every: Duration,
+    pub(super) report_every: Duration,
 }
 
 impl Link {
@@ -324,7 +324,7 @@ impl Link {
         }
     }
 
-    async fn wire(&mut self, g: &LeaseGrant) -> pb::LeaseGrant {
+    pub(super) async fn wire(&mut self, g: &LeaseGrant) -> pb::LeaseGrant {
         let mut m = pb::LeaseGrant::from(g);
         m.key_file = self.key_file(&g.key_id).await;
         m
@@ -336,7 +336,7 @@ impl Link {
     }
 
     /// Both lists, as this side sees them (H8).
-    async fn sync(&mut self, ctl: &mut Ctl) {
+    pub(super) async fn sync(&mut self, ctl: &mut Ctl) {
         let now = outpost_net::unix_now();
         let store = self.node.store().clone();
         let given = match store.given_grants(&self.r.name, now).await {
@@ -455,7 +455,12 @@ impl Link {
     }
 
     /// A grant from the neighbour: verified, then taken (H5; `overrule`: H8).
-    async fn take(&mut self, m: pb::LeaseGrant, overrule: bool, now: i64) -> Result<bool, ()> {
+    pub(super) async fn take(
+        &mut self,
+        m: pb::LeaseGrant,
+        overrule: bool,
+        now: i64,
+    ) -> Result<bool, ()> {
         if !self.r.may_receive() {
             warn!(lease = %m.lease_id, "{} offered seats but this server does not receive licences from it (H2); ignored", self.r.name);
             return Err(());
@@ -489,108 +494,6 @@ impl Link {
                 Err(())
             }
         }
-    }
-
-    async fn on_sync(&mut self, ctl: &mut Ctl, s: pb::LeaseSync, now: i64) {
-        let store = self.node.store().clone();
-        // The neighbour's leases to this server: its figures win.
-        if self.r.may_receive() {
-            let mine = store
-                .received_grants(&self.r.name)
-                .await
-                .unwrap_or_default();
-            let listed: Vec<String> = s.given.iter().map(|g| g.lease_id.clone()).collect();
-            for m in s.given {
-                let Ok(theirs) = LeaseGrant::try_from(m.clone()) else {
-                    continue;
-                };
-                match mine.iter().find(|x| x.lease_id == theirs.lease_id) {
-                    Some(held) if theirs.seq <= held.seq && *held != theirs => {
-                        self.mismatch(&theirs, held.seats, theirs.seats).await;
-                        let _ = self.take(m, true, now).await;
-                    }
-                    _ => {
-                        let _ = self.take(m, false, now).await;
-                    }
-                }
-            }
-            match store
-                .drop_unlisted_received(&self.r.name, &listed, now)
-                .await
-            {
-                Ok(gone) => {
-                    for id in gone {
-                        let _ = store
-                            .notify(
-                                "lease-sync-mismatch",
-                                None,
-                                &format!("lease {id} from {} is not given any more by it; its seats were dropped here (the giver's figure wins)", self.r.name),
-                                serde_json::json!({ "server": self.r.name, "lease": id }),
-                            )
-                            .await;
-                    }
-                }
-                Err(e) => warn!(error = %e, "lease sync: dropping unlisted leases failed"),
-            }
-        }
-        // What the neighbour says it holds from this server.
-        if self.r.may_give() && !s.received.is_empty() {
-            let given = match store.given_grants(&self.r.name, now).await {
-                Ok(g) => g,
-                Err(e) => return warn!(error = %e, "lease sync skipped"),
-            };
-            let mut answer = false;
-            for m in s.received {
-                let Ok(theirs) = LeaseGrant::try_from(m) else {
-                    continue;
-                };
-                match given.iter().find(|g| g.lease_id == theirs.lease_id) {
-                    Some(g)
-                        if theirs.seq > g.seq
-                            || (theirs.seq == g.seq
-                                && (theirs.seats != g.seats
-                                    || theirs.period_end != g.period_end)) =>
-                    {
-                        self.mismatch(g, g.seats, theirs.seats).await;
-                        answer = true;
-                    }
-                    Some(g) if theirs.seq < g.seq => answer = true,
-                    Some(_) => {}
-                    None if theirs.period_end > now && theirs.seats > 0 => {
-                        let gone = LeaseGrant {
-                            seats: 0,
-                            ..theirs.clone()
-                        };
-                        self.mismatch(&gone, 0, theirs.seats).await;
-                        answer = true;
-                    }
-                    None => {}
-                }
-            }
-            if answer {
-                self.sync(ctl).await;
-            }
-        }
-    }
-
-    async fn mismatch(&self, g: &LeaseGrant, giver: u32, receiver: u32) {
-        warn!(lease = %g.lease_id, giver, receiver, "lease figures differ (H8); the giver's figure wins");
-        let _ = self
-            .node
-            .store()
-            .notify(
-                "lease-sync-mismatch",
-                Some(&g.key_id),
-                &format!(
-                    "lease {} of key {} with server {}: the giver says {giver} seat(s), the receiver {receiver}; the giver's figure wins",
-                    g.lease_id, g.key_id, self.r.name
-                ),
-                serde_json::json!({
-                    "server": self.r.name, "lease": g.lease_id, "key": g.key_id,
-                    "giver_seats": giver, "receiver_seats": receiver,
-                }),
-            )
-            .await;
     }
 }
 

@@ -10,6 +10,7 @@
 
 mod link;
 pub mod report;
+mod sync;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
