@@ -130,7 +130,9 @@ impl fmt::Display for LeaseError {
             LeaseError::EndInPast => write!(f, "the end date must be in the future"),
             LeaseError::EndTooLate { end_at, limit } => write!(
                 f,
-                "end date {end_at} is after {limit}, the latest the key (or this server's own lease) allows"
+                "end date {} is after {}, the latest the key (or this server's own lease) allows",
+                crate::licence::key::format_time(*end_at),
+                crate::licence::key::format_time(*limit)
             ),
             LeaseError::BadPeriod => write!(f, "the auto-renewal period must be at least 1 second"),
             LeaseError::Over => write!(f, "the lease was revoked or has ended; give a new one"),

@@ -2,12 +2,14 @@
 //! nftables NAT with a short UDP timeout, link outages, loss and delay, process crashes
 //! (T3, T4, T5, T6, T7, P3). The real binaries run inside the namespaces.
 //!
-//! One module per concern: [`nat`] (T3, T4, T5), [`outages`] (T6, P3), [`lossy`] (T7).
+//! One module per concern: [`nat`] (T3, T4, T5), [`outages`] (T6, P3), [`lossy`] (T7),
+//! [`hierarchy`] (a server link through the NAT, H3).
 //!
 //! These tests need root; without it each prints why it is skipped. Set
 //! `OUTPOST_BED_LOG=debug` for verbose process logs (kept in the bed's directory while it
 //! runs).
 
+mod hierarchy;
 mod lossy;
 mod nat;
 mod outages;

@@ -13,6 +13,10 @@ pub(crate) enum ChildCmd {
     /// write how many held their first uplink throughout to `<list>.held`.
     #[command(hide = true, name = "child-gateways")]
     Gateways { list: PathBuf, server: String },
+    /// Run many servers (data directories listed one per line) until stdin closes; write how
+    /// many held their leased seat throughout to `<list>.held`.
+    #[command(hide = true, name = "child-secondaries")]
+    Secondaries { list: PathBuf },
     /// Run a server on an initialised data directory.
     #[command(hide = true, name = "child-server")]
     Server { data: PathBuf },
@@ -74,6 +78,7 @@ pub(crate) async fn run_child(c: ChildCmd) -> anyhow::Result<()> {
                 g.shutdown().await;
             }
         }
+        ChildCmd::Secondaries { list } => crate::leases::run_secondaries(&list).await?,
         ChildCmd::Server { data } => {
             let s = outpost_server::start(outpost_server::DataDir::new(&data)).await?;
             println!("READY {}", s.addr());

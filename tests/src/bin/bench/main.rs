@@ -9,12 +9,14 @@
 mod agents;
 mod child;
 mod latency;
+mod leases;
 mod seats;
 mod uplinks;
 
 use agents::{connect_storm_and_push, idle_memory};
 use child::{ChildCmd, run_child};
 use latency::connect_latency;
+use leases::leases_held;
 use seats::seat_checks;
 use uplinks::uplinks_held;
 
@@ -40,7 +42,7 @@ struct Cli {
     /// Small sizes, for a smoke test.
     #[arg(long)]
     quick: bool,
-    /// Only these scenarios (comma-separated): connect_storm, push_fanout, connect_latency, idle_memory, seat_checks, uplinks.
+    /// Only these scenarios (comma-separated): connect_storm, push_fanout, connect_latency, idle_memory, seat_checks, uplinks, leases.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// Agents for connect_storm and push_fanout.
@@ -55,6 +57,9 @@ struct Cli {
     /// Gateway uplinks for uplinks.
     #[arg(long)]
     uplinks: Option<usize>,
+    /// Secondary servers for leases.
+    #[arg(long)]
+    secondaries: Option<usize>,
     /// Results file.
     #[arg(long)]
     out: Option<PathBuf>,
@@ -82,6 +87,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let idle = cli.idle_agents.unwrap_or(if q { 300 } else { 10_000 });
     let seats = cli.seats.unwrap_or(if q { 500 } else { 5000 });
     let uplinks = cli.uplinks.unwrap_or(if q { 50 } else { 10_000 });
+    let secondaries = cli.secondaries.unwrap_or(if q { 20 } else { 500 });
     let want = |n: &str| cli.only.is_empty() || cli.only.iter().any(|o| o == n);
     let mut rows = vec![];
     println!(
@@ -117,6 +123,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     }
     if want("uplinks") {
         let r = uplinks_held(uplinks, if q { 5 } else { 20 }).await?;
+        println!("{}", one(&r));
+        rows.push(r);
+    }
+    if want("leases") {
+        let r = leases_held(secondaries, if q { 12 } else { 30 }).await?;
         println!("{}", one(&r));
         rows.push(r);
     }
