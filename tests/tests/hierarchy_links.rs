@@ -186,6 +186,31 @@ async fn h8_a_receiver_claiming_more_seats_than_given_is_notified_and_the_givers
     );
     let hq_key = hq.key("K-SYNC").await.unwrap();
     assert_eq!(hq_key.seats_leased_out, 12, "{hq_key:?}");
+
+    // Ending the relation: refused while the lease holds seats; revoked, the seats come back
+    // at the end of the period granted (notified), then the relation goes and its link ends.
+    let remove = Op::ServerRemove(outpost_proto::pb::admin::ServerRef {
+        name: "regional".into(),
+    });
+    let e = hq.admin_refused(remove.clone()).await;
+    assert!(e.contains("still holds 12 seat(s)"), "{e}");
+    let lease = hq.leases().await[0].lease_id.clone();
+    hq.admin(Op::LeaseRevoke(outpost_proto::pb::admin::LeaseRef {
+        lease_id: lease,
+    }))
+    .await;
+    until("the revoked seats back", || async {
+        hq.key("K-SYNC").await.unwrap().seats_leased_out == 0
+    })
+    .await;
+    assert!(!notified(&hq, "lease-returned").await.is_empty());
+    regional.key_seats_become("K-SYNC", 0).await;
+    hq.admin(remove).await;
+    until("the link ended at the regional server", || async {
+        regional.servers().await[0].state != "connected"
+    })
+    .await;
+    assert!(hq.servers().await.is_empty());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

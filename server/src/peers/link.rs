@@ -183,7 +183,7 @@ async fn run(
         }
     }
     let id = conn.stable_id() as u64;
-    let mut outbox = node.peers().attach(&r.name, id);
+    let (mut outbox, ended) = node.peers().attach(&r.name, id);
     info!(remote = %conn.remote_address(), "server link up");
     let now = outpost_net::unix_now();
     let periodic = r.connection == "periodic";
@@ -276,6 +276,14 @@ async fn run(
                 return Err("the periodic exchange did not finish in time".into());
             }
             _ = node.runtime().cancelled() => return Ok(()),
+            _ = ended.cancelled() => {
+                let bye = outpost_proto::error::Refused::new(
+                    outpost_proto::error::RefusalCode::ShuttingDown,
+                    "the relation was removed or replaced by a newer link",
+                );
+                outpost_net::refuse::close(conn, &bye);
+                return Err("relation removed or link replaced".into());
+            }
         }
         if link.report_due {
             next_report = Instant::now() + link.report_every;

@@ -39,6 +39,8 @@ const LINK_QUEUE: usize = 256;
 struct Live {
     id: u64,
     tx: mpsc::Sender<Msg>,
+    /// Ends the link (its relation was removed, or a newer link replaced it).
+    stop: CancellationToken,
 }
 
 struct Dialler {
@@ -129,10 +131,13 @@ impl Peers {
         drop(diallers);
         // Links of relations that are gone end now.
         let names: Vec<&str> = relations.iter().map(|r| r.name.as_str()).collect();
-        self.live
-            .lock()
-            .expect("peers lock")
-            .retain(|name, _| names.contains(&name.as_str()));
+        self.live.lock().expect("peers lock").retain(|name, l| {
+            let keep = names.contains(&name.as_str());
+            if !keep {
+                l.stop.cancel();
+            }
+            keep
+        });
         Ok(())
     }
 
@@ -188,14 +193,23 @@ impl Peers {
             .insert(name.to_owned(), s);
     }
 
-    /// Registers a link that came up; a second link for the same relation replaces the first.
-    fn attach(&self, name: &str, id: u64) -> mpsc::Receiver<Msg> {
+    /// Registers a link that came up; a second link for the same relation replaces the first,
+    /// which ends. Returns its outbox and what ends it.
+    fn attach(&self, name: &str, id: u64) -> (mpsc::Receiver<Msg>, CancellationToken) {
         let (tx, rx) = mpsc::channel(LINK_QUEUE);
-        self.live
-            .lock()
-            .expect("peers lock")
-            .insert(name.to_owned(), Live { id, tx });
-        rx
+        let stop = CancellationToken::new();
+        let old = self.live.lock().expect("peers lock").insert(
+            name.to_owned(),
+            Live {
+                id,
+                tx,
+                stop: stop.clone(),
+            },
+        );
+        if let Some(old) = old {
+            old.stop.cancel();
+        }
+        (rx, stop)
     }
 
     fn detach(&self, name: &str, id: u64, why: String) {
