@@ -253,6 +253,7 @@ pub fn client_config(
                 pin: *hash,
                 provider: provider.clone(),
                 leaf: false,
+                relation: None,
             })),
         Trust::PinnedLeaf(hash) => builder
             .dangerous()
@@ -260,13 +261,15 @@ pub fn client_config(
                 pin: *hash,
                 provider: provider.clone(),
                 leaf: true,
+                relation: None,
             })),
         Trust::PinnedServer { pin, relation } => builder
             .dangerous()
-            .with_custom_certificate_verifier(Arc::new(PinnedServerVerifier {
+            .with_custom_certificate_verifier(Arc::new(PinnedCaVerifier {
                 pin: *pin,
-                relation: relation.clone(),
                 provider: provider.clone(),
+                leaf: true,
+                relation: Some(relation.clone()),
             })),
     };
     let mut cfg = match identity {
@@ -275,69 +278,6 @@ pub fn client_config(
     };
     cfg.alpn_protocols = alpn.iter().map(|a| a.to_vec()).collect();
     Ok(cfg)
-}
-
-/// Verifies a neighbour server by its pinned link certificate (H1).
-#[derive(Debug)]
-struct PinnedServerVerifier {
-    pin: [u8; 32],
-    relation: String,
-    provider: Arc<CryptoProvider>,
-}
-
-impl ServerCertVerifier for PinnedServerVerifier {
-    fn verify_server_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        let got = fingerprint(end_entity);
-        if got == self.pin {
-            return Ok(ServerCertVerified::assertion());
-        }
-        Err(rustls::Error::General(format!(
-            "server {} presented link certificate sha256 {} but sha256 {} is pinned for it: \
-             another server answers at that address, or it was re-installed (export its \
-             certificate again and re-add the relation)",
-            self.relation,
-            super::hex(&got),
-            super::hex(&self.pin)
-        )))
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        _message: &[u8],
-        _cert: &CertificateDer<'_>,
-        _dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        Err(rustls::Error::PeerIncompatible(
-            rustls::PeerIncompatible::Tls12NotOffered,
-        ))
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider
-            .signature_verification_algorithms
-            .supported_schemes()
-    }
 }
 
 /// Verifies a server whose CA is known only by hash (enrollment). Not a weakening: the chain
@@ -349,6 +289,8 @@ struct PinnedCaVerifier {
     /// Pin the end-entity certificate itself (the handshake signature still proves the peer
     /// holds its key).
     leaf: bool,
+    /// A neighbour server's link certificate (H1): the relation's name, for the message.
+    relation: Option<String>,
 }
 
 impl ServerCertVerifier for PinnedCaVerifier {
@@ -361,12 +303,19 @@ impl ServerCertVerifier for PinnedCaVerifier {
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
         if self.leaf {
-            return if fingerprint(end_entity) == self.pin {
-                Ok(ServerCertVerified::assertion())
-            } else {
-                Err(rustls::Error::General(
+            let got = fingerprint(end_entity);
+            return match &self.relation {
+                _ if got == self.pin => Ok(ServerCertVerified::assertion()),
+                Some(relation) => Err(rustls::Error::General(format!(
+                    "server {relation} presented link certificate sha256 {} but sha256 {} is \
+                     pinned for it: another server answers at that address, or it was \
+                     re-installed (export its certificate again and re-add the relation)",
+                    super::hex(&got),
+                    super::hex(&self.pin)
+                ))),
+                None => Err(rustls::Error::General(
                     "the licence authority's certificate does not match licensing.authority_tls_sha256".to_owned(),
-                ))
+                )),
             };
         }
         let ca = intermediates

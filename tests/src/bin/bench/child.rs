@@ -161,3 +161,24 @@ pub(crate) fn spawn_wrapped(args: &[&str], wrapper: Option<&str>) -> anyhow::Res
         }
     }
 }
+
+/// Closes the stdin of children that run many simulated nodes and sums what each wrote to
+/// `<list>.held`: how many held their link (or seat) throughout.
+pub(crate) async fn collect_held(procs: &mut [Proc], lists: &[PathBuf]) -> anyhow::Result<usize> {
+    for p in procs.iter_mut() {
+        drop(p.child.stdin.take());
+    }
+    let mut held = 0usize;
+    for l in lists {
+        let f = l.with_extension("held");
+        let t0 = Instant::now();
+        while !f.exists() && t0.elapsed() < Duration::from_secs(120) {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        held += std::fs::read_to_string(&f)
+            .with_context(|| format!("{} not written", f.display()))?
+            .trim()
+            .parse::<usize>()?;
+    }
+    Ok(held)
+}

@@ -138,23 +138,8 @@ pub(crate) async fn leases_held(n: usize, window_secs: u64) -> anyhow::Result<Sc
         .into_iter()
         .find(|k| k.key_id == "K-LEASES")
         .context("key")?;
-    // Closing their stdin makes the children report how many secondaries held their seat at
-    // every sample since they first had it.
-    for p in &mut procs {
-        drop(p.child.stdin.take());
-    }
-    let mut held = 0usize;
-    for l in &lists {
-        let f = l.with_extension("held");
-        let t0 = Instant::now();
-        while !f.exists() && t0.elapsed() < Duration::from_secs(120) {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        held += std::fs::read_to_string(&f)
-            .with_context(|| format!("{} not written", f.display()))?
-            .trim()
-            .parse::<usize>()?;
-    }
+    // Closing their stdin makes the children report how many held throughout.
+    let held = child::collect_held(&mut procs, &lists).await?;
     drop(procs);
     drop(srv);
     let exact = k.seats_leased_out as usize == n && k.seats_used == 0;

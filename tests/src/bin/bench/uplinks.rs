@@ -90,22 +90,8 @@ pub(crate) async fn uplinks_held(n: usize, window_secs: u64) -> anyhow::Result<S
     let R::ServerStatus(st) = admin.request(Op::ServerStatus(Default::default())).await? else {
         anyhow::bail!("status")
     };
-    // Closing their stdin makes the children report how many uplinks held throughout.
-    for p in &mut procs {
-        drop(p.child.stdin.take());
-    }
-    let mut held = 0usize;
-    for l in &lists {
-        let f = l.with_extension("held");
-        let t0 = Instant::now();
-        while !f.exists() && t0.elapsed() < Duration::from_secs(60) {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        held += std::fs::read_to_string(&f)
-            .with_context(|| format!("{} not written", f.display()))?
-            .trim()
-            .parse::<usize>()?;
-    }
+    // Closing their stdin makes the children report how many held throughout.
+    let held = child::collect_held(&mut procs, &lists).await?;
     drop(procs);
     drop(srv);
     let per_uplink_kib = rss_after.saturating_sub(rss_before) as f64 / n as f64;
