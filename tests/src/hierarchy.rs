@@ -261,9 +261,20 @@ use outpost_proto::pb::admin::{KeyImport, TokenCreate};
 
 use crate::{Agent, run_bin, test_agent_config};
 
+/// The auto-renewal period of the hierarchy tests: short, so renewals happen many times in a
+/// test, with room for a loaded 2-core machine (a renewal is asked for half-way through).
+pub const PERIOD: Duration = Duration::from_secs(8);
+
+/// Hierarchy tests start three to five server processes and dozens of agents each; they run
+/// one at a time (within a test binary) so that none misses a renewal for want of CPU.
+pub async fn one_at_a_time() -> tokio::sync::MutexGuard<'static, ()> {
+    static LOCK: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+    LOCK.lock().await
+}
+
 /// Short periods so renewals happen many times in a test.
 pub fn fast(c: &mut ServerConfig) {
-    c.hierarchy.lease_period = Duration::from_secs(6);
+    c.hierarchy.lease_period = PERIOD;
     c.hierarchy.sync_period = Duration::from_secs(2);
     c.timing.sync_interval = Duration::from_secs(1);
 }

@@ -12,6 +12,7 @@ use outpost_tests::{Authority, init_logs, until};
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn h1_offline_addition_with_certificate_files_dmz_direction_and_wrong_certificates_refused() {
     init_logs();
+    let _serial = one_at_a_time().await;
     let auth = Authority::new();
     let hq = ServerProc::start(&auth, "hq", fast).await;
     let dmz = ServerProc::start(&auth, "dmz", fast).await;
@@ -154,6 +155,7 @@ async fn h1_offline_addition_with_certificate_files_dmz_direction_and_wrong_cert
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn h8_a_receiver_claiming_more_seats_than_given_is_notified_and_the_givers_figure_wins() {
     init_logs();
+    let _serial = one_at_a_time().await;
     let auth = Authority::new();
     let hq = ServerProc::start(&auth, "hq", fast).await;
     let mut regional = ServerProc::start(&auth, "regional", fast).await;
@@ -216,6 +218,7 @@ async fn h8_a_receiver_claiming_more_seats_than_given_is_notified_and_the_givers
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn h2_peers_transfer_seats_only_where_the_sender_sends_and_the_receiver_receives() {
     init_logs();
+    let _serial = one_at_a_time().await;
     let auth = Authority::new();
     let a = ServerProc::start(&auth, "a", fast).await;
     import(
@@ -292,21 +295,22 @@ async fn h2_peers_transfer_seats_only_where_the_sender_sends_and_the_receiver_re
     );
 }
 
-/// H3 + H7: a periodic relation whose interval (10 s) is longer than the lease period (4 s).
-/// With early renewal (2 s) the receiver connects before each lease runs out and its agents
+/// H3 + H7: a periodic relation whose interval (15 s) is longer than the lease period (6 s).
+/// With early renewal (3 s) the receiver connects before each lease runs out and its agents
 /// stay licensed; with early renewal off the lease lapses between contacts.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn h7_periodic_relation_renews_early_and_lapses_without_early_renewal() {
     init_logs();
+    let _serial = one_at_a_time().await;
     let auth = Authority::new();
     let hq = ServerProc::start(&auth, "hq", |c| {
         fast(c);
-        c.hierarchy.lease_period = Duration::from_secs(4);
+        c.hierarchy.lease_period = Duration::from_secs(6);
     })
     .await;
     let mut regional = ServerProc::start(&auth, "regional", |c| {
         fast(c);
-        c.hierarchy.early_renewal = Duration::from_secs(2);
+        c.hierarchy.early_renewal = Duration::from_secs(3);
     })
     .await;
     import(
@@ -330,7 +334,7 @@ async fn h7_periodic_relation_renews_early_and_lapses_without_early_renewal() {
             cert_pem: hq_pem,
             address: hq.addr.to_string(),
             dial: true,
-            periodic_secs: 10,
+            periodic_secs: 15,
             ..Default::default()
         }))
         .await;
@@ -349,11 +353,11 @@ async fn h7_periodic_relation_renews_early_and_lapses_without_early_renewal() {
     .await;
     let state = regional.servers().await[0].state.clone();
     assert!(state.contains("periodic: next contact"), "{state}");
-    // 25 s: two and a half intervals, six periods. Never a gap.
+    // 30 s: two intervals, five periods. Never a gap.
     let seq = |ls: Vec<outpost_proto::pb::admin::LeaseInfo>| ls[0].seq;
     let first = seq(hq.leases().await);
     let started = std::time::Instant::now();
-    while started.elapsed() < Duration::from_secs(25) {
+    while started.elapsed() < Duration::from_secs(30) {
         assert_eq!(
             licensed(&agents, "K-PERIODIC"),
             3,
@@ -377,5 +381,5 @@ async fn h7_periodic_relation_renews_early_and_lapses_without_early_renewal() {
         hq.key("K-PERIODIC").await.unwrap().seats_leased_out == 0
     })
     .await;
-    eprintln!("periodic: {renewals} renewals in 25 s with a 10 s interval and a 4 s period");
+    eprintln!("periodic: {renewals} renewals in 30 s with a 15 s interval and a 6 s period");
 }
