@@ -87,6 +87,8 @@ impl Channel {
                         | Msg::LeaseRenewal(_)
                         | Msg::LeaseSync(_)
                         | Msg::UsageReport(_)
+                        | Msg::NoticesUp(_)
+                        | Msg::NoticesAck(_)
                 )
         )
     }
@@ -103,7 +105,12 @@ impl Channel {
                 // and report (a secondary dialled by its primary in a DMZ).
                 | (
                     Channel::Peer,
-                    Msg::LeaseGrant(_) | Msg::LeaseRenewal(_) | Msg::LeaseSync(_) | Msg::UsageReport(_)
+                    Msg::LeaseGrant(_)
+                        | Msg::LeaseRenewal(_)
+                        | Msg::LeaseSync(_)
+                        | Msg::UsageReport(_)
+                        | Msg::NoticesUp(_)
+                        | Msg::NoticesAck(_)
                 )
         )
     }

@@ -301,9 +301,10 @@ async fn h5_readme_hierarchy_walk_through_runs_as_written() {
     );
 }
 
-/// H9 (and the device summaries of H4): reports travel up the tree on connect, when a
-/// report arrives from below and when the seats given change — here with a report period of
-/// an hour, so nothing below is periodic.
+/// H9 (and the device summaries and notifications of H4): reports travel up the tree on
+/// connect, when a report arrives from below and when the seats given change — here with a
+/// report period of an hour, so nothing below is periodic; notifications follow, tagged with
+/// the server they come from.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn h9_usage_reports_travel_up_the_tree_on_connect_and_when_seats_change() {
     init_logs();
@@ -374,4 +375,20 @@ async fn h9_usage_reports_travel_up_the_tree_on_connect_and_when_seats_change() 
         out.contains("regional/office") && out.contains("K-REP"),
         "{out}"
     );
+
+    // H4: notifications travel up too, tagged with the path they came along — here the
+    // office's own "regional is online", relayed by the regional server to the head office.
+    until("the office's notification at the head office", || async {
+        notified(&hq, "neighbour-online")
+            .await
+            .iter()
+            .any(|m| m == "[regional/office] server regional is online")
+    })
+    .await;
+    let once = notified(&hq, "neighbour-online")
+        .await
+        .iter()
+        .filter(|m| m.starts_with("[regional/office]"))
+        .count();
+    assert_eq!(once, 1, "stored once");
 }

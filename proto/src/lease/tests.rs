@@ -430,6 +430,8 @@ fn h4_lease_messages_cross_a_server_link_only_and_bad_ones_are_refused() {
         crate::Msg::LeaseRenewal(pb::LeaseRenewal::default()),
         crate::Msg::LeaseSync(pb::LeaseSync::default()),
         crate::Msg::UsageReport(crate::pb::admin::UsageReport::default()),
+        crate::Msg::NoticesUp(pb::NoticesUp::default()),
+        crate::Msg::NoticesAck(pb::NoticesAck::default()),
     ] {
         assert!(
             Channel::Peer.opener_may_send(&m) && Channel::Peer.acceptor_may_send(&m),

@@ -92,6 +92,8 @@ pub fn msg_name(msg: &Msg) -> &'static str {
         Msg::LeaseRenewal(_) => "LeaseRenewal",
         Msg::LeaseSync(_) => "LeaseSync",
         Msg::UsageReport(_) => "UsageReport",
+        Msg::NoticesUp(_) => "NoticesUp",
+        Msg::NoticesAck(_) => "NoticesAck",
     }
 }
 

@@ -208,6 +208,7 @@ async fn run(
         peer_synced: false,
         report_due: r.kind == "primary",
         report_every: node.config().hierarchy.report_period,
+        notices_in_flight: None,
     };
     if r.kind == "primary"
         && let Ok((secs, _)) = node.store().report_terms(&r.name).await
@@ -228,6 +229,7 @@ async fn run(
         link.on_message(&mut ctl, m).await;
     }
     link.report_if_due(&mut ctl).await;
+    link.relay_notices(&mut ctl).await;
     stream::send_queued(&mut f, &mut ctl).await.map_err(flush)?;
     if exchange_done(&link) {
         return Ok(());
@@ -271,6 +273,7 @@ async fn run(
                 if r.kind == "primary" && Instant::now() >= next_report {
                     link.report_due = true;
                 }
+                link.relay_notices(&mut ctl).await;
             }
             _ = tokio::time::sleep_until(exchange_deadline), if periodic && opener => {
                 return Err("the periodic exchange did not finish in time".into());
@@ -312,6 +315,9 @@ pub(super) struct Link {
     pub(super) report_due: bool,
     /// The report period the main server set (else this server's own setting).
     pub(super) report_every: Duration,
+    /// When a batch of notifications went up whose acknowledgement has not come back (H4);
+    /// sent again after a while (the main server may have failed to store it).
+    pub(super) notices_in_flight: Option<Instant>,
 }
 
 impl Link {
@@ -361,6 +367,28 @@ impl Link {
         }
         msg.received = received.iter().map(pb::LeaseGrant::from).collect();
         ctl.send(Msg::LeaseSync(msg));
+    }
+
+    /// Sends the next batch of notifications up to the main server (H4), unless one is on its
+    /// way: oldest first after the last acknowledged, so none is lost across reconnects and a
+    /// batch sent twice is stored once.
+    async fn relay_notices(&mut self, ctl: &mut Ctl) {
+        let waiting = self
+            .notices_in_flight
+            .is_some_and(|t| t.elapsed() < Duration::from_secs(30));
+        if self.r.kind != "primary" || waiting {
+            return;
+        }
+        match self.node.store().notices_to_relay(&self.r.name, 100).await {
+            Ok(batch) if !batch.is_empty() => {
+                self.notices_in_flight = Some(Instant::now());
+                ctl.send(Msg::NoticesUp(pb::NoticesUp {
+                    notices: batch.iter().map(pb::NoticeUp::from).collect(),
+                }));
+            }
+            Ok(_) => {}
+            Err(e) => warn!(error = %e, "notifications not relayed; next tick"),
+        }
     }
 
     /// Sends this server's usage report up when one is owed (H9).
@@ -414,6 +442,47 @@ impl Link {
                     Ok(Some(g)) => self.send_grant(ctl, &g).await,
                     Ok(None) => {}
                     Err(e) => warn!(error = %e, "lease renewal request failed"),
+                }
+            }
+            Msg::NoticesUp(batch) => {
+                if self.r.kind != "secondary" {
+                    return debug!(
+                        "notifications from a server that is not below this one ignored"
+                    );
+                }
+                let now_ms = outpost_net::unix_now_ms();
+                let mut last = None;
+                for n in &batch.notices {
+                    if let Err(e) = self
+                        .node
+                        .store()
+                        .store_relayed(&self.r.name, n, now_ms)
+                        .await
+                    {
+                        // Not acknowledged: the batch comes again.
+                        return warn!(error = %e, "relayed notification not stored");
+                    }
+                    last = Some((n.at_ms, n.id.clone()));
+                }
+                if let Some((at_ms, id)) = last {
+                    ctl.send(Msg::NoticesAck(pb::NoticesAck { at_ms, id }));
+                }
+            }
+            Msg::NoticesAck(ack) => {
+                if self.r.kind != "primary" {
+                    return;
+                }
+                match self
+                    .node
+                    .store()
+                    .notices_relayed(&self.r.name, ack.at_ms, &ack.id)
+                    .await
+                {
+                    Ok(()) => {
+                        self.notices_in_flight = None;
+                        self.relay_notices(ctl).await;
+                    }
+                    Err(e) => warn!(error = %e, "notification acknowledgement not recorded"),
                 }
             }
             Msg::UsageReport(rep) => {

@@ -23,6 +23,7 @@ mod keys;
 mod leases;
 mod notices;
 mod pushes;
+mod relay;
 mod reports;
 mod seats;
 mod servers;
