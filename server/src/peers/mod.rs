@@ -7,10 +7,14 @@
 //! `outpost-peer/1`. Once up, both ends run the same link ([`link`]): who gives seats is the
 //! relation's business, not the connection's. Relations are added and removed at run time;
 //! [`Peers::reload`] brings the listener's pins and the diallers in line with the store.
+//!
+//! Files: `link` (the link loop, leases both ways), `sync` (H8), `up` (what goes up to the
+//! main server: reports, notifications), `report` (H9 reports and the tree for `admin report`).
 
 mod link;
 pub mod report;
 mod sync;
+mod up;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
