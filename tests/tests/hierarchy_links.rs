@@ -172,20 +172,30 @@ async fn h8_a_receiver_claiming_more_seats_than_given_is_notified_and_the_givers
     forge(&regional, "K-SYNC", 40).await;
     regional.spawn();
     // On connect both sides compare (H8): the giver notices, and its figure wins.
+    let says = |m: &String| m.contains("the giver says 12") && m.contains("the receiver 40");
     until("the giver notified the mismatch", || async {
-        !notified(&hq, "lease-sync-mismatch").await.is_empty()
+        notified(&hq, "lease-sync-mismatch")
+            .await
+            .iter()
+            .any(|m| !m.starts_with('[') && says(m))
     })
     .await;
-    let msg = &notified(&hq, "lease-sync-mismatch").await[0];
-    assert!(
-        msg.contains("the giver says 12") && msg.contains("the receiver 40"),
-        "{msg}"
-    );
     regional.key_seats_become("K-SYNC", 12).await;
     assert!(
-        !notified(&regional, "lease-sync-mismatch").await.is_empty(),
-        "the receiver notifies too"
+        notified(&regional, "lease-sync-mismatch")
+            .await
+            .iter()
+            .any(says),
+        "the receiver notifies too, with the same figures"
     );
+    // … and its notification reaches the head office, tagged (H4).
+    until("the receiver's notification at the giver", || async {
+        notified(&hq, "lease-sync-mismatch")
+            .await
+            .iter()
+            .any(|m| m.starts_with("[regional] ") && says(m))
+    })
+    .await;
     let hq_key = hq.key("K-SYNC").await.unwrap();
     assert_eq!(hq_key.seats_leased_out, 12, "{hq_key:?}");
 

@@ -24,7 +24,7 @@ impl Link {
                 };
                 match mine.iter().find(|x| x.lease_id == theirs.lease_id) {
                     Some(held) if theirs.seq <= held.seq && *held != theirs => {
-                        self.mismatch(&theirs, held.seats, theirs.seats).await;
+                        self.mismatch(&theirs, theirs.seats, held.seats).await;
                         let _ = self.take(m, true, now).await;
                     }
                     _ => {
