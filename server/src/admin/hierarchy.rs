@@ -12,8 +12,6 @@ use outpost_proto::pb::admin::{
     ReportResult, ServerAdd, ServerCert, ServerInfo, ServerListResult, ServerRef,
     admin_response::Result as R,
 };
-use outpost_proto::pb::v1 as pb;
-use outpost_proto::pb::v1::envelope::Msg;
 use outpost_proto::pki;
 use tracing::info;
 
@@ -140,10 +138,7 @@ pub(super) async fn export_cert(node: &Node) -> Answer {
 
 /// Sends a grant on the live link to `server`; says what happened, for the admin.
 async fn deliver(node: &Node, server: &str, g: &LeaseGrant) -> Result<&'static str, StoreError> {
-    let (_, file) = node.store().key_file(&g.key_id).await?;
-    let mut m = pb::LeaseGrant::from(g);
-    m.key_file = String::from_utf8_lossy(&file).into_owned();
-    Ok(if node.peers().send(server, Msg::LeaseGrant(m)) {
+    Ok(if node.peers().deliver(node, server, g).await? {
         "sent now"
     } else {
         "sent when it connects"

@@ -93,7 +93,12 @@ pub(super) async fn auto_distribute(node: &Node, k: KeyAutoDistribute) -> Answer
 pub(super) async fn renew(node: &Node) -> Answer {
     use crate::licence::renewal::RenewalError;
     match crate::licence::renewal::run(node.licensing()).await {
-        Ok(reports) => Ok(ok(R::Renewals(RenewalResult { reports }))),
+        Ok(done) => {
+            node.peers().deliver_all(node, &done.grants).await;
+            Ok(ok(R::Renewals(RenewalResult {
+                reports: done.reports,
+            })))
+        }
         Err(RenewalError::Store(e)) => Err(e),
         Err(e @ RenewalError::NotConfigured(_)) => {
             Ok(error(RefusalCode::InvalidArgument, e.to_string()))

@@ -47,10 +47,13 @@ async fn once(node: &Node, last_update: &mut Instant) -> Result<(), StoreError> 
     {
         *last_update = Instant::now();
         match super::renewal::run(node.licensing()).await {
-            Ok(reports) => info!(
-                checked = reports.len(),
-                "repository update: licence keys checked for renewal"
-            ),
+            Ok(done) => {
+                node.peers().deliver_all(node, &done.grants).await;
+                info!(
+                    checked = done.reports.len(),
+                    "repository update: licence keys checked for renewal"
+                )
+            }
             Err(e) => warn!(error = %e, "repository update: renewal check failed"),
         }
     }

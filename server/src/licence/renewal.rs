@@ -5,10 +5,11 @@
 //! neighbour are not renewed here) → download, verify, add to the repository (no key file is
 //! written: L13) → distribute to the objects of the old key and remove the old key.
 //!
-//! Interpretation (spec L11/L12): "the old key is removed once no subordinate uses it" —
-//! there are no subordinate servers yet, so the old key is removed right after distribution;
-//! devices that held it move to the renewal key at their next check (connected agents at their
-//! next sync, the licence epoch moves).
+//! "The old key is removed once no subordinate uses it": devices that held it move to the
+//! renewal key at their next check (connected agents at their next sync, the licence epoch
+//! moves), so for devices the old key goes right after distribution. Neighbour servers holding
+//! leases of it get leases of the renewal beside them (`store::leases::renew`); the old key
+//! stays until each of them confirmed the new lease — an offline one when it reconnects.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,6 +17,7 @@ use std::time::Duration;
 use futures_util::{SinkExt, StreamExt};
 use outpost_net::{endpoint, refuse, stream};
 use outpost_proto::alpn;
+use outpost_proto::lease::LeaseGrant;
 use outpost_proto::licence::renewal::{Assessment, assess, objects_to_add};
 use outpost_proto::licence::verify_key_file;
 use outpost_proto::pb::admin::RenewalReport;
@@ -131,15 +133,26 @@ fn report(key_id: &str, outcome: &str, renewal: &str, detail: impl Into<String>)
     }
 }
 
+/// What one run of the procedure did.
+#[derive(Debug, Default)]
+pub struct Renewed {
+    /// One report per key and renewal.
+    pub reports: Vec<RenewalReport>,
+    /// Leases of renewal keys given to neighbours in place of leases of the old keys (L11
+    /// outcome 3 across the tree): the caller sends them on the server links.
+    pub grants: Vec<(String, LeaseGrant)>,
+}
+
 /// Runs the renewal procedure once: when an admin asks, or from the repository-update task.
-pub async fn run(licensing: &Licensing) -> Result<Vec<RenewalReport>, RenewalError> {
+pub async fn run(licensing: &Licensing) -> Result<Renewed, RenewalError> {
     let store = licensing.store();
     let owned = store.owned_keys().await?;
+    let mut done = Renewed::default();
     if owned.is_empty() {
-        return Ok(vec![]);
+        return Ok(done);
     }
     let offers = fetch(licensing, &owned).await?;
-    let mut reports = vec![];
+    let reports = &mut done.reports;
     for (old_id, old_file) in &owned {
         let mine: Vec<&RenewalFile> = offers.iter().filter(|o| &o.renews == old_id).collect();
         if mine.is_empty() {
@@ -155,17 +168,18 @@ pub async fn run(licensing: &Licensing) -> Result<Vec<RenewalReport>, RenewalErr
         let old = verify_key_file(old_file, licensing.authority_public())
             .map_err(|_| RenewalError::StoredKeyInvalid(old_id.clone()))?;
         for offer in mine {
-            reports.push(apply(licensing, &old, offer).await?);
+            reports.push(apply(licensing, &old, offer, &mut done.grants).await?);
         }
     }
     // The store moved the licence epoch for every key added, assigned or removed.
-    Ok(reports)
+    Ok(done)
 }
 
 async fn apply(
     licensing: &Licensing,
     old: &outpost_proto::licence::LicenceKey,
     offer: &RenewalFile,
+    grants: &mut Vec<(String, LeaseGrant)>,
 ) -> Result<RenewalReport, StoreError> {
     let store = licensing.store();
     let old_id = &old.body.key_id;
@@ -237,17 +251,43 @@ async fn apply(
     for o in &add {
         store.assign_object(&new_id, o).await?;
     }
-    store.remove_key(old_id).await?;
+    // Neighbours holding leases of the old key get leases of the new one beside them; the old
+    // key goes once none holds it (at once when none does).
+    let handed = store
+        .hand_over_leases(old_id, &new_id, outpost_net::unix_now())
+        .await?;
+    for (server, why) in &handed.refused {
+        let msg = format!("key {new_id} not handed to {server}: {why}");
+        warn!("{msg}");
+        store
+            .notify(
+                "key-cannot-renew",
+                Some(&new_id),
+                &msg,
+                serde_json::json!({ "old": old_id, "new": new_id, "server": server }),
+            )
+            .await?;
+    }
+    let kept = if handed.removed {
+        format!("key {old_id} removed")
+    } else {
+        format!(
+            "key {old_id} kept until the neighbours holding leases of it move to {new_id} \
+             ({} lease(s) handed over)",
+            handed.grants.len()
+        )
+    };
+    grants.extend(handed.grants);
     let (outcome, msg) = if already {
         (
             "distributed",
             if add.is_empty() {
                 format!(
-                    "key {new_id} (added by hand) was already on every object of key {old_id}; key {old_id} removed"
+                    "key {new_id} (added by hand) was already on every object of key {old_id}; {kept}"
                 )
             } else {
                 format!(
-                    "key {new_id} (added by hand) given to {} more object(s) of key {old_id}; key {old_id} removed",
+                    "key {new_id} (added by hand) given to {} more object(s) of key {old_id}; {kept}",
                     add.len()
                 )
             },
@@ -256,7 +296,7 @@ async fn apply(
         (
             "renewed",
             format!(
-                "key {old_id} renewed automatically by key {new_id}; given to {} object(s), key {old_id} removed",
+                "key {old_id} renewed automatically by key {new_id}; given to {} object(s); {kept}",
                 add.len()
             ),
         )

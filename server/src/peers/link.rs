@@ -258,7 +258,7 @@ async fn run(
             _ = ticker.tick() => {
                 let now = outpost_net::unix_now();
                 if link.r.may_receive() {
-                    match node.store().renewals_due(&r.name, now).await {
+                    match node.store().renewals_due(&r.name, now, false).await {
                         Ok(asks) => for a in asks {
                             ctl.send(Msg::LeaseRenewal(pb::LeaseRenewal::from(&a)));
                         },
@@ -344,7 +344,7 @@ impl Link {
         m
     }
 
-    async fn send_grant(&mut self, ctl: &mut Ctl, g: &LeaseGrant) {
+    pub(super) async fn send_grant(&mut self, ctl: &mut Ctl, g: &LeaseGrant) {
         let m = self.wire(g).await;
         ctl.send(Msg::LeaseGrant(m));
     }
@@ -374,10 +374,14 @@ impl Link {
         if !self.r.may_receive() {
             return;
         }
-        let held = self.node.store().received_grants(&self.r.name).await;
-        for g in held.unwrap_or_default() {
-            if g.seats > 0 && g.period_end < g.end_at && !self.asked_ever.contains(&g.lease_id) {
-                let req = outpost_proto::lease::Received::new(g).renew_request();
+        let now = outpost_net::unix_now();
+        let due = self
+            .node
+            .store()
+            .renewals_due(&self.r.name, now, true)
+            .await;
+        for req in due.unwrap_or_default() {
+            if !self.asked_ever.contains(&req.lease_id) {
                 self.asked.insert(req.lease_id.clone());
                 self.asked_ever.insert(req.lease_id.clone());
                 ctl.send(Msg::LeaseRenewal(pb::LeaseRenewal::from(&req)));
@@ -399,6 +403,7 @@ impl Link {
                 if !self.r.may_give() {
                     return;
                 }
+                self.confirmed(ctl, &req.lease_id, now).await;
                 match self
                     .node
                     .store()
@@ -490,6 +495,9 @@ impl Link {
                 if changed {
                     info!(lease = %grant.lease_id, key = %grant.key_id, seats = grant.seats,
                         period_end = grant.period_end, "lease grant taken");
+                    if grant.seats > 0 {
+                        self.adopt_renewal(&key.body, now).await;
+                    }
                 }
                 Ok(changed)
             }
@@ -512,8 +520,20 @@ pub async fn refresh_loop(node: Arc<Node>) {
             _ = node.runtime().cancelled() => return,
         }
         match node.store().refresh_leases(outpost_net::unix_now()).await {
-            Ok(returned) => {
-                for (lease, key, server) in returned {
+            Ok(done) => {
+                for (old, new) in done.retired {
+                    info!(%old, %new, "renewed key removed: no neighbour holds a lease of it any more");
+                    let _ = node
+                        .store()
+                        .notify(
+                            "key-retired",
+                            Some(&old),
+                            &format!("key {old} removed: it was renewed by {new} and no neighbour server holds a lease of it any more"),
+                            serde_json::json!({ "old": old, "new": new }),
+                        )
+                        .await;
+                }
+                for (lease, key, server) in done.returned {
                     info!(%lease, %key, %server, "leased seats returned");
                     let _ = node
                         .store()

@@ -8,10 +8,12 @@
 //! relation's business, not the connection's. Relations are added and removed at run time;
 //! [`Peers::reload`] brings the listener's pins and the diallers in line with the store.
 //!
-//! Files: `link` (the link loop, leases both ways), `sync` (H8), `up` (what goes up to the
+//! Files: `link` (the link loop, leases both ways), `sync` (H8), `renewal` (L11 across the
+//! tree), `up` (what goes up to the
 //! main server: reports, notifications), `report` (H9 reports and the tree for `admin report`).
 
 mod link;
+mod renewal;
 pub mod report;
 mod sync;
 mod up;
@@ -158,6 +160,34 @@ impl Peers {
                 self.dropped
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 false
+            }
+        }
+    }
+
+    /// Sends a lease grant, with its key's signed file, on the live link to `server`. Returns
+    /// whether it went now (else the next connect's sync carries it).
+    pub async fn deliver(
+        &self,
+        node: &Node,
+        server: &str,
+        g: &outpost_proto::lease::LeaseGrant,
+    ) -> Result<bool, StoreError> {
+        let (_, file) = node.store().key_file(&g.key_id).await?;
+        let mut m = outpost_proto::pb::v1::LeaseGrant::from(g);
+        m.key_file = String::from_utf8_lossy(&file).into_owned();
+        Ok(self.send(server, Msg::LeaseGrant(m)))
+    }
+
+    /// Sends grants to their neighbours (see [`Peers::deliver`]); failures are logged: the
+    /// next sync carries every lease again.
+    pub async fn deliver_all(
+        &self,
+        node: &Node,
+        grants: &[(String, outpost_proto::lease::LeaseGrant)],
+    ) {
+        for (server, g) in grants {
+            if let Err(e) = self.deliver(node, server, g).await {
+                warn!(%server, lease = %g.lease_id, error = %e, "lease grant not sent; the next sync carries it");
             }
         }
     }

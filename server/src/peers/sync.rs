@@ -62,6 +62,7 @@ impl Link {
                 let Ok(theirs) = LeaseGrant::try_from(m) else {
                     continue;
                 };
+                self.confirmed(ctl, &theirs.lease_id, now).await;
                 match given.iter().find(|g| g.lease_id == theirs.lease_id) {
                     Some(g)
                         if theirs.seq > g.seq

@@ -4,6 +4,7 @@
 use outpost_proto::licence::{LicenceKey, Object};
 use outpost_proto::pb::v1::KeyKind;
 
+use super::backend::Tx;
 use super::{Store, StoreError};
 
 /// A key as stored.
@@ -241,47 +242,12 @@ impl Store {
     }
 
     /// Removes a key from the repository (L2): its database entry, assignments and seats go;
-    /// the file in the data directory stays (the caller does not delete it).
+    /// the file in the data directory stays (the caller does not delete it). Refused while a
+    /// lease of it given to a neighbour still holds seats (they come back when its promised
+    /// period ends, or revoke it first); leases of it whose seats are all back go with it.
     pub async fn remove_key(&self, id: &str) -> Result<(), StoreError> {
         let mut tx = self.write.begin().await?;
-        // L8: devices that received an auto-distributed key keep it.
-        sqlx::query(
-            "INSERT INTO kept_keys (device_id, key_id, licensee, product, components, kind, expires_at)
-             SELECT s.device_id, k.id, k.licensee, k.product, k.components, k.kind, k.expires_at
-             FROM seats s JOIN licence_keys k ON k.id = s.key_id
-             WHERE k.id = $1 AND k.auto_distribute = 1 AND s.slot = 'active'
-             ON CONFLICT (device_id) DO UPDATE SET key_id = excluded.key_id, licensee = excluded.licensee,
-                 product = excluded.product, components = excluded.components, kind = excluded.kind,
-                 expires_at = excluded.expires_at",
-        )
-        .bind(id)
-        .execute(&mut *tx)
-        .await?;
-        sqlx::query("DELETE FROM seats WHERE key_id = $1")
-            .bind(id)
-            .execute(&mut *tx)
-            .await?;
-        sqlx::query("UPDATE devices SET licence_state = 'unknown', licence_key = NULL WHERE licence_key = $1")
-            .bind(id)
-            .execute(&mut *tx)
-            .await?;
-        sqlx::query("UPDATE devices SET licence_reserve_key = NULL WHERE licence_reserve_key = $1")
-            .bind(id)
-            .execute(&mut *tx)
-            .await?;
-        sqlx::query("DELETE FROM key_state WHERE key_id = $1")
-            .bind(id)
-            .execute(&mut *tx)
-            .await?;
-        let r = sqlx::query("DELETE FROM licence_keys WHERE id = $1")
-            .bind(id)
-            .execute(&mut *tx)
-            .await?;
-        if r.rows_affected() == 0 {
-            return Err(StoreError::NotFound(format!(
-                "no key {id} in the repository"
-            )));
-        }
+        remove_key_in(&mut tx, id).await?;
         tx.commit().await?;
         self.licence_changed();
         Ok(())
@@ -325,4 +291,55 @@ impl Store {
         .await?;
         Ok(rows.into_iter().map(|(i, f)| (i, f.into_bytes())).collect())
     }
+}
+
+/// [`Store::remove_key`] inside a transaction.
+pub(super) async fn remove_key_in(tx: &mut Tx<'_>, id: &str) -> Result<(), StoreError> {
+    let (leases, held): (i64, Option<i64>) =
+        sqlx::query_as("SELECT COUNT(*), SUM(held) FROM leases_given WHERE key_id = $1")
+            .bind(id)
+            .fetch_one(&mut **tx)
+            .await?;
+    if held.unwrap_or(0) > 0 {
+        return Err(StoreError::Conflict(format!(
+            "key {id} has {} seat(s) on {leases} lease(s) given to neighbour servers: they come back \
+             when the periods promised end (`lease revoke` stops renewals); remove the key then",
+            held.unwrap_or(0)
+        )));
+    }
+    sqlx::query("DELETE FROM leases_given WHERE key_id = $1")
+        .bind(id)
+        .execute(&mut **tx)
+        .await?;
+    // L8: devices that received an auto-distributed key keep it.
+    sqlx::query(
+        "INSERT INTO kept_keys (device_id, key_id, licensee, product, components, kind, expires_at)
+         SELECT s.device_id, k.id, k.licensee, k.product, k.components, k.kind, k.expires_at
+         FROM seats s JOIN licence_keys k ON k.id = s.key_id
+         WHERE k.id = $1 AND k.auto_distribute = 1 AND s.slot = 'active'
+         ON CONFLICT (device_id) DO UPDATE SET key_id = excluded.key_id, licensee = excluded.licensee,
+             product = excluded.product, components = excluded.components, kind = excluded.kind,
+             expires_at = excluded.expires_at",
+    )
+    .bind(id)
+    .execute(&mut **tx)
+    .await?;
+    for sql in [
+        "DELETE FROM seats WHERE key_id = $1",
+        "UPDATE devices SET licence_state = 'unknown', licence_key = NULL WHERE licence_key = $1",
+        "UPDATE devices SET licence_reserve_key = NULL WHERE licence_reserve_key = $1",
+        "DELETE FROM key_state WHERE key_id = $1",
+    ] {
+        sqlx::query(sql).bind(id).execute(&mut **tx).await?;
+    }
+    let r = sqlx::query("DELETE FROM licence_keys WHERE id = $1")
+        .bind(id)
+        .execute(&mut **tx)
+        .await?;
+    if r.rows_affected() == 0 {
+        return Err(StoreError::NotFound(format!(
+            "no key {id} in the repository"
+        )));
+    }
+    Ok(())
 }

@@ -42,7 +42,7 @@ pub use enroll::{EnrollOutcome, IssuedCert, NewDevice};
 pub use events::StoredEvent;
 pub use holds::{GaveBack, HeldSeats};
 pub use keys::KeyRow;
-pub use leases::LeaseInfo;
+pub use leases::{HandedOver, LeaseInfo, Refreshed};
 pub use notices::Notice;
 pub use pushes::QueuedPush;
 pub use servers::ServerRow;

@@ -20,7 +20,18 @@ use super::backend::Tx;
 use super::{Store, StoreError};
 
 mod received;
+mod renew;
 pub(super) use received::settle_received_key;
+pub use renew::HandedOver;
+
+/// What time passing did to leases ([`Store::refresh_leases`]).
+#[derive(Debug, Default)]
+pub struct Refreshed {
+    /// Leases given whose seats all came back: (lease, key, server).
+    pub returned: Vec<(String, String, String)>,
+    /// Renewed keys removed now that no lease of them is given or held (L11): (old, new).
+    pub retired: Vec<(String, String)>,
+}
 
 /// A lease for listing.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -368,11 +379,8 @@ impl Store {
 
     /// Time passed: given leases whose promised periods ended free their seats (finished ones
     /// are deleted), and received leases whose period ended unrenewed take their seats back.
-    /// Returns the leases whose seats all came back: (lease, key, server).
-    pub async fn refresh_leases(
-        &self,
-        now: i64,
-    ) -> Result<Vec<(String, String, String)>, StoreError> {
+    /// Renewed keys that nothing holds any more are removed (L11).
+    pub async fn refresh_leases(&self, now: i64) -> Result<Refreshed, StoreError> {
         let rows: Vec<GivenRow> =
             sqlx::query_as(concat!("SELECT ", given_columns!(), " FROM leases_given"))
                 .fetch_all(&self.read)
@@ -392,10 +400,15 @@ impl Store {
             })
             .map(|r| r.0.as_str())
             .collect();
-        let mut returned = vec![];
-        if moved.is_empty() && stale.is_empty() {
-            return Ok(returned);
+        let retiring: Option<(i64,)> =
+            sqlx::query_as("SELECT 1 FROM licence_keys WHERE retiring_for IS NOT NULL LIMIT 1")
+                .fetch_optional(&self.read)
+                .await?;
+        let mut out = Refreshed::default();
+        if moved.is_empty() && stale.is_empty() && retiring.is_none() {
+            return Ok(out);
         }
+        let moved_any = !moved.is_empty();
         let mut tx = self.write.begin().await?;
         for id in moved {
             // Read again inside the transaction: an admin change may have committed since.
@@ -406,7 +419,8 @@ impl Store {
             };
             save_given(&mut tx, &g, old, now).await?;
             if old > 0 && g.held(now) == 0 {
-                returned.push((g.lease_id.clone(), g.key_id.clone(), server));
+                out.returned
+                    .push((g.lease_id.clone(), g.key_id.clone(), server));
             }
             if g.finished(now) {
                 sqlx::query("DELETE FROM leases_given WHERE id = $1")
@@ -418,9 +432,12 @@ impl Store {
         for (key,) in &stale {
             settle_received_key(&mut tx, key, now).await?;
         }
+        out.retired = renew::retire_in(&mut tx, now).await?;
         tx.commit().await?;
-        self.licence_changed();
-        Ok(returned)
+        if moved_any || !stale.is_empty() || !out.retired.is_empty() {
+            self.licence_changed();
+        }
+        Ok(out)
     }
 
     /// Every lease, given and received, for `lease list`.

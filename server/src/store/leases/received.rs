@@ -36,15 +36,19 @@ impl Store {
 
     /// The renewal requests due for leases held from `server` (half-way to the period end
     /// since the grant arrived, [`Received::renewal_at`]; a lapsed one is asked for too: the
-    /// giver decides).
+    /// giver decides); with `all`, every lease there is something to renew on (a periodic
+    /// contact). Leases of a key being replaced by its renewal (L11) are not renewed.
     pub async fn renewals_due(
         &self,
         server: &str,
         now: i64,
+        all: bool,
     ) -> Result<Vec<RenewRequest>, StoreError> {
         let rows: Vec<(String, String, i64, i64, i64, i64, i64)> = sqlx::query_as(
-            "SELECT id, key_id, seq, seats, period_end, end_at, received_at FROM leases_received
-             WHERE server = $1 AND seats > 0 AND period_end < end_at",
+            "SELECT id, key_id, seq, seats, period_end, end_at, received_at FROM leases_received r
+             WHERE server = $1 AND seats > 0 AND period_end < end_at
+               AND EXISTS (SELECT 1 FROM licence_keys k
+                           WHERE k.id = r.key_id AND k.retiring_for IS NULL)",
         )
         .bind(server)
         .fetch_all(&self.read)
@@ -60,7 +64,7 @@ impl Store {
                     period_end,
                     end_at,
                 });
-                (now >= r.renewal_at(at)?).then(|| r.renew_request())
+                (all || now >= r.renewal_at(at)?).then(|| r.renew_request())
             })
             .collect())
     }
@@ -125,6 +129,9 @@ impl Store {
                 )));
             }
             Some(_) => {}
+            // A withdrawal (seats 0) of a lease of a key no longer here — removed after its
+            // renewal took over (L11) — is recorded, but brings no key back.
+            None if grant.seats == 0 => {}
             None => {
                 let file = String::from_utf8(key.file.clone())
                     .map_err(|_| StoreError::Invalid("key file is not UTF-8".into()))?;
