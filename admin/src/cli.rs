@@ -174,7 +174,8 @@ enum KeyCmd {
     },
     /// List keys with seats total/used/leased/free, validity, components, objects.
     List,
-    /// Assign a key to everyone, group:<path> or device:<id>.
+    /// Assign a key to everyone, group:<path>, device:<id>, or server:<name> (a neighbour: a
+    /// lease that follows what its devices need).
     Assign {
         /// Key id.
         key: String,

@@ -288,7 +288,15 @@ pub fn leases(r: &LeaseListResult) -> Vec<Vec<String>> {
                 l.direction.clone(),
                 l.server.clone(),
                 l.key_id.clone(),
-                format!("{}{}", l.seats, if l.revoked { " (revoked)" } else { "" }),
+                format!(
+                    "{}{}",
+                    l.seats,
+                    match (l.revoked, l.follows.as_str()) {
+                        (true, _) => " (revoked)".to_owned(),
+                        (false, "") => String::new(),
+                        (false, f) => format!(" (follows demand: {f})"),
+                    }
+                ),
                 l.held.to_string(),
                 when(l.period_end),
                 when(l.end_at),

@@ -89,6 +89,7 @@ impl Channel {
                         | Msg::UsageReport(_)
                         | Msg::NoticesUp(_)
                         | Msg::NoticesAck(_)
+                        | Msg::SeatNeeds(_)
                 )
         )
     }
@@ -111,6 +112,7 @@ impl Channel {
                         | Msg::UsageReport(_)
                         | Msg::NoticesUp(_)
                         | Msg::NoticesAck(_)
+                        | Msg::SeatNeeds(_)
                 )
         )
     }

@@ -77,6 +77,12 @@ pub struct Hierarchy {
     /// reports; `0s` counts every device.
     #[serde(with = "humantime_serde")]
     pub active_period: Duration,
+    /// Leases that follow demand (a key assigned to `server:<name>`, L4; an auto-distributed
+    /// key given to a secondary, L8): how often a server tells the neighbours it receives from
+    /// what its devices need when that changed, and how often a giver re-checks neighbours
+    /// whose devices lack seats against the seats that freed (L9: about once a minute).
+    #[serde(with = "humantime_serde")]
+    pub demand_check: Duration,
 }
 
 impl Default for Hierarchy {
@@ -87,6 +93,7 @@ impl Default for Hierarchy {
             early_renewal: Duration::from_secs(600),
             report_period: Duration::from_secs(3600),
             active_period: Duration::ZERO,
+            demand_check: Duration::from_secs(60),
         }
     }
 }
@@ -359,6 +366,10 @@ impl Validate for ServerConfig {
         ensure(
             self.hierarchy.report_period >= Duration::from_secs(1),
             || "hierarchy.report_period must be at least 1s".into(),
+        )?;
+        ensure(
+            self.hierarchy.demand_check >= Duration::from_secs(1),
+            || "hierarchy.demand_check must be at least 1s (a minute is the default)".into(),
         )?;
         ensure(self.hierarchy.sync_period >= Duration::from_secs(1), || {
             "hierarchy.sync_period must be at least 1s".into()

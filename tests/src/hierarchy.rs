@@ -292,9 +292,11 @@ pub async fn agents(server: &ServerProc, n: usize) -> Vec<Agent> {
     else {
         panic!("token")
     };
+    // Machine ids unique across calls: a second batch on the same server is other machines.
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
     let mut out = vec![];
-    for i in 0..n {
-        let name = format!("{}-{i}", server.name);
+    for _ in 0..n {
+        let name = format!("{}-{}", server.name, NEXT.fetch_add(1, Ordering::Relaxed));
         out.push(
             Agent::start(
                 test_agent_config(vec![], Some(server.addr), &name),

@@ -27,6 +27,8 @@
 
 use std::fmt;
 
+pub mod demand;
+
 /// One grant of a lease, as sent down to the receiver.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LeaseGrant {

@@ -94,6 +94,7 @@ pub fn msg_name(msg: &Msg) -> &'static str {
         Msg::UsageReport(_) => "UsageReport",
         Msg::NoticesUp(_) => "NoticesUp",
         Msg::NoticesAck(_) => "NoticesAck",
+        Msg::SeatNeeds(_) => "SeatNeeds",
     }
 }
 

@@ -13,12 +13,14 @@ ALTER TABLE leases_given ADD COLUMN follows TEXT NOT NULL DEFAULT '';
 -- A key renewed by the key named here (L11): removed once no lease of it is given or held.
 ALTER TABLE licence_keys ADD COLUMN retiring_for TEXT;
 
--- What a neighbour last reported it needs (L9): its devices without a licence, and whether it
--- holds any key it can license with (L8: an auto-distributed key goes to a secondary without).
+-- What a neighbour last reported it needs (L9): its devices unlicensed because no key applies to
+-- them, and whether it holds any key it can license with (L8: an auto-distributed key goes to a
+-- secondary without).
 ALTER TABLE servers ADD COLUMN wants BIGINT NOT NULL DEFAULT 0;
 ALTER TABLE servers ADD COLUMN has_key BIGINT NOT NULL DEFAULT 1;
 ALTER TABLE servers ADD COLUMN wants_at BIGINT NOT NULL DEFAULT 0;
 
--- Seats of the lease's key the neighbour last reported in use (its devices and what it passed
--- on): with `servers.wants`, what a lease that follows demand is sized to.
-ALTER TABLE leases_given ADD COLUMN used BIGINT NOT NULL DEFAULT 0;
+-- Seats of the lease's key the neighbour last reported it needs (in use by its devices, passed
+-- on, and wanted by devices without a free seat): with `servers.wants`, what a lease that
+-- follows demand is sized to.
+ALTER TABLE leases_given ADD COLUMN needed BIGINT NOT NULL DEFAULT 0;

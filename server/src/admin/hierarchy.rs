@@ -222,6 +222,7 @@ pub(super) async fn list_leases(node: &Node) -> Answer {
                 period_end: l.period_end,
                 seq: l.seq,
                 revoked: l.revoked,
+                follows: l.follows,
             })
             .collect(),
     })))

@@ -50,12 +50,24 @@ pub(super) async fn list(node: &Node) -> Answer {
 pub(super) async fn assign(node: &Node, a: KeyAssign) -> Answer {
     let obj = node.store().assign_key(&a.key_id, &a.object).await?;
     info!(key = %a.key_id, object = %obj, "key assigned");
+    if let outpost_proto::licence::Object::Server(s) = &obj {
+        node.peers().demand_changed();
+        return Ok(done(format!(
+            "key {} assigned to {obj}: {s} gets a lease of it sized to what its devices need, \
+             as seats are free here (`lease list` shows it)",
+            a.key_id
+        )));
+    }
     Ok(done(format!("key {} assigned to {obj}", a.key_id)))
 }
 
 pub(super) async fn unassign(node: &Node, a: KeyUnassign) -> Answer {
     let obj = node.store().unassign_key(&a.key_id, &a.object).await?;
     info!(key = %a.key_id, object = %obj, "key unassigned");
+    if matches!(obj, outpost_proto::licence::Object::Server(_)) {
+        // Its lease ends: revoked now, the seats back when the current period ends.
+        node.peers().demand_changed();
+    }
     Ok(done(format!(
         "key {} no longer assigned to {obj}",
         a.key_id
@@ -83,6 +95,7 @@ pub(super) async fn export(node: &Node, k: KeyRef) -> Answer {
 
 pub(super) async fn auto_distribute(node: &Node, k: KeyAutoDistribute) -> Answer {
     node.store().set_auto_distribute(&k.key_id, k.on).await?;
+    node.peers().demand_changed();
     Ok(done(format!(
         "key {} is {} distributed automatically",
         k.key_id,

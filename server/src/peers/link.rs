@@ -209,6 +209,7 @@ async fn run(
         report_due: r.kind == "primary",
         report_every: node.config().hierarchy.report_period,
         notices_in_flight: None,
+        needs_sent: None,
     };
     if r.kind == "primary"
         && let Ok((secs, _)) = node.store().report_terms(&r.name).await
@@ -230,10 +231,15 @@ async fn run(
     }
     link.report_if_due(&mut ctl).await;
     link.relay_notices(&mut ctl).await;
+    link.demand(&mut ctl).await;
     stream::send_queued(&mut f, &mut ctl).await.map_err(flush)?;
     if exchange_done(&link) {
         return Ok(());
     }
+    let demand_every = node.config().hierarchy.demand_check;
+    let mut next_demand = Instant::now() + demand_every;
+    let mut demand_changes = node.peers().demand_watch();
+    demand_changes.mark_unchanged();
     let mut next_report = Instant::now() + link.report_every;
     let mut report_changes = node.peers().report_watch();
     report_changes.mark_unchanged();
@@ -274,7 +280,12 @@ async fn run(
                     link.report_due = true;
                 }
                 link.relay_notices(&mut ctl).await;
+                if Instant::now() >= next_demand {
+                    next_demand = Instant::now() + demand_every;
+                    link.demand(&mut ctl).await;
+                }
             }
+            Ok(()) = demand_changes.changed() => link.demand(&mut ctl).await,
             _ = tokio::time::sleep_until(exchange_deadline), if periodic && opener => {
                 return Err("the periodic exchange did not finish in time".into());
             }
@@ -318,6 +329,8 @@ pub(super) struct Link {
     /// When a batch of notifications went up whose acknowledgement has not come back (H4);
     /// sent again after a while (the main server may have failed to store it).
     pub(super) notices_in_flight: Option<Instant>,
+    /// What this server last told the neighbour its devices need (L9).
+    pub(super) needs_sent: Option<pb::SeatNeeds>,
 }
 
 impl Link {
@@ -415,6 +428,7 @@ impl Link {
                     Err(e) => warn!(error = %e, "lease renewal request failed"),
                 }
             }
+            Msg::SeatNeeds(n) => self.on_needs(ctl, n, now).await,
             Msg::NoticesUp(batch) => self.on_notices_up(ctl, batch).await,
             Msg::NoticesAck(ack) => self.on_notices_ack(ctl, ack).await,
             Msg::UsageReport(rep) => {

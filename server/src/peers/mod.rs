@@ -9,9 +9,10 @@
 //! [`Peers::reload`] brings the listener's pins and the diallers in line with the store.
 //!
 //! Files: `link` (the link loop, leases both ways), `sync` (H8), `renewal` (L11 across the
-//! tree), `up` (what goes up to the
+//! tree), `demand` (leases that follow demand: L4, L8, L9), `up` (what goes up to the
 //! main server: reports, notifications), `report` (H9 reports and the tree for `admin report`).
 
+mod demand;
 mod link;
 mod renewal;
 pub mod report;
@@ -65,6 +66,9 @@ pub struct Peers {
     /// Moves when this server's report changed (a report from below, seats given to it): the
     /// link to its main server sends a new one (H9).
     reports: tokio::sync::watch::Sender<u64>,
+    /// Moves when an administrator changed what follows demand (a key assigned to or taken
+    /// from `server:<name>`, automatic distribution switched): links re-check at once.
+    demand: tokio::sync::watch::Sender<u64>,
 }
 
 impl std::fmt::Debug for Peers {
@@ -83,6 +87,7 @@ impl Peers {
             states: Mutex::new(HashMap::new()),
             dropped: Default::default(),
             reports: tokio::sync::watch::Sender::new(0),
+            demand: tokio::sync::watch::Sender::new(0),
         }
     }
 
@@ -93,6 +98,15 @@ impl Peers {
 
     fn report_watch(&self) -> tokio::sync::watch::Receiver<u64> {
         self.reports.subscribe()
+    }
+
+    /// What follows demand changed here: every link re-checks now (L4, L8, L9).
+    pub fn demand_changed(&self) {
+        self.demand.send_modify(|n| *n += 1);
+    }
+
+    fn demand_watch(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.demand.subscribe()
     }
 
     /// Brings the listener's pins and the diallers in line with the relations in the store.

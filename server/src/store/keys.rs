@@ -233,9 +233,15 @@ impl Store {
                 Object::Device(d)
             }
             Object::Server(s) => {
-                return Err(StoreError::Invalid(format!(
-                    "server:{s}: seats go to neighbour servers as leases, not assignments"
-                )));
+                // L4: a key assigned to a neighbour goes there as a lease that follows demand.
+                let r = self.server(&s).await?;
+                if !r.may_give() {
+                    return Err(StoreError::Invalid(format!(
+                        "server:{s}: seats do not go from this server to {s} (its primary, or a \
+                         peer without --send); assign keys to secondaries or sending peers"
+                    )));
+                }
+                Object::Server(s)
             }
             Object::Everyone => Object::Everyone,
         })

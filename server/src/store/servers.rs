@@ -175,6 +175,10 @@ impl Store {
                  wait for its current period to end, then remove the server"
             )));
         }
+        sqlx::query("DELETE FROM key_assignments WHERE object = $1")
+            .bind(outpost_proto::licence::Object::Server(name.to_owned()).stored())
+            .execute(&mut *tx)
+            .await?;
         sqlx::query("DELETE FROM usage_reports WHERE server = $1")
             .bind(name)
             .execute(&mut *tx)

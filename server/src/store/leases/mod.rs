@@ -19,6 +19,7 @@ use outpost_proto::lease::{Cap, Given, LeaseGrant, RenewRequest, Terms};
 use super::backend::Tx;
 use super::{Store, StoreError};
 
+mod demand;
 mod received;
 mod renew;
 pub(super) use received::settle_received_key;
@@ -56,6 +57,8 @@ pub struct LeaseInfo {
     pub seq: u64,
     /// Revoked by the giver's administrator.
     pub revoked: bool,
+    /// Given leases whose seats follow demand: `assigned` (L4) or `auto` (L8); else ''.
+    pub follows: String,
 }
 
 type GivenRow = (
@@ -449,6 +452,12 @@ impl Store {
         ))
         .fetch_all(&self.read)
         .await?;
+        let follows: std::collections::HashMap<String, String> =
+            sqlx::query_as("SELECT id, follows FROM leases_given")
+                .fetch_all(&self.read)
+                .await?
+                .into_iter()
+                .collect();
         let mut out: Vec<LeaseInfo> = given
             .iter()
             .map(|r| {
@@ -464,6 +473,7 @@ impl Store {
                     period_end: g.period_end,
                     seq: g.seq,
                     revoked: g.revoked,
+                    follows: follows.get(&g.lease_id).cloned().unwrap_or_default(),
                 }
             })
             .collect();
@@ -485,6 +495,7 @@ impl Store {
                 period_end,
                 seq: seq as u64,
                 revoked: false,
+                follows: String::new(),
             },
         ));
         Ok(out)
