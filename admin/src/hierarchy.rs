@@ -24,55 +24,32 @@ pub enum ServerCmd {
     /// Add a secondary server. It dials this one; for a secondary in a DMZ give its
     /// --address and --dial, and this server dials it.
     AddSecondary {
-        /// A name for it.
-        name: String,
-        /// Its link certificate (from its `server export-cert`).
-        #[arg(long)]
-        cert: PathBuf,
-        /// Where it listens (host:port); may stay empty when it dials this server.
-        #[arg(long, default_value = "")]
-        address: String,
+        /// The neighbour.
+        #[command(flatten)]
+        n: Neighbour,
         /// This server dials it (a secondary in a DMZ).
         #[arg(long)]
         dial: bool,
-        /// Periodic relation: the dialling side connects every D (e.g. 6h), exchanges, leaves.
-        #[arg(long)]
-        periodic: Option<humantime::Duration>,
     },
     /// Make a server this one's primary. This server dials it at --address; without
     /// --address the primary dials this server (this server is in a DMZ).
     SetPrimary {
-        /// A name for it.
-        name: String,
-        /// Its link certificate (from its `server export-cert`).
-        #[arg(long)]
-        cert: PathBuf,
-        /// Where it listens (host:port).
-        #[arg(long, default_value = "")]
-        address: String,
-        /// Periodic relation: the dialling side connects every D (e.g. 6h), exchanges, leaves.
-        #[arg(long)]
-        periodic: Option<humantime::Duration>,
+        /// The neighbour.
+        #[command(flatten)]
+        n: Neighbour,
     },
-    /// Add a peer (H2). Licences go from a side that sends to a side that receives.
+    /// Add a peer (H2). Licences go from a side that sends to a side that receives; give
+    /// --address on one side only (that side dials).
     AddPeer {
-        /// A name for it.
-        name: String,
-        /// Its link certificate (from its `server export-cert`).
-        #[arg(long)]
-        cert: PathBuf,
-        /// Where it listens; give it on one side only (that side dials).
-        #[arg(long, default_value = "")]
-        address: String,
+        /// The neighbour.
+        #[command(flatten)]
+        n: Neighbour,
         /// This server sends licences to it.
         #[arg(long)]
         send: bool,
         /// This server takes licences from it.
         #[arg(long)]
         receive: bool,
-        /// Periodic relation: the dialling side connects every D (e.g. 6h), exchanges, leaves.
-        #[arg(long)]
-        periodic: Option<humantime::Duration>,
     },
     /// Relations, their direction, state and pinned fingerprint.
     List,
@@ -81,6 +58,22 @@ pub enum ServerCmd {
         /// Its name.
         name: String,
     },
+}
+
+/// What every `server add-*` command takes.
+#[derive(clap::Args)]
+pub struct Neighbour {
+    /// A name for it.
+    name: String,
+    /// Its link certificate (from its `server export-cert`).
+    #[arg(long)]
+    cert: PathBuf,
+    /// Where it listens (host:port); empty on the side that is dialled.
+    #[arg(long, default_value = "")]
+    address: String,
+    /// Periodic relation: the dialling side connects every D (e.g. 6h), exchanges, leaves.
+    #[arg(long)]
+    periodic: Option<humantime::Duration>,
 }
 
 /// `lease …`.
@@ -132,73 +125,41 @@ fn date(s: &str) -> Result<i64, AdminError> {
 
 /// The request for a `server` command; `export-cert` also says where to write.
 pub fn server_op(cmd: ServerCmd) -> Result<(Op, Option<PathBuf>), AdminError> {
-    let cert = |p: &PathBuf| {
-        outpost_net::fsutil::read_string(p).map_err(|e| AdminError::Local(e.to_string()))
+    // (kind, this side dials, sends, receives)
+    let add = |n: Neighbour, kind: &str, dial: bool, send: bool, receive: bool| {
+        let cert_pem = outpost_net::fsutil::read_string(&n.cert)
+            .map_err(|e| AdminError::Local(e.to_string()))?;
+        Ok::<_, AdminError>((
+            Op::ServerAdd(ServerAdd {
+                name: n.name,
+                kind: kind.into(),
+                cert_pem,
+                address: n.address,
+                dial,
+                send,
+                receive,
+                periodic_secs: n.periodic.map(|p| p.as_secs().max(1)).unwrap_or(0),
+            }),
+            None,
+        ))
     };
-    let secs = |p: Option<humantime::Duration>| p.map(|p| p.as_secs().max(1)).unwrap_or(0);
-    #[allow(clippy::too_many_arguments)]
-    fn add(
-        name: String,
-        kind: &str,
-        cert_pem: String,
-        address: String,
-        dial: bool,
-        send: bool,
-        receive: bool,
-        periodic_secs: u64,
-    ) -> Op {
-        Op::ServerAdd(ServerAdd {
-            name,
-            kind: kind.into(),
-            cert_pem,
-            address,
-            dial,
-            send,
-            receive,
-            periodic_secs,
-        })
-    }
     Ok(match cmd {
         ServerCmd::ExportCert { out } => (Op::ServerExportCert(Empty {}), Some(out)),
-        ServerCmd::AddSecondary {
-            name,
-            cert: c,
-            address,
-            dial,
-            periodic,
-        } => {
-            if dial && address.is_empty() {
+        ServerCmd::AddSecondary { n, dial } => {
+            if dial && n.address.is_empty() {
                 return Err(AdminError::Local(
                     "--dial needs --address (where the secondary listens)".into(),
                 ));
             }
-            let p = secs(periodic);
-            let op = add(name, "secondary", cert(&c)?, address, dial, true, false, p);
-            (op, None)
+            add(n, "secondary", dial, true, false)?
         }
-        ServerCmd::SetPrimary {
-            name,
-            cert: c,
-            address,
-            periodic,
-        } => {
-            let dial = !address.is_empty();
-            let p = secs(periodic);
-            let op = add(name, "primary", cert(&c)?, address, dial, false, true, p);
-            (op, None)
+        ServerCmd::SetPrimary { n } => {
+            let dial = !n.address.is_empty();
+            add(n, "primary", dial, false, true)?
         }
-        ServerCmd::AddPeer {
-            name,
-            cert: c,
-            address,
-            send,
-            receive,
-            periodic,
-        } => {
-            let dial = !address.is_empty();
-            let p = secs(periodic);
-            let op = add(name, "peer", cert(&c)?, address, dial, send, receive, p);
-            (op, None)
+        ServerCmd::AddPeer { n, send, receive } => {
+            let dial = !n.address.is_empty();
+            add(n, "peer", dial, send, receive)?
         }
         ServerCmd::List => (Op::ServerList(Empty {}), None),
         ServerCmd::Remove { name } => (Op::ServerRemove(ServerRef { name }), None),

@@ -246,39 +246,12 @@ pub(in crate::store) async fn settle_received_key(
         return Ok(());
     };
     let target = usable.max(leased);
-    let mut excess = used + leased - target;
+    let excess = used + leased - target;
     if excess > 0 {
-        // Holds: their grants were issued for a period the giver still counts.
-        let holds: Vec<(String,)> = sqlx::query_as(
-            "SELECT device_id FROM seat_holds WHERE key_id = $1 ORDER BY since_ms DESC LIMIT $2",
-        )
-        .bind(key_id)
-        .bind(excess)
-        .fetch_all(&mut **tx)
-        .await?;
-        for (d,) in &holds {
-            sqlx::query("DELETE FROM seat_holds WHERE key_id = $1 AND device_id = $2")
-                .bind(key_id)
-                .bind(d)
-                .execute(&mut **tx)
-                .await?;
-        }
-        excess -= holds.len() as i64;
-        let seats: Vec<(String,)> = sqlx::query_as(
-            "SELECT device_id FROM seats WHERE key_id = $1 ORDER BY taken_at DESC, device_id LIMIT $2",
-        )
-        .bind(key_id)
-        .bind(excess.max(0))
-        .fetch_all(&mut **tx)
-        .await?;
-        for (d,) in &seats {
-            sqlx::query("DELETE FROM seats WHERE key_id = $1 AND device_id = $2")
-                .bind(key_id)
-                .bind(d)
-                .execute(&mut **tx)
-                .await?;
-        }
-        let freed = (holds.len() + seats.len()) as i64;
+        // Holds first: their grants were issued for a period the giver still counts.
+        let holds = take_back(tx, NEWEST_HOLDS, key_id, excess).await?;
+        let seats = take_back(tx, NEWEST_SEATS, key_id, excess - holds).await?;
+        let freed = holds + seats;
         sqlx::query("UPDATE licence_keys SET seats_used = seats_used - $2 WHERE id = $1")
             .bind(key_id)
             .bind(freed)
@@ -292,4 +265,27 @@ pub(in crate::store) async fn settle_received_key(
         .execute(&mut **tx)
         .await?;
     Ok(())
+}
+
+const NEWEST_HOLDS: &str = "DELETE FROM seat_holds WHERE key_id = $1 AND device_id IN
+    (SELECT device_id FROM seat_holds WHERE key_id = $1 ORDER BY since_ms DESC LIMIT $2)";
+const NEWEST_SEATS: &str = "DELETE FROM seats WHERE key_id = $1 AND device_id IN
+    (SELECT device_id FROM seats WHERE key_id = $1 ORDER BY taken_at DESC, device_id LIMIT $2)";
+
+/// Runs one of the deletes above for `n` rows of key `key_id`; returns how many went.
+async fn take_back(
+    tx: &mut Tx<'_>,
+    delete: &'static str,
+    key_id: &str,
+    n: i64,
+) -> Result<i64, StoreError> {
+    if n <= 0 {
+        return Ok(0);
+    }
+    let r = sqlx::query(delete)
+        .bind(key_id)
+        .bind(n)
+        .execute(&mut **tx)
+        .await?;
+    Ok(r.rows_affected() as i64)
 }
