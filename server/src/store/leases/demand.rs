@@ -11,7 +11,7 @@ use outpost_proto::pb::v1::{KeyNeed, SeatNeeds};
 
 use super::super::backend::Tx;
 use super::super::{Store, StoreError};
-use super::{load_given, save_given, source};
+use super::{insert_given, load_given, save_given, source};
 
 impl Store {
     /// What this server's devices need from the neighbour `giver` (sent to it, L9).
@@ -194,19 +194,7 @@ impl Store {
             let Ok((g, grant)) = Given::give(&id, &key, terms, src.free, src.cap, now) else {
                 continue;
             };
-            sqlx::query(
-                "INSERT INTO leases_given (id, key_id, server, seats, end_at, period_secs, seq,
-                     period_end, revoked, promised, held, created_at, follows)
-                 VALUES ($1, $2, $3, 0, 0, 0, 0, 0, 0, '', 0, $4, $5)",
-            )
-            .bind(&id)
-            .bind(&key)
-            .bind(server)
-            .bind(now)
-            .bind(follows)
-            .execute(&mut *tx)
-            .await?;
-            save_given(&mut tx, &g, 0, now).await?;
+            insert_given(&mut tx, &g, server, follows, None, now).await?;
             grants.push(grant);
         }
         tx.commit().await?;

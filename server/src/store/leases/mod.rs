@@ -202,6 +202,33 @@ async fn save_given(tx: &mut Tx<'_>, g: &Given, old_held: u32, now: i64) -> Resu
     Ok(())
 }
 
+/// Inserts a new lease given with its first grant's state; `follows` and `replaces` as in
+/// migration 0008.
+async fn insert_given(
+    tx: &mut Tx<'_>,
+    g: &Given,
+    server: &str,
+    follows: &str,
+    replaces: Option<&str>,
+    now: i64,
+) -> Result<(), StoreError> {
+    sqlx::query(concat!(
+        "INSERT INTO leases_given (",
+        given_columns!(),
+        ", created_at, follows, replaces)
+         VALUES ($1, $2, $3, 0, 0, 0, 0, 0, 0, '', 0, $4, $5, $6)"
+    ))
+    .bind(&g.lease_id)
+    .bind(&g.key_id)
+    .bind(server)
+    .bind(now)
+    .bind(follows)
+    .bind(replaces)
+    .execute(&mut **tx)
+    .await?;
+    save_given(tx, g, 0, now).await
+}
+
 async fn load_given(tx: &mut Tx<'_>, id: &str) -> Result<(Given, String, u32), StoreError> {
     let r: Option<GivenRow> = sqlx::query_as(concat!(
         "SELECT ",
@@ -250,19 +277,7 @@ impl Store {
         let id = format!("lease-{:016x}", rand::random::<u64>());
         let (g, grant) =
             Given::give(&id, key_id, terms, src.free, src.cap, now).map_err(lease_err)?;
-        sqlx::query(concat!(
-            "INSERT INTO leases_given (",
-            given_columns!(),
-            ", created_at)
-             VALUES ($1, $2, $3, 0, 0, 0, 0, 0, 0, '', 0, $4)"
-        ))
-        .bind(&id)
-        .bind(key_id)
-        .bind(server)
-        .bind(now)
-        .execute(&mut *tx)
-        .await?;
-        save_given(&mut tx, &g, 0, now).await?;
+        insert_given(&mut tx, &g, server, "", None, now).await?;
         tx.commit().await?;
         self.licence_changed();
         Ok(grant)

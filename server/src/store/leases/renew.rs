@@ -10,7 +10,7 @@ use outpost_proto::lease::{Given, LeaseGrant, Terms};
 use super::super::backend::Tx;
 use super::super::keys::remove_key_in;
 use super::super::{Store, StoreError};
-use super::{load_given, save_given, source};
+use super::{insert_given, load_given, save_given, source};
 
 /// What handing a renewal over did.
 #[derive(Debug, Default)]
@@ -158,19 +158,12 @@ async fn hand_over_in(
                 continue;
             }
         };
-        sqlx::query(
-            "INSERT INTO leases_given (id, key_id, server, seats, end_at, period_secs, seq,
-                 period_end, revoked, promised, held, created_at, replaces, follows)
-             SELECT $1, $2, server, 0, 0, 0, 0, 0, 0, '', 0, $3, id, follows
-             FROM leases_given WHERE id = $4",
-        )
-        .bind(&id)
-        .bind(new)
-        .bind(now)
-        .bind(&old_lease)
-        .execute(&mut **tx)
-        .await?;
-        save_given(tx, &n, 0, now).await?;
+        let (follows,): (String,) =
+            sqlx::query_as("SELECT follows FROM leases_given WHERE id = $1")
+                .bind(&old_lease)
+                .fetch_one(&mut **tx)
+                .await?;
+        insert_given(tx, &n, &server, &follows, Some(&old_lease), now).await?;
         src.free -= n.seats;
         out.grants.push((server, grant));
     }
