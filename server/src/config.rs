@@ -239,7 +239,12 @@ impl Default for Notifications {
 #[serde(deny_unknown_fields, default)]
 pub struct StoreConfig {
     /// `full`: every commit survives power loss; `normal`: survives a process crash, faster.
+    /// (The embedded store; PostgreSQL's durability is the database's own setting.)
     pub durability: Durability,
+    /// Where the store is: empty for the embedded SQLite file in the data directory (P1), or a
+    /// PostgreSQL URL, `postgres://user:password@host:5432/outpost` (P2: several server
+    /// instances may share it).
+    pub url: String,
 }
 
 impl Default for ServerConfig {
@@ -295,6 +300,7 @@ impl Default for StoreConfig {
     fn default() -> Self {
         StoreConfig {
             durability: Durability::Full,
+            url: String::new(),
         }
     }
 }
@@ -304,6 +310,15 @@ impl Validate for ServerConfig {
         ensure(self.limits.max_sessions > 0, || {
             "limits.max_sessions must be at least 1".into()
         })?;
+        ensure(
+            self.store.url.is_empty() || crate::store::backend::is_postgres(&self.store.url),
+            || {
+                // Not echoed: it may hold a password.
+                "store.url is not a PostgreSQL URL: leave it empty for the embedded store, or \
+                 give postgres://user:password@host:5432/database"
+                    .to_owned()
+            },
+        )?;
         ensure(self.limits.max_frame >= 4096, || {
             "limits.max_frame must be at least 4096 bytes".into()
         })?;

@@ -179,7 +179,17 @@ impl DataDir {
         write_atomic(&self.grant_key(), &grant_pk8, true)?;
         std::fs::create_dir_all(self.keys())?;
 
-        let store = Store::open(&self.db(), cfg.store.durability).await?;
+        let store =
+            Store::open_configured(&self.db(), &cfg.store.url, cfg.store.durability).await?;
+        if store.backend() == crate::store::Backend::Postgres && store.holds_a_deployment().await? {
+            return Err(StoreError::Conflict(
+                "the PostgreSQL database in store.url already holds a deployment: init needs an \
+                 empty database; to add an instance to that deployment, copy an instance's data \
+                 directory instead (README, \"Scaling out\")"
+                    .into(),
+            )
+            .into());
+        }
         let admin_id = format!("admin-{:08x}", rand::random::<u32>());
         let admin = ca.issue(
             CertRole::Admin,

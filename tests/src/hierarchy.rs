@@ -80,6 +80,28 @@ impl ServerProc {
         self.child = Some(child);
     }
 
+    /// Another instance of this server's deployment on the same PostgreSQL database (P2): its
+    /// data directory copied without the embedded database and logs (same CA, certificates,
+    /// grant key, admin bundle), listening on a port of its own; started.
+    pub fn another_instance(&self, name: &str) -> ServerProc {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let data = dir.path().join(name);
+        copy_tree(&self.data, &data);
+        let addr = std::net::UdpSocket::bind("127.0.0.1:0")
+            .and_then(|s| s.local_addr())
+            .expect("free port");
+        let mut p = ServerProc {
+            name: name.to_owned(),
+            data,
+            addr,
+            child: None,
+            _dir: dir,
+        };
+        p.edit_config(|c| c.listen = addr);
+        p.spawn();
+        p
+    }
+
     /// SIGKILL: no shutdown, nothing flushed beyond what was committed.
     pub fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {
@@ -422,4 +444,22 @@ pub fn usage(
     let r = rows.iter().find(|u| u.path == path)?.report.as_ref()?;
     let k = r.keys.iter().find(|k| k.key_id == key)?;
     Some((k.seats, k.seats_leased_out, k.active_licensed))
+}
+
+fn copy_tree(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).expect("mkdir");
+    for e in std::fs::read_dir(from).expect("read_dir") {
+        let e = e.expect("entry");
+        let name = e.file_name();
+        let n = name.to_string_lossy();
+        if n.starts_with("outpost.db") || n.ends_with(".log") || n == "status.json" {
+            continue;
+        }
+        let (src, dst) = (e.path(), to.join(&name));
+        if e.file_type().expect("type").is_dir() {
+            copy_tree(&src, &dst);
+        } else {
+            std::fs::copy(&src, &dst).expect("copy");
+        }
+    }
 }

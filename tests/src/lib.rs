@@ -11,6 +11,7 @@ pub mod fuzz;
 pub mod hierarchy;
 pub mod licensing;
 pub mod netbed;
+pub mod pg;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -139,6 +140,10 @@ pub fn test_server_config() -> ServerConfig {
     c.timing.retry_after = Duration::from_millis(200);
     c.timing.shutdown_grace = Duration::from_secs(2);
     c.store.durability = outpost_server::store::Durability::Normal;
+    if pg::servers_on_postgres() {
+        let base = pg::cluster().expect("OUTPOST_TEST_STORE=postgres needs OUTPOST_TEST_PG");
+        c.store.url = pg::fresh_database(&base);
+    }
     c
 }
 

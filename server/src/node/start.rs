@@ -62,7 +62,8 @@ pub async fn start(data: DataDir) -> Result<ServerHandle, StartError> {
         &config.authority_public_key,
     )
     .map_err(|e| outpost_net::config::ConfigError::invalid(format!("authority_public_key: {e}")))?;
-    let store = Store::open(&data.db(), config.store.durability).await?;
+    let store =
+        Store::open_configured(&data.db(), &config.store.url, config.store.durability).await?;
 
     let (ep, local_addr) = endpoint::listen(
         config.listen,

@@ -8,9 +8,16 @@
 //! backend. What differs per backend lives here: how to connect, the pragmas, the migrations
 //! directory, and how many writers may run at once.
 //!
-//! Only the embedded SQLite backend exists so far (P1). A PostgreSQL backend (P2) is another
-//! arm of [`Backend`]: its connect options, its migrations directory kept in step with
-//! SQLite's, and a write pool wider than one connection.
+//! Two backends: the embedded SQLite file (P1, the default) and PostgreSQL (P2, `store.url =
+//! "postgres://…"`), whose migrations (`migrations/postgres`) are kept in step with SQLite's by
+//! a test comparing the two schemas. On PostgreSQL several connections write at once (and
+//! several server instances may share the database): the store's seat arithmetic is conditional
+//! updates inside transactions, so that is safe.
+//!
+//! Portability rules the queries follow: aggregates over integers are cast back
+//! (`CAST(SUM(x) AS BIGINT)`: PostgreSQL's SUM of BIGINT is NUMERIC, which the `Any` driver
+//! cannot read), and truth values are selected as integers (`CASE WHEN … THEN 1 ELSE 0 END`),
+//! never as bare comparisons or `EXISTS`, which are booleans on PostgreSQL.
 
 use std::path::Path;
 use std::time::Duration;
@@ -34,6 +41,8 @@ pub type Row = sqlx::any::AnyRow;
 pub enum Backend {
     /// The embedded default: one file in the data directory.
     Sqlite,
+    /// A PostgreSQL database, possibly shared by several server instances (P2).
+    Postgres,
 }
 
 /// The pools of an open store.
@@ -106,6 +115,38 @@ pub async fn open_sqlite(path: &Path, durability: Durability) -> Result<Pools, S
         read,
         backend: Backend::Sqlite,
     })
+}
+
+/// Connections per pool on PostgreSQL.
+const PG_CONNECTIONS: u32 = 8;
+
+/// Opens the PostgreSQL database at `url` (`postgres://user:password@host:port/database`, or
+/// `?host=/socket/dir`) and migrates it.
+pub async fn open_postgres(url: &str) -> Result<Pools, StoreError> {
+    sqlx::any::install_default_drivers();
+    let write = AnyPoolOptions::new()
+        .max_connections(PG_CONNECTIONS)
+        .acquire_timeout(Duration::from_secs(30))
+        .connect(url)
+        .await?;
+    // Instances starting together on an empty database migrate one after the other (sqlx takes
+    // an advisory lock for it).
+    sqlx::migrate!("./migrations/postgres").run(&write).await?;
+    let read = AnyPoolOptions::new()
+        .max_connections(PG_CONNECTIONS)
+        .acquire_timeout(Duration::from_secs(30))
+        .connect(url)
+        .await?;
+    Ok(Pools {
+        write,
+        read,
+        backend: Backend::Postgres,
+    })
+}
+
+/// Whether `url` names a PostgreSQL database.
+pub fn is_postgres(url: &str) -> bool {
+    url.starts_with("postgres://") || url.starts_with("postgresql://")
 }
 
 #[cfg(test)]

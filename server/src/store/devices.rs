@@ -305,7 +305,7 @@ impl Store {
     /// waits for them), with the soonest certificate expiry of all active devices.
     pub async fn cert_summary(&self, ca_sha256: &str) -> Result<CertSummary, StoreError> {
         let (on_other_ca, soonest): (i64, Option<i64>) = sqlx::query_as(
-            "SELECT COALESCE(SUM(CASE WHEN cert_ca_sha256 <> $1 THEN 1 ELSE 0 END), 0),
+            "SELECT COALESCE(CAST(SUM(CASE WHEN cert_ca_sha256 <> $1 THEN 1 ELSE 0 END) AS BIGINT), 0),
                     MIN(CASE WHEN cert_expires_at > 0 THEN cert_expires_at END)
              FROM devices WHERE revoked_at IS NULL",
         )

@@ -301,11 +301,12 @@ impl Store {
 
 /// [`Store::remove_key`] inside a transaction.
 pub(super) async fn remove_key_in(tx: &mut Tx<'_>, id: &str) -> Result<(), StoreError> {
-    let (leases, held): (i64, Option<i64>) =
-        sqlx::query_as("SELECT COUNT(*), SUM(held) FROM leases_given WHERE key_id = $1")
-            .bind(id)
-            .fetch_one(&mut **tx)
-            .await?;
+    let (leases, held): (i64, Option<i64>) = sqlx::query_as(
+        "SELECT COUNT(*), CAST(SUM(held) AS BIGINT) FROM leases_given WHERE key_id = $1",
+    )
+    .bind(id)
+    .fetch_one(&mut **tx)
+    .await?;
     if held.unwrap_or(0) > 0 {
         return Err(StoreError::Conflict(format!(
             "key {id} has {} seat(s) on {leases} lease(s) given to neighbour servers: they come back \

@@ -142,7 +142,24 @@ pub struct Store {
 impl Store {
     /// Opens (creating if needed) the embedded database at `path` and applies migrations.
     pub async fn open(path: &std::path::Path, durability: Durability) -> Result<Store, StoreError> {
-        let pools = backend::open_sqlite(path, durability).await?;
+        Store::with_pools(backend::open_sqlite(path, durability).await?)
+    }
+
+    /// Opens the store `server.toml` names: the PostgreSQL database at `url` when it is a
+    /// `postgres://` URL (P2), else the embedded file at `path` (P1).
+    pub async fn open_configured(
+        path: &std::path::Path,
+        url: &str,
+        durability: Durability,
+    ) -> Result<Store, StoreError> {
+        if backend::is_postgres(url) {
+            Store::with_pools(backend::open_postgres(url).await?)
+        } else {
+            Store::open(path, durability).await
+        }
+    }
+
+    fn with_pools(pools: backend::Pools) -> Result<Store, StoreError> {
         let (notices, notices_rx) = notices::NoticeQueue::new(1024);
         let (checks, jobs) = mpsc::channel(4096);
         tokio::spawn(writer::check_writer(
@@ -183,6 +200,15 @@ impl Store {
     /// Moves the licence epoch; called by write paths after a commit that can alter licences.
     fn licence_changed(&self) {
         self.epoch.send_modify(|e| *e += 1);
+    }
+
+    /// Whether the database already holds a deployment (any device): `init` refuses to write a
+    /// second one into a shared PostgreSQL database.
+    pub async fn holds_a_deployment(&self) -> Result<bool, StoreError> {
+        let (n,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM devices")
+            .fetch_one(&self.read)
+            .await?;
+        Ok(n > 0)
     }
 
     /// Checks the seat invariants: every key's `seats_used` equals its seat rows plus the

@@ -31,8 +31,8 @@ impl Store {
         .await?;
         let (devices, licensed, recent): (i64, Option<i64>, Option<i64>) = sqlx::query_as(
             "SELECT COUNT(*),
-                    SUM(CASE WHEN licence_state = 'licensed' THEN 1 ELSE 0 END),
-                    SUM(CASE WHEN last_seen >= $1 THEN 1 ELSE 0 END)
+                    CAST(SUM(CASE WHEN licence_state = 'licensed' THEN 1 ELSE 0 END) AS BIGINT),
+                    CAST(SUM(CASE WHEN last_seen >= $1 THEN 1 ELSE 0 END) AS BIGINT)
              FROM devices WHERE role = 'agent' AND revoked_at IS NULL",
         )
         .bind(since)

@@ -112,7 +112,9 @@ impl Store {
         let mut grants = vec![];
         let open: Vec<(String, String, i64)> = sqlx::query_as(
             "SELECT g.id, g.follows,
-                    EXISTS (SELECT 1 FROM key_assignments a WHERE a.key_id = g.key_id AND a.object = $3)
+                    CASE WHEN EXISTS (SELECT 1 FROM key_assignments a
+                                      WHERE a.key_id = g.key_id AND a.object = $3)
+                         THEN 1 ELSE 0 END
              FROM leases_given g
              WHERE g.server = $1 AND g.follows != '' AND g.revoked = 0 AND g.end_at > $2
              ORDER BY g.key_id, g.id",
@@ -214,7 +216,7 @@ async fn need(
     without_key: u32,
 ) -> Result<u32, StoreError> {
     let (needed, fixed): (Option<i64>, Option<i64>) = sqlx::query_as(
-        "SELECT MAX(needed), SUM(CASE WHEN follows = '' AND id != $3 THEN seats ELSE 0 END)
+        "SELECT MAX(needed), CAST(SUM(CASE WHEN follows = '' AND id != $3 THEN seats ELSE 0 END) AS BIGINT)
          FROM leases_given WHERE server = $1 AND key_id = $2 AND revoked = 0",
     )
     .bind(server)

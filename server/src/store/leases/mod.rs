@@ -143,7 +143,7 @@ async fn source(tx: &mut Tx<'_>, key_id: &str, now: i64) -> Result<Source, Store
     }
     // Seats held on a lease (a chain): no further than this server's own lease.
     let (end, seats_held): (Option<i64>, Option<i64>) = sqlx::query_as(
-        "SELECT MAX(end_at), SUM(seats) FROM leases_received WHERE key_id = $1 AND period_end > $2",
+        "SELECT MAX(end_at), CAST(SUM(seats) AS BIGINT) FROM leases_received WHERE key_id = $1 AND period_end > $2",
     )
     .bind(key_id)
     .bind(now)

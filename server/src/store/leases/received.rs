@@ -227,7 +227,7 @@ pub(in crate::store) async fn settle_received_key(
     now: i64,
 ) -> Result<(), StoreError> {
     let (usable, until): (Option<i64>, Option<i64>) = sqlx::query_as(
-        "SELECT SUM(seats), MIN(period_end) FROM leases_received
+        "SELECT CAST(SUM(seats) AS BIGINT), MIN(period_end) FROM leases_received
          WHERE key_id = $1 AND period_end > $2 AND seats > 0",
     )
     .bind(key_id)

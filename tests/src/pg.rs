@@ -1,0 +1,61 @@
+//! The PostgreSQL cluster of the tests (P2). `.ci/pg-cluster start` starts a throwaway one as the
+//! unprivileged `postgres` user and prints its URL; the tests find it in `OUTPOST_TEST_PG`.
+//! With `OUTPOST_TEST_STORE=postgres` every test server gets a fresh database in it instead of
+//! the embedded file (the second pass of `.ci/run`); tests that are about PostgreSQL itself ask
+//! for it with [`required`].
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+/// The URL of the cluster's `postgres` database, if one is configured.
+pub fn cluster() -> Option<String> {
+    std::env::var("OUTPOST_TEST_PG")
+        .ok()
+        .filter(|u| !u.is_empty())
+}
+
+/// Whether test servers run on PostgreSQL (`OUTPOST_TEST_STORE=postgres`).
+pub fn servers_on_postgres() -> bool {
+    std::env::var("OUTPOST_TEST_STORE").is_ok_and(|v| v == "postgres")
+}
+
+/// The cluster for a test about PostgreSQL. Without one: a failure in CI
+/// (`OUTPOST_REQUIRE_PG=1`), else `None` and a line saying why the test did nothing.
+pub fn required(test: &str) -> Option<String> {
+    match cluster() {
+        Some(u) => Some(u),
+        None if std::env::var("OUTPOST_REQUIRE_PG").is_ok_and(|v| v == "1") => panic!(
+            "{test}: OUTPOST_TEST_PG is not set; start a cluster with `.ci/pg-cluster start` \
+             and export the URL it prints"
+        ),
+        None => {
+            eprintln!(
+                "{test}: SKIPPED — no PostgreSQL cluster (run `.ci/pg-cluster start` and export \
+                 OUTPOST_TEST_PG=<the URL it prints>)"
+            );
+            None
+        }
+    }
+}
+
+/// A fresh, empty database in the cluster at `base`; returns its URL.
+pub fn fresh_database(base: &str) -> String {
+    static N: AtomicUsize = AtomicUsize::new(0);
+    let name = format!(
+        "t_{}_{}_{:06x}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed),
+        rand::random::<u32>() & 0xff_ffff
+    );
+    let out = std::process::Command::new("psql")
+        .arg(base)
+        .args(["-q", "-c", &format!("CREATE DATABASE {name}")])
+        .output()
+        .expect("run psql (apt-get install postgresql-client)");
+    assert!(
+        out.status.success(),
+        "CREATE DATABASE {name}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (prefix, _) = base.rsplit_once('/').expect("a URL with a database");
+    format!("{prefix}/{name}")
+}

@@ -1,0 +1,268 @@
+//! Scale-out on PostgreSQL (P2): the two schemas kept in step, and several server instances on
+//! one database sharing one seat count. Needs the test cluster (`.ci/pg-cluster start`,
+//! `OUTPOST_TEST_PG`); CI sets `OUTPOST_REQUIRE_PG=1`, so there a missing cluster fails.
+
+use std::collections::BTreeMap;
+
+use outpost_proto::pb::admin::{TokenCreate, admin_request::Op, admin_response::Result as R};
+use outpost_server::config::ServerConfig;
+use outpost_server::store::{Durability, Store};
+use outpost_tests::hierarchy::{ServerProc, import};
+use outpost_tests::licensing::{AV_FW, DAY, issue};
+use outpost_tests::{Agent, Authority, init_logs, pg, test_agent_config, until};
+use sqlx::Connection;
+
+/// Column (type, nullable, primary-key position) per table, plus the CHECK and FOREIGN KEY
+/// counts and the index names: what both schemas must agree on.
+type Schema = BTreeMap<String, Vec<String>>;
+
+fn kind(t: &str) -> &'static str {
+    match t.to_ascii_lowercase().as_str() {
+        "integer" | "bigint" => "int",
+        "text" => "text",
+        "blob" | "bytea" => "bytes",
+        other => panic!("unexpected column type {other}"),
+    }
+}
+
+async fn sqlite_schema(path: &std::path::Path) -> Schema {
+    let mut db = sqlx::SqliteConnection::connect(&format!("sqlite://{}", path.display()))
+        .await
+        .unwrap();
+    let cols: Vec<(String, String, String, i64, i64)> = sqlx::query_as(
+        "SELECT m.name, p.name, p.type, p.\"notnull\", p.pk FROM sqlite_master m
+         JOIN pragma_table_info(m.name) p
+         WHERE m.type = 'table' AND m.name NOT LIKE 'sqlite_%' AND m.name NOT LIKE '_sqlx%'",
+    )
+    .fetch_all(&mut db)
+    .await
+    .unwrap();
+    let mut s = Schema::new();
+    for (t, c, ty, notnull, pk) in cols {
+        s.entry(t).or_default().push(format!(
+            "{c} {} {} pk{pk}",
+            kind(&ty),
+            if notnull == 1 || pk > 0 {
+                "not-null"
+            } else {
+                "null"
+            }
+        ));
+    }
+    let tables: Vec<(String, String)> = sqlx::query_as(
+        "SELECT name, sql FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'
+         AND name NOT LIKE '_sqlx%'",
+    )
+    .fetch_all(&mut db)
+    .await
+    .unwrap();
+    for (t, sql) in tables {
+        let checks = sql.matches("CHECK (").count();
+        let (fks,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM pragma_foreign_key_list($1)")
+            .bind(&t)
+            .fetch_one(&mut db)
+            .await
+            .unwrap();
+        s.entry(t)
+            .or_default()
+            .push(format!("checks {checks} fks {fks}"));
+    }
+    let idx: Vec<(String, String)> = sqlx::query_as(
+        "SELECT tbl_name, name FROM sqlite_master WHERE type = 'index' AND sql IS NOT NULL",
+    )
+    .fetch_all(&mut db)
+    .await
+    .unwrap();
+    for (t, i) in idx {
+        s.entry(t).or_default().push(format!("index {i}"));
+    }
+    for v in s.values_mut() {
+        v.sort();
+    }
+    s
+}
+
+async fn postgres_schema(url: &str) -> Schema {
+    let mut db = sqlx::PgConnection::connect(url).await.unwrap();
+    let cols: Vec<(String, String, String, String, i32)> = sqlx::query_as(
+        "SELECT c.table_name::text, c.column_name::text, c.data_type::text, c.is_nullable::text,
+                COALESCE((SELECT k.ordinal_position::int FROM information_schema.table_constraints t
+                          JOIN information_schema.key_column_usage k
+                            ON k.constraint_name = t.constraint_name AND k.table_name = t.table_name
+                          WHERE t.table_name = c.table_name AND t.constraint_type = 'PRIMARY KEY'
+                            AND k.column_name = c.column_name), 0)
+         FROM information_schema.columns c
+         WHERE c.table_schema = 'public' AND c.table_name NOT LIKE '_sqlx%'",
+    )
+    .fetch_all(&mut db)
+    .await
+    .unwrap();
+    let mut s = Schema::new();
+    for (t, c, ty, nullable, pk) in cols {
+        s.entry(t).or_default().push(format!(
+            "{c} {} {} pk{pk}",
+            kind(&ty),
+            if nullable == "NO" { "not-null" } else { "null" }
+        ));
+    }
+    let cons: Vec<(String, i64, i64)> = sqlx::query_as(
+        "SELECT r.relname::text,
+                COUNT(*) FILTER (WHERE c.contype = 'c'), COUNT(*) FILTER (WHERE c.contype = 'f')
+         FROM pg_class r JOIN pg_namespace n ON n.oid = r.relnamespace
+         LEFT JOIN pg_constraint c ON c.conrelid = r.oid
+         WHERE n.nspname = 'public' AND r.relkind = 'r' AND r.relname NOT LIKE '_sqlx%'
+         GROUP BY r.relname",
+    )
+    .fetch_all(&mut db)
+    .await
+    .unwrap();
+    for (t, checks, fks) in cons {
+        s.entry(t)
+            .or_default()
+            .push(format!("checks {checks} fks {fks}"));
+    }
+    let idx: Vec<(String, String)> = sqlx::query_as(
+        "SELECT i.tablename::text, i.indexname::text FROM pg_indexes i
+         WHERE i.schemaname = 'public' AND i.tablename NOT LIKE '_sqlx%'
+           AND NOT EXISTS (SELECT 1 FROM pg_constraint c WHERE c.conname = i.indexname)",
+    )
+    .fetch_all(&mut db)
+    .await
+    .unwrap();
+    for (t, i) in idx {
+        s.entry(t).or_default().push(format!("index {i}"));
+    }
+    for v in s.values_mut() {
+        v.sort();
+    }
+    s
+}
+
+/// The migrations of both backends produce the same tables, columns (type, nullability,
+/// primary key), CHECK and FOREIGN KEY constraints and indexes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn p2_sqlite_and_postgres_schemas_match() {
+    init_logs();
+    let Some(base) = pg::required("p2_sqlite_and_postgres_schemas_match") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("outpost.db");
+    let lite = Store::open(&file, Durability::Normal).await.unwrap();
+    lite.close().await;
+    let url = pg::fresh_database(&base);
+    let pgs = Store::open_configured(&file, &url, Durability::Normal)
+        .await
+        .unwrap();
+    assert_eq!(pgs.backend(), outpost_server::store::Backend::Postgres);
+    pgs.close().await;
+    let (a, b) = (sqlite_schema(&file).await, postgres_schema(&url).await);
+    assert!(a.len() >= 17, "tables read: {:?}", a.keys());
+    for t in a.keys().chain(b.keys()) {
+        assert_eq!(
+            a.get(t),
+            b.get(t),
+            "table {t}: SQLite (left) and PostgreSQL (right) differ"
+        );
+    }
+}
+
+/// Two server instances on one PostgreSQL database, agents split over them, twice as many as
+/// a key has seats, all at once: exactly S licensed across both, seats consistent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn p2_two_instances_on_one_database_share_one_seat_count() {
+    init_logs();
+    let Some(base) = pg::required("p2_two_instances_on_one_database_share_one_seat_count") else {
+        return;
+    };
+    const S: usize = 15;
+    let auth = Authority::new();
+    let url = pg::fresh_database(&base);
+    let on_pg = |c: &mut ServerConfig| c.store.url = url.clone();
+    let a = ServerProc::start(&auth, "instance-a", on_pg).await;
+    let b = a.another_instance("instance-b");
+    import(
+        &a,
+        &issue(&auth, "K-SHARED", S as u32, 30 * DAY, AV_FW, false, None),
+    )
+    .await;
+    // The token made through A is good on B: one database.
+    let R::TokenCreated(t) = b
+        .admin(Op::TokenCreate(TokenCreate {
+            role: "agent".into(),
+            uses: 2 * S as u32,
+            ttl_secs: 3600,
+            ..Default::default()
+        }))
+        .await
+    else {
+        panic!("token")
+    };
+    let mut agents = vec![];
+    for i in 0..2 * S {
+        let to = if i % 2 == 0 { a.addr } else { b.addr };
+        agents.push(
+            Agent::enroll(
+                test_agent_config(vec![], Some(to), &format!("p2-{i}")),
+                &t.token,
+            )
+            .await,
+        );
+    }
+    for x in agents.iter_mut() {
+        x.boot();
+    }
+    for x in &agents {
+        x.wait_checked().await;
+    }
+    let licensed = || {
+        agents
+            .iter()
+            .filter(|x| x.h().status().borrow().licence.state == "licensed")
+            .count()
+    };
+    until("every agent checked", || async {
+        agents
+            .iter()
+            .all(|x| !x.h().status().borrow().licence.state.is_empty())
+    })
+    .await;
+    assert_eq!(
+        licensed(),
+        S,
+        "exactly {S} of {} licensed across both instances",
+        2 * S
+    );
+    let per = |port| {
+        agents
+            .iter()
+            .enumerate()
+            .filter(|(i, x)| {
+                (if i % 2 == 0 { a.addr } else { b.addr }) == port
+                    && x.h().status().borrow().licence.state == "licensed"
+            })
+            .count()
+    };
+    let (on_a, on_b) = (per(a.addr), per(b.addr));
+    assert!(
+        on_a > 0 && on_b > 0,
+        "both instances licensed devices: {on_a} / {on_b}"
+    );
+    for s in [&a, &b] {
+        let k = s.key("K-SHARED").await.unwrap();
+        assert_eq!(k.seats_used as usize, S, "{}: {k:?}", s.name);
+    }
+    let store = Store::open_configured(
+        std::path::Path::new("/nonexistent"),
+        &url,
+        Durability::Normal,
+    )
+    .await
+    .unwrap();
+    assert!(store.audit_seats().await.unwrap().is_empty());
+    store.close().await;
+    eprintln!(
+        "p2: {S} of {} licensed, {on_a} through instance A and {on_b} through B",
+        2 * S
+    );
+}
