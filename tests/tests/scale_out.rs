@@ -4,7 +4,11 @@
 
 use std::collections::BTreeMap;
 
-use outpost_proto::pb::admin::{TokenCreate, admin_request::Op, admin_response::Result as R};
+use std::time::Duration;
+
+use outpost_proto::pb::admin::{
+    DeviceRef, TokenCreate, admin_request::Op, admin_response::Result as R,
+};
 use outpost_server::config::ServerConfig;
 use outpost_server::store::{Durability, Store};
 use outpost_tests::hierarchy::{ServerProc, import};
@@ -178,7 +182,12 @@ async fn p2_two_instances_on_one_database_share_one_seat_count() {
     const S: usize = 15;
     let auth = Authority::new();
     let url = pg::fresh_database(&base);
-    let on_pg = |c: &mut ServerConfig| c.store.url = url.clone();
+    // A sync interval far longer than the test: what reaches sessions on the other instance
+    // does so through the wake-ups, not a periodic sync.
+    let on_pg = |c: &mut ServerConfig| {
+        c.store.url = url.clone();
+        c.timing.sync_interval = Duration::from_secs(600);
+    };
     let a = ServerProc::start(&auth, "instance-a", on_pg).await;
     let b = a.another_instance("instance-b");
     import(
@@ -248,6 +257,7 @@ async fn p2_two_instances_on_one_database_share_one_seat_count() {
         on_a > 0 && on_b > 0,
         "both instances licensed devices: {on_a} / {on_b}"
     );
+    assert_eq!(on_a + on_b, S);
     for s in [&a, &b] {
         let k = s.key("K-SHARED").await.unwrap();
         assert_eq!(k.seats_used as usize, S, "{}: {k:?}", s.name);
@@ -261,8 +271,53 @@ async fn p2_two_instances_on_one_database_share_one_seat_count() {
     .unwrap();
     assert!(store.audit_seats().await.unwrap().is_empty());
     store.close().await;
+
+    // A device revoked through instance A loses its session on B within 2 s.
+    let on_b_agent = agents
+        .iter()
+        .enumerate()
+        .find(|(i, x)| i % 2 == 1 && x.h().status().borrow().licence.state == "licensed")
+        .map(|(_, x)| x)
+        .expect("a licensed agent on B");
+    let started = std::time::Instant::now();
+    a.admin(Op::DeviceRevoke(DeviceRef {
+        device_id: on_b_agent.h().device_id().to_owned(),
+        ..Default::default()
+    }))
+    .await;
+    let st = outpost_tests::within(
+        "the agent on B is told it is revoked",
+        on_b_agent.h().wait_for(|s| s.licence.state == "unlicensed"),
+    )
+    .await;
+    let revoked_in = started.elapsed();
+    assert_eq!(st.licence.reason, "revoked");
+    assert!(
+        revoked_in < Duration::from_secs(2),
+        "revoked on B {revoked_in:?} after A committed"
+    );
+
+    // A key imported through B licenses the unlicensed agents held by A within seconds: A's
+    // sessions re-check when B's change wakes it (their sync interval is far longer).
+    let started = std::time::Instant::now();
+    import(
+        &b,
+        &issue(&auth, "K-MORE", S as u32, 30 * DAY, AV_FW, false, None),
+    )
+    .await;
+    until("every agent but the revoked one licensed", || async {
+        agents
+            .iter()
+            .filter(|x| x.h().status().borrow().licence.state == "licensed")
+            .count()
+            == 2 * S - 1
+    })
+    .await;
+    let rechecked_in = started.elapsed();
     eprintln!(
-        "p2: {S} of {} licensed, {on_a} through instance A and {on_b} through B",
+        "p2: {S} of {} licensed, {on_a} through instance A and {on_b} through B; revoked on B \
+         {revoked_in:?} after A; a key imported through B licensed A's waiting agents in \
+         {rechecked_in:?}",
         2 * S
     );
 }

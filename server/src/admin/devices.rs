@@ -88,6 +88,7 @@ pub(super) async fn revoke(node: &Node, d: DeviceRef) -> Answer {
     let r = crate::node::revoked(&d.device_id);
     let online = node.sessions().registry().kick(&d.device_id, r.clone())
         | node.gateways().disconnect(&d.device_id, &r);
+    node.store().announce_gone(&d.device_id, false).await;
     info!(device = %d.device_id, online, "device revoked");
     finish(node, "revoked", &d, online, seats).await
 }
@@ -102,6 +103,7 @@ pub(super) async fn remove(node: &Node, d: DeviceRef) -> Answer {
     let r = crate::node::removed();
     let online = node.sessions().registry().kick(&d.device_id, r.clone())
         | node.gateways().disconnect(&d.device_id, &r);
+    node.store().announce_gone(&d.device_id, true).await;
     info!(device = %d.device_id, online, "device removed");
     finish(node, "removed", &d, online, seats).await
 }

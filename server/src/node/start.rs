@@ -103,6 +103,9 @@ pub async fn start(data: DataDir) -> Result<ServerHandle, StartError> {
         node.runtime.spawn(crate::notify::run(node.clone(), rx));
     }
     node.runtime.spawn(crate::licence::clock::run(node.clone()));
+    if let Some(rx) = node.store().remote_events() {
+        node.runtime.spawn(remote_events(node.clone(), rx));
+    }
     node.runtime.spawn(crate::certs::renew_own(node.clone()));
     // Pins first: a neighbour dialling in right away must find its certificate accepted.
     node.peers.reload(&node).await?;
@@ -113,4 +116,50 @@ pub async fn start(data: DataDir) -> Result<ServerHandle, StartError> {
         endpoint: ep,
         accept,
     })
+}
+
+/// Acts on what other instances on the shared database announce (P2): a device revoked or
+/// removed there loses its session here; after a gap in the announcements, every session held
+/// here is checked against the devices table.
+async fn remote_events(
+    node: Arc<Node>,
+    mut rx: tokio::sync::broadcast::Receiver<crate::store::wake::Remote>,
+) {
+    use crate::store::wake::Remote;
+    use tokio::sync::broadcast::error::RecvError;
+    let end = |device: &str, removed: bool| {
+        let why = if removed {
+            super::accept::removed()
+        } else {
+            super::accept::revoked(device)
+        };
+        let online = node.sessions().registry().kick(device, why.clone())
+            | node.gateways().disconnect(device, &why);
+        if online {
+            info!(%device, removed, "session ended: the device was revoked or removed through another instance");
+        }
+    };
+    loop {
+        let event = tokio::select! {
+            e = rx.recv() => e,
+            _ = node.runtime().cancelled() => return,
+        };
+        match event {
+            Ok(Remote::Gone { device, removed }) => end(&device, removed),
+            Ok(Remote::CatchUp) | Err(RecvError::Lagged(_)) => {
+                for device in node.sessions().registry().online() {
+                    match node.store().device(&device).await {
+                        Ok(None) => end(&device, true),
+                        Ok(Some(d)) if d.revoked_at.is_some() => end(&device, false),
+                        Ok(Some(_)) => {}
+                        Err(e) => {
+                            tracing::warn!(error = %e, "catching up with the other instances failed");
+                            break;
+                        }
+                    }
+                }
+            }
+            Err(RecvError::Closed) => return,
+        }
+    }
 }

@@ -28,6 +28,7 @@ mod reports;
 mod seats;
 mod servers;
 mod tokens;
+pub mod wake;
 mod writer;
 
 use std::sync::{Arc, Mutex};
@@ -137,12 +138,14 @@ pub struct Store {
     notices_rx: Arc<Mutex<Option<mpsc::Receiver<Notice>>>>,
     /// The licence epoch (see the module comment).
     epoch: Arc<watch::Sender<u64>>,
+    /// On a shared PostgreSQL database: waking the other instances (P2).
+    waker: Option<wake::Waker>,
 }
 
 impl Store {
     /// Opens (creating if needed) the embedded database at `path` and applies migrations.
     pub async fn open(path: &std::path::Path, durability: Durability) -> Result<Store, StoreError> {
-        Store::with_pools(backend::open_sqlite(path, durability).await?)
+        Store::with_pools(backend::open_sqlite(path, durability).await?, None)
     }
 
     /// Opens the store `server.toml` names: the PostgreSQL database at `url` when it is a
@@ -153,13 +156,15 @@ impl Store {
         durability: Durability,
     ) -> Result<Store, StoreError> {
         if backend::is_postgres(url) {
-            Store::with_pools(backend::open_postgres(url).await?)
+            Store::with_pools(backend::open_postgres(url).await?, Some(url))
         } else {
             Store::open(path, durability).await
         }
     }
 
-    fn with_pools(pools: backend::Pools) -> Result<Store, StoreError> {
+    fn with_pools(pools: backend::Pools, url: Option<&str>) -> Result<Store, StoreError> {
+        let epoch = Arc::new(watch::Sender::new(0));
+        let waker = url.map(|u| wake::Waker::start(u, pools.write.clone(), epoch.clone()));
         let (notices, notices_rx) = notices::NoticeQueue::new(1024);
         let (checks, jobs) = mpsc::channel(4096);
         tokio::spawn(writer::check_writer(
@@ -177,7 +182,8 @@ impl Store {
             acks,
             notices,
             notices_rx: Arc::new(Mutex::new(Some(notices_rx))),
-            epoch: Arc::new(watch::Sender::new(0)),
+            epoch,
+            waker,
         })
     }
 
@@ -186,8 +192,25 @@ impl Store {
         self.backend
     }
 
+    /// Announcements of the other instances on a shared database (P2); `None` on the embedded
+    /// store.
+    pub fn remote_events(&self) -> Option<tokio::sync::broadcast::Receiver<wake::Remote>> {
+        self.waker.as_ref().map(|w| w.subscribe())
+    }
+
+    /// Tells the other instances on a shared database that a device was revoked or removed, so
+    /// that the one holding its session ends it. Nothing on the embedded store.
+    pub async fn announce_gone(&self, device: &str, removed: bool) {
+        if let Some(w) = &self.waker {
+            w.gone(device, removed).await;
+        }
+    }
+
     /// Closes both pools (waits for running queries).
     pub async fn close(&self) {
+        if let Some(w) = &self.waker {
+            w.stop();
+        }
         self.write.close().await;
         self.read.close().await;
     }
@@ -200,6 +223,9 @@ impl Store {
     /// Moves the licence epoch; called by write paths after a commit that can alter licences.
     fn licence_changed(&self) {
         self.epoch.send_modify(|e| *e += 1);
+        if let Some(w) = &self.waker {
+            w.licence_changed();
+        }
     }
 
     /// Whether the database already holds a deployment (any device): `init` refuses to write a
