@@ -35,6 +35,20 @@ enum Cmd {
     },
     /// Administer a running server over QUIC with the admin certificate.
     Admin(AdminArgs),
+    /// Copy the embedded store into an empty PostgreSQL database (P2) and point server.toml at
+    /// it. Stop the server first; outpost.db stays as it was, as a backup.
+    MigrateStore {
+        /// Data directory.
+        #[arg(
+            long,
+            env = "OUTPOST_SERVER_DATA",
+            default_value = "/var/lib/outpost-server"
+        )]
+        data_dir: PathBuf,
+        /// The PostgreSQL database: postgres://user:password@host:5432/database (empty).
+        #[arg(long)]
+        to: String,
+    },
 }
 
 #[derive(Args)]
@@ -161,7 +175,50 @@ async fn run(cmd: Cmd) -> anyhow::Result<()> {
         }
         Cmd::Authority { cmd } => authority_cmd(cmd).await,
         Cmd::Admin(a) => Ok(outpost_admin::cli::run(a).await?),
+        Cmd::MigrateStore { data_dir, to } => migrate_store(&data_dir, &to).await,
     }
+}
+
+async fn migrate_store(dir: &std::path::Path, to: &str) -> anyhow::Result<()> {
+    let data = DataDir::new(dir);
+    anyhow::ensure!(
+        data.is_initialized(),
+        "{} is not an initialised data directory",
+        dir.display()
+    );
+    anyhow::ensure!(
+        outpost_server::store::backend::is_postgres(to),
+        "--to must be a PostgreSQL URL: postgres://user:password@host:5432/database"
+    );
+    let path = data.root().join("server.toml");
+    let mut cfg = outpost_server::config::ServerConfig::load(&path)?;
+    anyhow::ensure!(
+        cfg.store.url.is_empty(),
+        "this server already uses PostgreSQL (store.url in {}); nothing to migrate",
+        path.display()
+    );
+    // A running server holds its UDP port: refuse rather than copy a store being written.
+    if let Err(e) = std::net::UdpSocket::bind(cfg.listen)
+        && e.kind() == std::io::ErrorKind::AddrInUse
+    {
+        anyhow::bail!(
+            "{} is in use: the server seems to be running; stop it before migrating its store",
+            cfg.listen
+        );
+    }
+    let copied = outpost_server::store::migrate::sqlite_to_postgres(&data.db(), to).await?;
+    for (table, rows) in &copied {
+        println!("{table:<18} {rows} row(s)");
+    }
+    cfg.store.url = to.to_owned();
+    std::fs::write(&path, cfg.to_commented_toml())
+        .with_context(|| format!("writing {}", path.display()))?;
+    println!(
+        "copied and verified; {} now points at PostgreSQL ({} is left as it was, as a backup)",
+        path.display(),
+        data.db().display()
+    );
+    Ok(())
 }
 
 async fn init(

@@ -321,3 +321,104 @@ async fn p2_two_instances_on_one_database_share_one_seat_count() {
         2 * S
     );
 }
+
+/// The admin's view of a server: (device id, licence state, licence key) per device, and
+/// (key, seats, used) per key.
+async fn view(s: &ServerProc) -> (Vec<(String, String, String)>, Vec<(String, u32, u32)>) {
+    let R::Devices(d) = s
+        .admin(Op::DeviceList(
+            outpost_proto::pb::admin::DeviceList::default(),
+        ))
+        .await
+    else {
+        panic!("device list")
+    };
+    let mut devices: Vec<_> = d
+        .devices
+        .into_iter()
+        .map(|d| (d.device_id, d.licence_state, d.licence_key))
+        .collect();
+    devices.sort();
+    let R::Keys(k) = s
+        .admin(Op::KeyList(outpost_proto::pb::admin::Empty {}))
+        .await
+    else {
+        panic!("key list")
+    };
+    let mut keys: Vec<_> = k
+        .keys
+        .into_iter()
+        .map(|k| (k.key_id, k.seats_total, k.seats_used))
+        .collect();
+    keys.sort();
+    (devices, keys)
+}
+
+/// `migrate-store` moves a populated embedded store into PostgreSQL: the same devices, keys and
+/// counts afterwards, the agents licensed again on the same seats; a second run into the now
+/// used database is refused and changes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn p2_migrate_store_moves_an_embedded_store_with_the_same_devices_keys_and_counts() {
+    init_logs();
+    let Some(base) = pg::required("p2_migrate_store") else {
+        return;
+    };
+    let auth = Authority::new();
+    let mut s = ServerProc::start(&auth, "embedded", |c| c.store.url = String::new()).await;
+    import(&s, &issue(&auth, "K-MOVE", 3, 30 * DAY, AV_FW, false, None)).await;
+    let agents = outpost_tests::hierarchy::agents(&s, 5).await;
+    until("3 of 5 agents licensed, 2 told why not", || async {
+        outpost_tests::hierarchy::licensed(&agents, "K-MOVE") == 3
+            && agents
+                .iter()
+                .filter(|a| a.h().status().borrow().licence.state == "unlicensed")
+                .count()
+                == 2
+    })
+    .await;
+    // The server has recorded every agent's result (the record of an unchanged unlicensed
+    // result may land just after the agent heard it).
+    until("every agent's result recorded", || async {
+        view(&s)
+            .await
+            .0
+            .iter()
+            .filter(|(id, state, _)| id.starts_with("a-") && state != "unknown")
+            .count()
+            == 5
+    })
+    .await;
+    let before = view(&s).await;
+    s.kill();
+    drop(agents);
+    let url = pg::fresh_database(&base);
+    let data = s.data.to_string_lossy().into_owned();
+    let (ok, out, err) = outpost_tests::run_bin(
+        "outpost-server",
+        &["migrate-store", "--data-dir", &data, "--to", &url],
+    )
+    .expect("run migrate-store");
+    assert!(ok, "migrate-store failed: {err}");
+    assert!(
+        out.contains("licence_keys") && out.contains("copied and verified"),
+        "{out}"
+    );
+    s.spawn();
+    let after = view(&s).await;
+    assert_eq!(before, after, "devices and keys after the move");
+    assert_eq!(after.1, vec![("K-MOVE".to_owned(), 3, 3)]);
+    // The server runs on PostgreSQL now: its server.toml says so, and a second migration into
+    // that database is refused.
+    let toml = std::fs::read_to_string(s.data.join("server.toml")).unwrap();
+    assert!(toml.contains(&url), "server.toml points at the database");
+    s.kill();
+    let mut cfg = ServerConfig::load(&s.data.join("server.toml")).unwrap();
+    cfg.store.url = String::new();
+    std::fs::write(s.data.join("server.toml"), cfg.to_commented_toml()).unwrap();
+    let (ok, _, err) = outpost_tests::run_bin(
+        "outpost-server",
+        &["migrate-store", "--data-dir", &data, "--to", &url],
+    )
+    .unwrap();
+    assert!(!ok && err.contains("not empty"), "{err}");
+}

@@ -21,6 +21,7 @@ mod groups;
 mod holds;
 mod keys;
 mod leases;
+pub mod migrate;
 mod notices;
 mod pushes;
 mod relay;
