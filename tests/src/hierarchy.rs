@@ -102,6 +102,13 @@ impl ServerProc {
         p
     }
 
+    /// Whether the process is still running (it did not exit or crash).
+    pub fn running(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+    }
+
     /// SIGKILL: no shutdown, nothing flushed beyond what was committed.
     pub fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {

@@ -59,3 +59,53 @@ pub fn fresh_database(base: &str) -> String {
     let (prefix, _) = base.rsplit_once('/').expect("a URL with a database");
     format!("{prefix}/{name}")
 }
+
+/// A cluster of a test's own (one it may restart without disturbing the others), started with
+/// `.ci/pg-cluster`; stopped and removed when dropped.
+pub struct OwnCluster {
+    /// URL of its `postgres` database.
+    pub url: String,
+    dir: String,
+}
+
+impl OwnCluster {
+    /// Starts one (needs PostgreSQL installed and root or the `postgres` user).
+    pub fn start() -> OwnCluster {
+        let out = std::process::Command::new(script())
+            .arg("start")
+            .output()
+            .expect("run .ci/pg-cluster");
+        assert!(
+            out.status.success(),
+            ".ci/pg-cluster start: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let text = String::from_utf8_lossy(&out.stdout);
+        let (url, dir) = text.trim().split_once(' ').expect("URL and directory");
+        OwnCluster {
+            url: url.to_owned(),
+            dir: dir.to_owned(),
+        }
+    }
+
+    /// A fast restart: every connection is cut.
+    pub fn restart(&self) {
+        let ok = std::process::Command::new(script())
+            .args(["restart", &self.dir])
+            .status()
+            .expect("run .ci/pg-cluster");
+        assert!(ok.success(), ".ci/pg-cluster restart failed");
+    }
+}
+
+impl Drop for OwnCluster {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new(script())
+            .args(["stop", &self.dir])
+            .status();
+    }
+}
+
+fn script() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../.ci/pg-cluster")
+}

@@ -22,8 +22,8 @@
 use std::path::Path;
 use std::time::Duration;
 
-use sqlx::Executor;
 use sqlx::any::AnyPoolOptions;
+use sqlx::{Connection, Executor};
 
 use super::{Durability, StoreError};
 
@@ -124,6 +124,20 @@ const PG_CONNECTIONS: u32 = 8;
 /// `?host=/socket/dir`) and migrates it.
 pub async fn open_postgres(url: &str) -> Result<Pools, StoreError> {
     sqlx::any::install_default_drivers();
+    // One connection first, to say clearly when the database cannot be reached (the pool would
+    // only time out). The URL is not repeated: it may hold a password.
+    let unreachable = |why: String| {
+        StoreError::Invalid(format!(
+            "cannot connect to the PostgreSQL database in store.url: {why}"
+        ))
+    };
+    match tokio::time::timeout(Duration::from_secs(10), sqlx::AnyConnection::connect(url)).await {
+        Ok(Ok(c)) => {
+            let _ = sqlx::Connection::close(c).await;
+        }
+        Ok(Err(e)) => return Err(unreachable(e.to_string())),
+        Err(_) => return Err(unreachable("no answer within 10 s".into())),
+    }
     let write = AnyPoolOptions::new()
         .max_connections(PG_CONNECTIONS)
         .acquire_timeout(Duration::from_secs(30))
