@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use outpost_proto::pb::admin::{
-    DeviceRef, TokenCreate, admin_request::Op, admin_response::Result as R,
+    DeviceRef, PushRequest, TokenCreate, admin_request::Op, admin_response::Result as R,
 };
 use outpost_server::config::ServerConfig;
 use outpost_server::store::{Durability, Store};
@@ -172,11 +172,15 @@ async fn p2_sqlite_and_postgres_schemas_match() {
 }
 
 /// Two server instances on one PostgreSQL database, agents split over them, twice as many as
-/// a key has seats, all at once: exactly S licensed across both, seats consistent.
+/// a key has seats, all at once: exactly S licensed across both, seats consistent. Then what
+/// is done through one instance reaches sessions held by the other: a push, a revocation, a
+/// new key.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn p2_two_instances_on_one_database_share_one_seat_count() {
+async fn p2_two_instances_share_seats_revocations_pushes_and_key_changes() {
     init_logs();
-    let Some(base) = pg::required("p2_two_instances_on_one_database_share_one_seat_count") else {
+    let Some(base) =
+        pg::required("p2_two_instances_share_seats_revocations_pushes_and_key_changes")
+    else {
         return;
     };
     const S: usize = 15;
@@ -272,6 +276,60 @@ async fn p2_two_instances_on_one_database_share_one_seat_count() {
     assert!(store.audit_seats().await.unwrap().is_empty());
     store.close().await;
 
+    // A push queued through A for an agent connected to B reaches it once, from the mailbox,
+    // delivered by B; its acknowledgement empties the mailbox.
+    let target = agents
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| i % 2 == 1)
+        .map(|(_, x)| x)
+        .nth(1)
+        .expect("a second agent on B");
+    let before = target.h().status().borrow().pushes_received;
+    let started = std::time::Instant::now();
+    let r = a
+        .admin(Op::Push(PushRequest {
+            device_id: target.h().device_id().into(),
+            kind: "message".into(),
+            message: "through A".into(),
+            wait_ms: 1,
+            ..Default::default()
+        }))
+        .await;
+    let R::Push(p) = r else { panic!("{r:?}") };
+    assert_eq!(
+        p.outcomes[0].state, "queued",
+        "not connected to A: into the mailbox"
+    );
+    let st = outpost_tests::within(
+        "the push reaches the agent on B",
+        target.h().wait_for(|s| s.pushes_received > before),
+    )
+    .await;
+    let pushed_in = started.elapsed();
+    assert_eq!(st.last_push, "message: through A");
+    let store = Store::open_configured(
+        std::path::Path::new("/nonexistent"),
+        &url,
+        Durability::Normal,
+    )
+    .await
+    .unwrap();
+    until("the acknowledged push left the mailbox", || async {
+        store
+            .pending_pushes(target.h().device_id(), outpost_net::unix_now())
+            .await
+            .unwrap()
+            .is_empty()
+    })
+    .await;
+    store.close().await;
+    assert_eq!(
+        target.h().status().borrow().pushes_received,
+        before + 1,
+        "once"
+    );
+
     // A device revoked through instance A loses its session on B within 2 s.
     let on_b_agent = agents
         .iter()
@@ -315,9 +373,9 @@ async fn p2_two_instances_on_one_database_share_one_seat_count() {
     .await;
     let rechecked_in = started.elapsed();
     eprintln!(
-        "p2: {S} of {} licensed, {on_a} through instance A and {on_b} through B; revoked on B \
-         {revoked_in:?} after A; a key imported through B licensed A's waiting agents in \
-         {rechecked_in:?}",
+        "p2: {S} of {} licensed, {on_a} through instance A and {on_b} through B; push through \
+         A reached B's agent in {pushed_in:?}; revoked on B {revoked_in:?} after A; a key \
+         imported through B licensed A's waiting agents in {rechecked_in:?}",
         2 * S
     );
 }

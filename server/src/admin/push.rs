@@ -90,6 +90,8 @@ pub(super) async fn push(
             Delivery::Sent => waiting.push((dev, rx)),
             Delivery::Offline | Delivery::QueueFull => {
                 node.sessions().registry().forget_ack(&dev, &push_id);
+                // Another instance on a shared database may hold its session (P2).
+                node.store().announce_push(&dev, &push_id).await;
                 outcomes.push(PushOutcome {
                     device_id: dev,
                     state: "queued".into(),

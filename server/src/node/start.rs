@@ -119,8 +119,10 @@ pub async fn start(data: DataDir) -> Result<ServerHandle, StartError> {
 }
 
 /// Acts on what other instances on the shared database announce (P2): a device revoked or
-/// removed there loses its session here; after a gap in the announcements, every session held
-/// here is checked against the devices table.
+/// removed there loses its session here; a push queued there for a device connected here is
+/// delivered from its mailbox; after a gap in the announcements, every session held here is
+/// checked against the devices table (a push whose wake-up was missed waits in the mailbox for
+/// the device's next connect).
 async fn remote_events(
     node: Arc<Node>,
     mut rx: tokio::sync::broadcast::Receiver<crate::store::wake::Remote>,
@@ -146,6 +148,22 @@ async fn remote_events(
         };
         match event {
             Ok(Remote::Gone { device, removed }) => end(&device, removed),
+            Ok(Remote::Push { device, push_id }) => {
+                if !node.sessions().registry().is_online(&device) {
+                    continue;
+                }
+                let now = outpost_net::unix_now();
+                match node.store().pending_pushes(&device, now).await {
+                    Ok(pushes) => {
+                        for p in pushes.into_iter().filter(|p| p.id == push_id) {
+                            node.sessions().registry().send(&device, p);
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, %device, "push from another instance not read; delivered at the next connect")
+                    }
+                }
+            }
             Ok(Remote::CatchUp) | Err(RecvError::Lagged(_)) => {
                 for device in node.sessions().registry().online() {
                     match node.store().device(&device).await {

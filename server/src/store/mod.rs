@@ -207,6 +207,14 @@ impl Store {
         }
     }
 
+    /// Tells the other instances on a shared database that a push for `device` is in its
+    /// mailbox (it was not connected here). Nothing on the embedded store.
+    pub async fn announce_push(&self, device: &str, push_id: &str) {
+        if let Some(w) = &self.waker {
+            w.pushed(device, push_id).await;
+        }
+    }
+
     /// Closes both pools (waits for running queries).
     pub async fn close(&self) {
         if let Some(w) = &self.waker {

@@ -2,8 +2,9 @@
 //!
 //! The database is the truth; `LISTEN/NOTIFY` on channel `outpost` only wakes instances up.
 //! Payloads are `<instance>:epoch` (licences may have changed: sessions re-check, as after a
-//! local change) and `<instance>:gone:<revoked|removed>:<device>` (end that device's session
-//! here). An instance ignores its own. A notification can be missed (the listening connection
+//! local change), `<instance>:gone:<revoked|removed>:<device>` (end that device's session
+//! here) and `<instance>:push:<push id>:<device>` (a push is in the device's mailbox, the
+//! `pushes` table: the instance holding its session delivers it). An instance ignores its own. A notification can be missed (the listening connection
 //! dropped): after every (re)connect of the listener the instance catches up from the
 //! database — it moves its licence epoch and re-checks every session it holds against the
 //! devices table ([`Remote::CatchUp`]).
@@ -28,6 +29,14 @@ pub enum Remote {
         device: String,
         /// Removed rather than revoked.
         removed: bool,
+    },
+    /// A push was queued through another instance for a device that was not connected there:
+    /// delivered from the mailbox if its session is here.
+    Push {
+        /// The device.
+        device: String,
+        /// The push.
+        push_id: String,
     },
     /// Notifications may have been missed: check every session held here against the database.
     CatchUp,
@@ -96,6 +105,12 @@ impl Waker {
             .await;
     }
 
+    /// A push for `device` is in the mailbox; the instance holding its session delivers it.
+    pub async fn pushed(&self, device: &str, push_id: &str) {
+        self.notify(&format!("{}:push:{push_id}:{device}", self.instance))
+            .await;
+    }
+
     async fn notify(&self, payload: &str) {
         if let Err(e) = sqlx::query("SELECT pg_notify($1, $2)")
             .bind(CHANNEL)
@@ -150,6 +165,13 @@ async fn listen(url: String, w: Waker, epoch: std::sync::Arc<watch::Sender<u64>>
                     }
                     if what == "epoch" {
                         epoch.send_modify(|e| *e += 1);
+                    } else if let Some(rest) = what.strip_prefix("push:")
+                        && let Some((push_id, device)) = rest.split_once(':')
+                    {
+                        let _ = w.remote.send(Remote::Push {
+                            device: device.to_owned(),
+                            push_id: push_id.to_owned(),
+                        });
                     } else if let Some(rest) = what.strip_prefix("gone:")
                         && let Some((how, device)) = rest.split_once(':')
                     {
