@@ -535,3 +535,90 @@ async fn p2_postgres_restarted_under_a_running_instance_it_recovers_by_itself() 
     );
     s.kill();
 }
+
+/// A storm of 2 × S agents over two instances, one instance SIGKILLed mid-storm and restarted:
+/// exactly S licensed in the end (counting grants the agents hold), and the seat audit clean.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn p2_instance_killed_mid_storm_still_exactly_s_licensed() {
+    init_logs();
+    let Some(base) = pg::required("p2_instance_killed_mid_storm") else {
+        return;
+    };
+    const S: usize = 20;
+    let auth = Authority::new();
+    let url = pg::fresh_database(&base);
+    let a = ServerProc::start(&auth, "storm-a", |c| c.store.url = url.clone()).await;
+    let mut b = a.another_instance("storm-b");
+    import(
+        &a,
+        &issue(&auth, "K-STORM", S as u32, 30 * DAY, AV_FW, false, None),
+    )
+    .await;
+    let R::TokenCreated(t) = a
+        .admin(Op::TokenCreate(TokenCreate {
+            role: "agent".into(),
+            uses: 2 * S as u32,
+            ttl_secs: 3600,
+            ..Default::default()
+        }))
+        .await
+    else {
+        panic!("token")
+    };
+    let mut agents = vec![];
+    for i in 0..2 * S {
+        let to = if i % 2 == 0 { a.addr } else { b.addr };
+        agents.push(
+            Agent::enroll(
+                test_agent_config(vec![], Some(to), &format!("ks-{i}")),
+                &t.token,
+            )
+            .await,
+        );
+    }
+    let count = |agents: &[Agent]| {
+        let now = outpost_net::unix_now();
+        agents
+            .iter()
+            .filter(|x| {
+                let s = x.h().status().borrow().clone();
+                s.licence.state == "licensed" && s.licence.expires_at > now
+            })
+            .count()
+    };
+    for x in agents.iter_mut() {
+        x.boot();
+    }
+    // Kill B while the storm is under way.
+    until("the storm under way", || async { count(&agents) >= 2 }).await;
+    b.kill();
+    let at_kill = count(&agents);
+    b.spawn();
+    until("exactly S licensed once B is back", || async {
+        count(&agents) == S
+            && agents
+                .iter()
+                .all(|x| !x.h().status().borrow().licence.state.is_empty())
+    })
+    .await;
+    // Held for a while: nothing more is handed out.
+    for _ in 0..10 {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert!(count(&agents) <= S, "over-allocated: {}", count(&agents));
+    }
+    let store = Store::open_configured(
+        std::path::Path::new("/nonexistent"),
+        &url,
+        Durability::Normal,
+    )
+    .await
+    .unwrap();
+    assert!(store.audit_seats().await.unwrap().is_empty());
+    store.close().await;
+    let k = a.key("K-STORM").await.unwrap();
+    assert_eq!(k.seats_used as usize, S, "{k:?}");
+    eprintln!(
+        "p2 storm: {} agents, B killed with {at_kill} licensed, {S} licensed after",
+        2 * S
+    );
+}
