@@ -82,7 +82,10 @@ where
                 break;
             }
         }
+        // Until the session is set up, the setup time-out bounds every wait: a machine timer
+        // further out (the first sync's, a minute) must not keep a dead attempt "connecting".
         let deadline = match sm.poll_timeout() {
+            Some(t) if !sm.is_ready() => Instant::from_std(t).min(setup_deadline),
             Some(t) => Instant::from_std(t),
             None if !sm.is_ready() => setup_deadline,
             None => Instant::now() + Duration::from_secs(3600),
