@@ -127,7 +127,11 @@ pub fn human(r: &R) -> String {
                         },
                         d.hostname.clone(),
                         d.group.clone(),
-                        if d.online { "yes" } else { "no" }.into(),
+                        match (d.online, d.instance.as_str()) {
+                            (false, _) => "no".into(),
+                            (true, "") => "yes".into(),
+                            (true, at) => format!("yes, at {at}"),
+                        },
                         d.path.clone(),
                         lic,
                         when(d.last_seen),
@@ -301,8 +305,34 @@ fn server_status(s: &outpost_proto::pb::admin::ServerStatusResult) -> String {
             s.notifications_dropped,
             s.relayed_sessions,
             s.relayed_sessions_resumed,
-        )
+        ) + &instances(s)
     }
+}
+
+/// The instances sharing the store (P2), when there are several.
+fn instances(s: &outpost_proto::pb::admin::ServerStatusResult) -> String {
+    if s.instances.len() < 2 {
+        return String::new();
+    }
+    let mut out = format!(
+        "server instances on this store (this one: {}):\n",
+        s.instance
+    );
+    out.push_str(&table(
+        &["INSTANCE", "STARTED", "LAST HEARTBEAT", "CONNECTIONS HELD"],
+        s.instances
+            .iter()
+            .map(|i| {
+                vec![
+                    i.name.clone(),
+                    when(i.started_at),
+                    when(i.seen_at),
+                    i.held.to_string(),
+                ]
+            })
+            .collect(),
+    ));
+    out
 }
 
 fn keys_table(keys: &[outpost_proto::pb::admin::KeyInfo]) -> String {

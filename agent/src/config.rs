@@ -12,8 +12,10 @@ use serde::{Deserialize, Serialize};
 #[serde(deny_unknown_fields, default)]
 #[derive(Default)]
 pub struct AgentConfig {
-    /// Server address (`host:port`): enrollment fallback and the last path tried (T8).
-    pub server: String,
+    /// Server address (`host:port`): enrollment fallback and the last path tried (T8). Or the
+    /// deployment's server instances as a list (P2); the list the server sends at sync comes
+    /// first, then these.
+    pub server: outpost_net::config::Addresses,
     /// Gateways in order of preference (T8). A list sent by the server at sync replaces it.
     pub gateways: Vec<String>,
     /// Machine identity override (default `/etc/machine-id`); the server keeps one record per
@@ -104,10 +106,7 @@ impl Validate for AgentConfig {
             "neither server nor gateways is set: give at least one address to connect to".into()
         })?;
         outpost_net::config::check_addresses("gateways", &self.gateways)?;
-        outpost_net::config::check_addresses(
-            "server",
-            std::iter::once(&self.server).filter(|s| !s.is_empty()),
-        )?;
+        outpost_net::config::check_addresses("server", self.server.iter())?;
         ensure(self.connect.setup_timeout >= Duration::from_secs(1), || {
             "connect.setup_timeout must be at least 1s".into()
         })?;

@@ -43,23 +43,29 @@ pub(crate) enum Attempt {
 }
 
 /// The paths in order of preference: the gateways (the server's list, else the configured
-/// one), then the server directly.
+/// ones), then the server instances directly (the server's list, then the configured
+/// addresses not in it), starting at this device's place among them (P2: agents spread over
+/// equal instances).
 pub(crate) fn targets(shared: &Shared) -> Vec<(Via, String)> {
-    let server_list = shared
+    let learned = shared
         .server_gateways
         .lock()
         .expect("gateways lock")
-        .1
         .clone();
-    let gws = if server_list.is_empty() {
+    let gws = if learned.gateways.is_empty() {
         shared.config.gateways.clone()
     } else {
-        server_list
+        learned.gateways
     };
-    let mut v: Vec<(Via, String)> = gws.into_iter().map(|g| (Via::Gateway, g)).collect();
-    if !shared.config.server.is_empty() {
-        v.push((Via::Server, shared.config.server.clone()));
+    let mut servers = learned.servers;
+    for s in shared.config.server.iter() {
+        if !servers.contains(s) {
+            servers.push(s.clone());
+        }
     }
+    let servers = outpost_net::config::Addresses(servers).spread_for(&shared.device_id);
+    let mut v: Vec<(Via, String)> = gws.into_iter().map(|g| (Via::Gateway, g)).collect();
+    v.extend(servers.into_iter().map(|s| (Via::Server, s)));
     v
 }
 
@@ -87,7 +93,13 @@ pub(crate) async fn connect_loop(shared: Arc<Shared>) {
                 return;
             }
             let started = Instant::now();
-            match attempt(&shared, *via, target, &paths[..i]).await {
+            // Server instances are equals: on one of them only a gateway is worth returning to.
+            let preferred: Vec<(Via, String)> = paths[..i]
+                .iter()
+                .filter(|(v, _)| *via == Via::Gateway || *v == Via::Gateway)
+                .cloned()
+                .collect();
+            match attempt(&shared, *via, target, &preferred).await {
                 Attempt::Unreachable(e) => {
                     debug!(%target, error = %e, "path unusable, trying the next");
                     last = e;

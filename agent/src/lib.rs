@@ -39,9 +39,7 @@ pub async fn enroll(
     );
     let mut errors = vec![];
     let mut targets: Vec<(bool, &String)> = config.gateways.iter().map(|g| (true, g)).collect();
-    if !config.server.is_empty() {
-        targets.push((false, &config.server));
-    }
+    targets.extend(config.server.iter().map(|s| (false, s)));
     for (is_gw, target) in targets {
         let addr = match outpost_net::endpoint::resolve(target).await {
             Ok(a) => a,

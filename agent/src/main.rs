@@ -30,7 +30,8 @@ enum Cmd {
             default_value = "/var/lib/outpost-agent"
         )]
         data_dir: PathBuf,
-        /// Server host:port (first start; later edit agent.toml).
+        /// Server host:port, or the deployment's server instances separated by commas (first
+        /// start; later edit agent.toml).
         #[arg(long)]
         server: Option<String>,
         /// Gateway host:port, in order of preference (repeatable; first start).
@@ -118,7 +119,9 @@ async fn run(cmd: Cmd) -> anyhow::Result<()> {
             let cfg: AgentConfig =
                 outpost_net::config::load_or_create(&cfg_path, config::HEADER, || {
                     let cfg = AgentConfig {
-                        server: server.unwrap_or_default(),
+                        server: outpost_net::config::Addresses::from_commas(
+                            &server.unwrap_or_default(),
+                        ),
                         gateways,
                         machine_id: machine_id.unwrap_or_default(),
                         hostname: hostname.unwrap_or_default(),

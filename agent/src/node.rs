@@ -109,8 +109,8 @@ pub(crate) struct Shared {
     /// Stored grants.
     pub(crate) grants: Grants,
     pub(crate) shutdown: CancellationToken,
-    /// Gateway list sent by the server (replaces the configured one), with its revision.
-    pub(crate) server_gateways: Mutex<(u64, Vec<String>)>,
+    /// Gateway and server lists sent by the server, with their revision.
+    pub(crate) server_gateways: Mutex<Learned>,
     /// See [`StartOptions::die_before_ack`].
     pub(crate) die_before_ack: bool,
 }
@@ -265,11 +265,36 @@ pub fn start(data: &Path, opts: StartOptions) -> Result<AgentHandle, StartError>
     Ok(AgentHandle { shared, tasks })
 }
 
-fn load_gateways(data: &Path) -> (u64, Vec<String>) {
+/// The paths the server sent at sync (T8, P2), kept in `gateways.json` across restarts.
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+pub(crate) struct Learned {
+    /// The list's revision (0: none received).
+    pub revision: u64,
+    /// Gateways in order; replaces the configured ones when not empty.
+    pub gateways: Vec<String>,
+    /// The deployment's server instances; tried before the configured `server` addresses.
+    #[serde(default)]
+    pub servers: Vec<String>,
+}
+
+impl Learned {
+    /// Keeps a list received at sync.
+    pub(crate) fn save(&self, data: &Path) {
+        let _ = outpost_net::fsutil::write_atomic(
+            &data.join("gateways.json"),
+            serde_json::to_string(self).unwrap_or_default().as_bytes(),
+            false,
+        );
+    }
+}
+
+/// The saved list; one in the format of earlier versions (`[revision, [gateways]]`) or damaged
+/// counts as none: the server sends it again at the next sync.
+fn load_gateways(data: &Path) -> Learned {
     std::fs::read_to_string(data.join("gateways.json"))
         .ok()
         .and_then(|t| serde_json::from_str(&t).ok())
-        .unwrap_or((0, vec![]))
+        .unwrap_or_default()
 }
 
 /// Keeps `status.json` in step with the status, until shutdown.

@@ -188,7 +188,11 @@ async fn sync_request(shared: &Arc<Shared>) -> SyncRequest {
         .ok()
         .and_then(Result::ok)
         .unwrap_or_default();
-    let rev = shared.server_gateways.lock().expect("gateways lock").0;
+    let rev = shared
+        .server_gateways
+        .lock()
+        .expect("gateways lock")
+        .revision;
     SyncRequest {
         trust_sha256: shared.tls().trust_sha256.to_vec(),
         licence_checked_at_ms: shared.grants.checked_at_ms(),
@@ -279,12 +283,12 @@ async fn on_event(
             .unwrap_or((0, 0));
             if let Some(g) = resp.gateways {
                 let mut cur = shared.server_gateways.lock().expect("gateways lock");
-                *cur = (g.revision, g.addresses);
-                let _ = outpost_net::fsutil::write_atomic(
-                    &shared.data.join("gateways.json"),
-                    serde_json::to_string(&*cur).unwrap_or_default().as_bytes(),
-                    false,
-                );
+                *cur = crate::node::Learned {
+                    revision: g.revision,
+                    gateways: g.addresses,
+                    servers: g.servers,
+                };
+                cur.save(&shared.data);
             }
             if let Some(t) = resp.trust {
                 crate::certs::on_trust(shared, t);

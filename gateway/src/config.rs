@@ -18,8 +18,11 @@ pub const DEFAULT_UPLINK_PORT: u16 = 4702;
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct GatewayConfig {
-    /// The server's address (`host:port`); the uplink dials it (T3).
-    pub server: String,
+    /// The server's address (`host:port`), or the deployment's server instances as a list
+    /// (`["hq-1:4700", "hq-2:4700"]`, P2); the uplink dials one of them (T3) and moves to the
+    /// next when it is gone. Each gateway starts at a place in the list chosen by its device
+    /// id, so the offices spread over the instances.
+    pub server: outpost_net::config::Addresses,
     /// Office-side UDP address agents connect to.
     pub listen: SocketAddr,
     /// Machine identity override (default `/etc/machine-id`). The server keeps one record per
@@ -120,7 +123,7 @@ pub struct Limits {
 impl Default for GatewayConfig {
     fn default() -> Self {
         GatewayConfig {
-            server: String::new(),
+            server: Default::default(),
             listen: SocketAddr::from(([0, 0, 0, 0], DEFAULT_PORT)),
             machine_id: String::new(),
             uplink: UplinkConfig::default(),
@@ -163,7 +166,7 @@ impl Validate for GatewayConfig {
             || "server is not set: give the server's host:port (e.g. hq.example.com:4700)".into(),
         )?;
         if !self.server.is_empty() {
-            outpost_net::config::check_addresses("server", std::iter::once(&self.server))?;
+            outpost_net::config::check_addresses("server", self.server.iter())?;
         }
         ensure(self.uplink.keep_alive < self.uplink.idle_timeout, || {
             format!(

@@ -35,7 +35,8 @@ enum Cmd {
             default_value = "/var/lib/outpost-gateway"
         )]
         data_dir: PathBuf,
-        /// Server address host:port (first start; later edit gateway.toml).
+        /// Server address host:port, or the deployment's server instances separated by commas
+        /// (first start; later edit gateway.toml).
         #[arg(long)]
         server: Option<String>,
         /// Enrollment token (first start only).
@@ -100,9 +101,9 @@ async fn run(cmd: Cmd) -> anyhow::Result<()> {
                 config::HEADER,
                 || {
                     let server = match (&server, uplink_listen) {
-                        (Some(s), _) => s.clone(),
+                        (Some(s), _) => outpost_net::config::Addresses::from_commas(s),
                         // A DMZ gateway is dialled; the address still serves enrollment.
-                        (None, Some(_)) => String::new(),
+                        (None, Some(_)) => Default::default(),
                         (None, None) => {
                             return Err(outpost_net::config::ConfigError::invalid(format!(
                                 "{} has no gateway.toml: the first start needs --server <host:port> and --token <token> \
@@ -138,7 +139,7 @@ async fn run(cmd: Cmd) -> anyhow::Result<()> {
                     !cfg.server.is_empty(),
                     "the first start enrolls with the server: give --server <host:port> too"
                 );
-                let addr = outpost_net::endpoint::resolve(&cfg.server).await?;
+                let addr = outpost_net::endpoint::resolve(&cfg.server.0[0]).await?;
                 let inv = identity::inventory(
                     None,
                     (!cfg.machine_id.is_empty()).then_some(cfg.machine_id.as_str()),

@@ -138,7 +138,7 @@ impl Node {
             cert_expires_at: self.tls().identity.expires_at(),
             pid: std::process::id(),
             updated_at: outpost_net::unix_now(),
-            server: self.config.server.clone(),
+            server: self.config.server.to_string(),
             listen: self.local_addr.to_string(),
             uplink: if up.conn.is_some() {
                 "up".into()

@@ -141,6 +141,101 @@ pub fn check_addresses<'a>(
     Ok(())
 }
 
+/// One `host:port` or an ordered list of them (`server = "hq:4700"` or
+/// `server = ["hq-1:4700", "hq-2:4700"]`): the server instances of one deployment (P2). Written
+/// back as a string when there is one.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Addresses(pub Vec<String>);
+
+impl Addresses {
+    /// One address (empty: none).
+    pub fn one(a: impl Into<String>) -> Addresses {
+        let a = a.into();
+        Addresses(if a.is_empty() { vec![] } else { vec![a] })
+    }
+
+    /// Addresses separated by commas (a command-line value).
+    pub fn from_commas(s: &str) -> Addresses {
+        Addresses(
+            s.split(',')
+                .map(|a| a.trim().to_owned())
+                .filter(|a| !a.is_empty())
+                .collect(),
+        )
+    }
+
+    /// Whether none is set.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// The addresses in order.
+    pub fn iter(&self) -> std::slice::Iter<'_, String> {
+        self.0.iter()
+    }
+
+    /// The list starting at a place chosen by `who` (a device id): clients of one deployment
+    /// spread evenly over equal instances and each keeps its place across restarts.
+    pub fn spread_for(&self, who: &str) -> Vec<String> {
+        let mut v = self.0.clone();
+        if !v.is_empty() {
+            let h = who.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+                (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
+            });
+            let n = v.len();
+            v.rotate_left((h % n as u64) as usize);
+        }
+        v
+    }
+}
+
+impl From<&str> for Addresses {
+    fn from(a: &str) -> Addresses {
+        Addresses::one(a)
+    }
+}
+
+impl From<String> for Addresses {
+    fn from(a: String) -> Addresses {
+        Addresses::one(a)
+    }
+}
+
+impl std::fmt::Display for Addresses {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0.join(", "))
+    }
+}
+
+impl Serialize for Addresses {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self.0.as_slice() {
+            [] => s.serialize_str(""),
+            [one] => s.serialize_str(one),
+            many => many.serialize(s),
+        }
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Addresses {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(serde::Deserialize)]
+        #[serde(untagged)]
+        enum OneOrMany {
+            One(String),
+            Many(Vec<String>),
+        }
+        Ok(
+            match OneOrMany::deserialize(d).map_err(|_| {
+                serde::de::Error::custom("expected \"host:port\" or a list [\"host:port\", …]")
+            })? {
+                OneOrMany::One(a) => Addresses::one(a),
+                OneOrMany::Many(v) => Addresses(v.into_iter().filter(|a| !a.is_empty()).collect()),
+            },
+        )
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

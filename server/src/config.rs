@@ -33,6 +33,10 @@ pub struct ServerConfig {
     pub public_address: String,
     /// Gateways agents should use, in order (T8), handed out at sync.
     pub gateways: Vec<String>,
+    /// The deployment's server instances (P2), handed out at sync: agents try them after their
+    /// gateways and fail over along the list. Empty: on a shared PostgreSQL store the running
+    /// instances' addresses (each one's `public_address`), on the embedded store none.
+    pub server_addresses: Vec<String>,
     /// Gateways in a DMZ that the server dials (T4): their `uplink.listen` addresses.
     pub dmz_gateways: Vec<String>,
     /// Limits (T9).
@@ -256,6 +260,7 @@ impl Default for ServerConfig {
             authority_public_key: String::new(),
             public_address: String::new(),
             gateways: vec![],
+            server_addresses: vec![],
             dmz_gateways: vec![],
             limits: Limits::default(),
             timing: Timing::default(),

@@ -66,15 +66,17 @@ impl Gateways {
         );
     }
 
-    /// Records an uplink as gone, unless a newer one already replaced it.
-    pub fn down(&self, id: &str, connection: &quinn::Connection) {
+    /// Records an uplink as gone, unless a newer one already replaced it. Returns whether it
+    /// was removed.
+    pub fn down(&self, id: &str, connection: &quinn::Connection) -> bool {
         let mut links = self.links();
-        if links
+        let current = links
             .get(id)
-            .is_some_and(|l| l.connection.stable_id() == connection.stable_id())
-        {
+            .is_some_and(|l| l.connection.stable_id() == connection.stable_id());
+        if current {
             links.remove(id);
         }
+        current
     }
 
     /// Ends a gateway's uplink with a refusal (revoked, removed). Returns whether it was up.
@@ -106,6 +108,11 @@ impl Gateways {
     /// Whether the gateway's uplink is up.
     pub fn is_up(&self, id: &str) -> bool {
         self.links().contains_key(id)
+    }
+
+    /// The gateways whose uplink is up.
+    pub fn ids(&self) -> Vec<String> {
+        self.links().keys().cloned().collect()
     }
 
     /// How many uplinks are up.

@@ -74,12 +74,10 @@ pub async fn serve(
         return;
     }
     info!(gateway = %gateway.id, remote = %conn.remote_address(), "gateway uplink up");
-    node.gateways().up(
-        &gateway.id,
-        conn.clone(),
-        outpost_net::unix_now(),
-        direction,
-    );
+    let now = outpost_net::unix_now();
+    node.gateways()
+        .up(&gateway.id, conn.clone(), now, direction);
+    node.store().held_here(&gateway.id, now);
 
     let mut trust_changes = node.enrollment().certs().trust_changes();
     let control_task = async {
@@ -156,7 +154,9 @@ pub async fn serve(
         _ = streams => {}
     }
     drop(control_guard);
-    node.gateways().down(&gateway.id, &conn);
+    if node.gateways().down(&gateway.id, &conn) {
+        node.store().released_here(&gateway.id);
+    }
 }
 
 /// A directive carrying the CAs to trust (S9).

@@ -345,7 +345,7 @@ pub struct Gateway {
 /// Gateway config for tests: fast reconnects.
 pub fn test_gateway_config(server: SocketAddr) -> GatewayConfig {
     let mut c = GatewayConfig {
-        server: server.to_string(),
+        server: outpost_net::config::Addresses::one(server.to_string()),
         listen: "127.0.0.1:0".parse().expect("literal"),
         ..Default::default()
     };
@@ -422,7 +422,7 @@ impl Gateway {
     /// retried for a while.
     pub async fn boot(&mut self, server: SocketAddr) {
         let mut cfg = self.config.clone();
-        cfg.server = server.to_string();
+        cfg.server = outpost_net::config::Addresses::one(server.to_string());
         let started = std::time::Instant::now();
         let h = loop {
             let r = outpost_gateway::start(
@@ -466,7 +466,9 @@ pub fn test_agent_config(
     machine: &str,
 ) -> AgentConfig {
     let mut c = AgentConfig {
-        server: server.map(|s| s.to_string()).unwrap_or_default(),
+        server: outpost_net::config::Addresses::one(
+            server.map(|s| s.to_string()).unwrap_or_default(),
+        ),
         gateways,
         machine_id: machine.into(),
         hostname: format!("host-{machine}"),

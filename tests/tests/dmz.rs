@@ -21,7 +21,7 @@ async fn t4_server_dials_a_gateway_in_the_dmz() {
     let gw = Gateway::start(&server, |_, c| {
         c.uplink.mode = UplinkMode::Listen;
         c.uplink.listen = "127.0.0.1:0".parse().unwrap();
-        c.server.clear();
+        c.server.0.clear();
     })
     .await;
     let listen = within("DMZ listener bound", async {
@@ -82,7 +82,7 @@ async fn t4_dmz_gateways_added_at_run_time_and_a_dead_one_does_not_slow_shutdown
     let gw = Gateway::start(&server, |_, c| {
         c.uplink.mode = UplinkMode::Listen;
         c.uplink.listen = "127.0.0.1:0".parse().unwrap();
-        c.server.clear();
+        c.server.0.clear();
     })
     .await;
     let listen = within("DMZ listener bound", async {

@@ -167,23 +167,50 @@ async fn run_dial(node: &Node) {
         max: c.reconnect_max,
         healthy_after: c.healthy_after,
     });
+    // P2: the deployment's instances, starting at this gateway's place; after losing one the
+    // next round starts at the one after it, so a killed instance costs no dial time-out.
+    let servers = node.config().server.spread_for(node.device_id());
+    let mut next = 0;
     loop {
         if node.runtime().is_shutting_down() {
             return;
         }
-        let span = info_span!("uplink", server = %node.config().server);
-        let ended = async {
-            match dial(node).await {
-                Err(e) => Some(e),
-                Ok((ep, conn)) => {
-                    let r = serve(node, conn, &mut backoff).await;
-                    ep.close(quinn::VarInt::from_u32(0), b"uplink ended; re-dialling");
-                    r
+        let mut ended = None;
+        for i in 0..servers.len() {
+            let at = (next + i) % servers.len();
+            let server = &servers[at];
+            let span = info_span!("uplink", %server);
+            let r = async {
+                match dial(node, server).await {
+                    Err(e) => Err(e),
+                    Ok((ep, conn)) => {
+                        let r = serve(node, conn, &mut backoff).await;
+                        ep.close(quinn::VarInt::from_u32(0), b"uplink ended; re-dialling");
+                        Ok(r)
+                    }
                 }
             }
+            .instrument(span)
+            .await;
+            match r {
+                // Unreachable or refused before it was up: the next instance.
+                Err(e) => {
+                    if servers.len() > 1 {
+                        warn!(%server, reason = %e, "server instance unusable; trying the next");
+                    }
+                    ended = Some(e);
+                }
+                // Up, then lost: a round starting at the next instance.
+                Ok(r) => {
+                    ended = r;
+                    next = at + 1;
+                    break;
+                }
+            }
+            if node.runtime().is_shutting_down() {
+                return;
+            }
         }
-        .instrument(span)
-        .await;
         if node.runtime().is_shutting_down() {
             return;
         }
@@ -212,8 +239,7 @@ async fn run_dial(node: &Node) {
 
 /// Dials the server. A fresh socket per attempt: after an outage the old NAT mapping is gone
 /// anyway.
-async fn dial(node: &Node) -> Result<(quinn::Endpoint, quinn::Connection), Ended> {
-    let server = &node.config().server;
+async fn dial(node: &Node, server: &str) -> Result<(quinn::Endpoint, quinn::Connection), Ended> {
     let addr = endpoint::resolve(server)
         .await
         .map_err(|e| Ended::Lost(e.to_string()))?;
@@ -221,11 +247,17 @@ async fn dial(node: &Node) -> Result<(quinn::Endpoint, quinn::Connection), Ended
     let connecting = ep
         .connect_with(node.tls().uplink_client.clone(), addr, pki::SERVER_NAME)
         .map_err(|e| Ended::Lost(refuse::explain_connect(&e)))?;
+    // A dead instance answers nothing: give up on it after the hello time-out, not the idle
+    // time-out, and try the next.
+    let limit = node.config().timing.uplink_hello_timeout;
     let conn = tokio::select! {
-        c = connecting => c.map_err(|e| match refuse::refusal_of(&e) {
-            Some(r) => Ended::Refused(r),
-            None => Ended::Lost(format!("cannot reach the server at {addr}: {}", refuse::explain(&e))),
-        })?,
+        c = tokio::time::timeout(limit, connecting) => match c {
+            Err(_) => return Err(Ended::Lost(format!("the server at {addr} did not answer within {limit:?}"))),
+            Ok(c) => c.map_err(|e| match refuse::refusal_of(&e) {
+                Some(r) => Ended::Refused(r),
+                None => Ended::Lost(format!("cannot reach the server at {addr}: {}", refuse::explain(&e))),
+            })?,
+        },
         _ = node.runtime().cancelled() => return Err(Ended::Lost("shutting down".into())),
     };
     Ok((ep, conn))

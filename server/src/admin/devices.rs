@@ -89,6 +89,7 @@ pub(super) async fn revoke(node: &Node, d: DeviceRef) -> Answer {
     let online = node.sessions().registry().kick(&d.device_id, r.clone())
         | node.gateways().disconnect(&d.device_id, &r);
     node.store().announce_gone(&d.device_id, false).await;
+    let online = online || held_elsewhere(node, &d.device_id).await;
     info!(device = %d.device_id, online, "device revoked");
     finish(node, "revoked", &d, online, seats).await
 }
@@ -104,8 +105,20 @@ pub(super) async fn remove(node: &Node, d: DeviceRef) -> Answer {
     let online = node.sessions().registry().kick(&d.device_id, r.clone())
         | node.gateways().disconnect(&d.device_id, &r);
     node.store().announce_gone(&d.device_id, true).await;
+    let online = online || held_elsewhere(node, &d.device_id).await;
     info!(device = %d.device_id, online, "device removed");
     finish(node, "removed", &d, online, seats).await
+}
+
+/// Whether another instance on the shared store holds the device's session (it ends it on the
+/// wake-up [`crate::store::Store::announce_gone`] sent).
+async fn held_elsewhere(node: &Node, device: &str) -> bool {
+    node.store()
+        .holder(device, outpost_net::unix_now())
+        .await
+        .ok()
+        .flatten()
+        .is_some_and(|h| !h.here)
 }
 
 /// Says what became of a revoked or removed device's seats (L15), and records an override.
@@ -192,7 +205,8 @@ fn device_info(node: &Node, d: DeviceRow, events: u64) -> DeviceInfo {
         online: match d.role.as_str() {
             "gateway" => node.gateways().is_up(&d.id),
             _ => node.sessions().registry().is_online(&d.id),
-        },
+        } || !d.held_by.is_empty(),
+        instance: d.held_by,
         device_id: d.id,
         role: d.role,
         hostname: d.hostname,

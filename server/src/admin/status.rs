@@ -1,6 +1,8 @@
 //! `admin status`: sessions, gateways, devices, uptime, refusals.
 
-use outpost_proto::pb::admin::{AdminResponse, ServerStatusResult, admin_response::Result as R};
+use outpost_proto::pb::admin::{
+    AdminResponse, InstanceInfo, ServerStatusResult, admin_response::Result as R,
+};
 
 use super::ok;
 use crate::node::Node;
@@ -10,6 +12,18 @@ use crate::store::StoreError;
 pub(super) async fn status(node: &Node) -> Result<AdminResponse, StoreError> {
     let gateways = node.gateways().infos();
     let devices = node.store().devices(None).await?.len() as u64;
+    let instances = node
+        .store()
+        .instances(outpost_net::unix_now())
+        .await?
+        .into_iter()
+        .map(|i| InstanceInfo {
+            name: i.name,
+            started_at: i.started_at,
+            seen_at: i.seen_at,
+            held: i.held.max(0) as u64,
+        })
+        .collect();
     Ok(ok(R::ServerStatus(ServerStatusResult {
         software: format!("outpost-server {}", outpost_proto::SOFTWARE_VERSION),
         listen: node.local_addr().to_string(),
@@ -25,5 +39,7 @@ pub(super) async fn status(node: &Node) -> Result<AdminResponse, StoreError> {
         notifications_dropped: node.store().notices_dropped(),
         certificates: Some(super::certs::status(node).await?),
         gateways,
+        instances,
+        instance: node.client_address(),
     })))
 }

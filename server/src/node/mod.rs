@@ -14,6 +14,7 @@
 //! endpoint, close the store.
 
 mod accept;
+mod instance;
 mod start;
 
 use std::net::SocketAddr;
@@ -48,6 +49,8 @@ pub struct Node {
     peers: crate::peers::Peers,
     enrollment: Enrollment,
     local_addr: SocketAddr,
+    /// The running instances' addresses on a shared store (P2), refreshed at each heartbeat.
+    instances: std::sync::Mutex<Vec<String>>,
 }
 
 impl std::fmt::Debug for Node {
@@ -112,6 +115,29 @@ impl Node {
     /// The address bound.
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// The address clients dial this instance at (`ServerConfig::client_address` with the
+    /// port actually bound).
+    pub fn client_address(&self) -> String {
+        let mut c = (*self.config).clone();
+        if c.listen.port() == 0 {
+            c.listen = self.local_addr;
+        }
+        c.client_address()
+    }
+
+    /// The server addresses handed to agents at sync (P2): `server_addresses`, else the
+    /// running instances on a shared store.
+    pub fn server_addresses(&self) -> Vec<String> {
+        if !self.config.server_addresses.is_empty() {
+            return self.config.server_addresses.clone();
+        }
+        self.instances.lock().expect("instances lock").clone()
+    }
+
+    pub(crate) fn set_instances(&self, names: Vec<String>) {
+        *self.instances.lock().expect("instances lock") = names;
     }
 
     /// A refusal telling a client to come back later, jittered so clients spread out (T6).

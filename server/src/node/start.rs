@@ -91,6 +91,7 @@ pub async fn start(data: DataDir) -> Result<ServerHandle, StartError> {
         config,
         data,
         local_addr,
+        instances: Default::default(),
     });
     info!(addr = %local_addr, "outpost-server listening");
     for target in &node.config.dmz_gateways {
@@ -103,6 +104,7 @@ pub async fn start(data: DataDir) -> Result<ServerHandle, StartError> {
         node.runtime.spawn(crate::notify::run(node.clone(), rx));
     }
     node.runtime.spawn(crate::licence::clock::run(node.clone()));
+    node.runtime.spawn(super::instance::run(node.clone()));
     if let Some(rx) = node.store().remote_events() {
         node.runtime.spawn(remote_events(node.clone(), rx));
     }

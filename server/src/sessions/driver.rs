@@ -210,6 +210,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Driver<S> {
                     Command::Kicked(r) => {
                         info!(refusal = %r, "session ended by an administrator");
                         self.registered = None;
+                        if !self.node.sessions().registry().is_online(&self.device.id) {
+                            self.node.store().released_here(&self.device.id);
+                        }
                         self.sm.refuse_device(r);
                         self.drop_deadline = Some(Instant::now() + DROP_CONFIRM_WAIT);
                         Step::Continue
@@ -250,10 +253,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Driver<S> {
         }
         let _ = self.framed.close().await;
         if let Some(r) = self.registered.take() {
-            self.node
-                .sessions()
-                .registry()
-                .unregister(&self.device.id, r.session);
+            let registry = self.node.sessions().registry();
+            registry.unregister(&self.device.id, r.session);
+            if !registry.is_online(&self.device.id) {
+                self.node.store().released_here(&self.device.id);
+            }
         }
         debug!("session ended");
     }
@@ -344,6 +348,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Driver<S> {
                         .registry()
                         .register(&self.device.id, queue),
                 );
+                self.node
+                    .store()
+                    .held_here(&self.device.id, outpost_net::unix_now());
                 // Pushes that waited for this device (T7, D4).
                 for p in self
                     .node

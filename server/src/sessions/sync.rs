@@ -77,11 +77,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Driver<S> {
             None
         };
         let gw = &self.node.config().gateways;
-        let gw_rev = gateways_revision(gw);
+        let servers = self.node.server_addresses();
+        let gw_rev = gateways_revision(gw, &servers);
         let known = req.known.unwrap_or_default();
         let gateways = (known.gateways != gw_rev && gw_rev != 0).then(|| GatewayList {
             revision: gw_rev,
             addresses: gw.clone(),
+            servers,
         });
         // S9: the CAs to trust, when the device holds another set (a roll-over).
         let certs = self.node.enrollment().certs().current();
@@ -107,11 +109,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Driver<S> {
     }
 }
 
-/// A stable revision number for a gateway list (0 = no list).
-fn gateways_revision(list: &[String]) -> u64 {
-    if list.is_empty() {
+/// A stable revision number for the gateway and server lists (0 = no list).
+fn gateways_revision(list: &[String], servers: &[String]) -> u64 {
+    if list.is_empty() && servers.is_empty() {
         return 0;
     }
-    let d = ring::digest::digest(&ring::digest::SHA256, list.join("\n").as_bytes());
+    let all = format!("{}\n--\n{}", list.join("\n"), servers.join("\n"));
+    let d = ring::digest::digest(&ring::digest::SHA256, all.as_bytes());
     u64::from_be_bytes(d.as_ref()[..8].try_into().expect("8 bytes")) | 1
 }

@@ -59,17 +59,25 @@ pub struct DeviceRow {
     pub last_check_at: i64,
     /// How it last connected.
     pub path: String,
+    /// The server instance holding its session or uplink now (P2), empty when none does.
+    pub held_by: String,
 }
+
+/// A device row with the instance holding it (`held` is written by running instances only;
+/// rows of an instance gone for good are purged by the others' heartbeats).
+const SELECT_DEVICE: &str = "SELECT d.id, d.role, d.cert_sha256, d.group_path, d.machine_id,
+        d.hostname, d.os, d.agent_version, d.addresses, d.enrolled_at, d.last_seen, d.revoked_at,
+        d.licence_state, d.licence_key, d.licence_reason, d.last_check_at, d.path,
+        COALESCE(i.name, '') AS held_by
+    FROM devices d LEFT JOIN held h ON h.device_id = d.id
+    LEFT JOIN instances i ON i.id = h.instance";
 
 impl Store {
     /// The device holding the certificate with this fingerprint.
     pub async fn device_by_cert(&self, cert_sha256: &str) -> Result<Option<DeviceRow>, StoreError> {
-        let row = sqlx::query_as::<_, DeviceRow>(
-            "SELECT id, role, cert_sha256, group_path, machine_id, hostname, os, agent_version,
-                    addresses, enrolled_at, last_seen, revoked_at, licence_state, licence_key,
-                    licence_reason, last_check_at, path
-             FROM devices WHERE cert_sha256 = $1",
-        )
+        let row = sqlx::query_as::<_, DeviceRow>(sqlx::AssertSqlSafe(format!(
+            "{SELECT_DEVICE} WHERE d.cert_sha256 = $1"
+        )))
         .bind(cert_sha256)
         .fetch_optional(&self.read)
         .await?;
@@ -78,12 +86,9 @@ impl Store {
 
     /// One device by id.
     pub async fn device(&self, id: &str) -> Result<Option<DeviceRow>, StoreError> {
-        let row = sqlx::query_as::<_, DeviceRow>(
-            "SELECT id, role, cert_sha256, group_path, machine_id, hostname, os, agent_version,
-                    addresses, enrolled_at, last_seen, revoked_at, licence_state, licence_key,
-                    licence_reason, last_check_at, path
-             FROM devices WHERE id = $1",
-        )
+        let row = sqlx::query_as::<_, DeviceRow>(sqlx::AssertSqlSafe(format!(
+            "{SELECT_DEVICE} WHERE d.id = $1"
+        )))
         .bind(id)
         .fetch_optional(&self.read)
         .await?;
@@ -92,12 +97,9 @@ impl Store {
 
     /// All devices, optionally of one role, ordered by id.
     pub async fn devices(&self, role: Option<&str>) -> Result<Vec<DeviceRow>, StoreError> {
-        let rows = sqlx::query_as::<_, DeviceRow>(
-            "SELECT id, role, cert_sha256, group_path, machine_id, hostname, os, agent_version,
-                    addresses, enrolled_at, last_seen, revoked_at, licence_state, licence_key,
-                    licence_reason, last_check_at, path
-             FROM devices WHERE ($1 = '' OR role = $1) ORDER BY id",
-        )
+        let rows = sqlx::query_as::<_, DeviceRow>(sqlx::AssertSqlSafe(format!(
+            "{SELECT_DEVICE} WHERE ($1 = '' OR d.role = $1) ORDER BY d.id"
+        )))
         .bind(role.unwrap_or(""))
         .fetch_all(&self.read)
         .await?;

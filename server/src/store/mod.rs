@@ -19,6 +19,7 @@ mod enroll;
 mod events;
 mod groups;
 mod holds;
+pub mod instances;
 mod keys;
 mod leases;
 pub mod migrate;
@@ -94,6 +95,27 @@ impl StoreError {
         )
     }
 
+    /// Whether the database could not be reached (PostgreSQL restarting, the network to it
+    /// down, the pool starved): a transient fault, answered with a retry-after rather than an
+    /// incident (P2).
+    pub fn is_unavailable(&self) -> bool {
+        match self {
+            StoreError::Database(e) => match e {
+                sqlx::Error::Io(_)
+                | sqlx::Error::Tls(_)
+                | sqlx::Error::PoolTimedOut
+                | sqlx::Error::Protocol(_) => true,
+                // SQLSTATE class 08 (connection exception), 57P01–57P03 (shutting down,
+                // crash shutdown, cannot connect now).
+                sqlx::Error::Database(d) => d.code().is_some_and(|c| {
+                    c.starts_with("08") || matches!(c.as_ref(), "57P01" | "57P02" | "57P03")
+                }),
+                _ => false,
+            },
+            _ => false,
+        }
+    }
+
     /// The refusal to send a peer. Internal faults are logged with an incident id and only
     /// the id goes out; the caller's faults go out as their sentence.
     pub fn to_refusal(&self, context: &str) -> Refused {
@@ -102,6 +124,14 @@ impl StoreError {
                 RefusalCode::ShuttingDown,
                 "the server is shutting down; come back later",
             ),
+            StoreError::Database(_) if self.is_unavailable() => {
+                tracing::warn!(error = %self, "{context}: the database is unreachable; the peer is told to come back later");
+                Refused::new(
+                    RefusalCode::UpstreamUnavailable,
+                    "the server cannot reach its database right now; come back later",
+                )
+                .with_retry_after(outpost_net::jittered(RETRY_UNAVAILABLE, RETRY_UNAVAILABLE))
+            }
             StoreError::Database(_) | StoreError::Migrate(_) => {
                 crate::error::incident(context, self)
             }
@@ -113,6 +143,9 @@ impl StoreError {
         }
     }
 }
+
+/// How long a peer is told to wait (plus as much jitter) when the database is unreachable.
+const RETRY_UNAVAILABLE: std::time::Duration = std::time::Duration::from_secs(3);
 
 /// Commit durability.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -141,6 +174,10 @@ pub struct Store {
     epoch: Arc<watch::Sender<u64>>,
     /// On a shared PostgreSQL database: waking the other instances (P2).
     waker: Option<wake::Waker>,
+    /// This process's instance id (P2: random per start; see `instances`).
+    instance: Arc<str>,
+    /// Which connections this instance holds, to the held writer.
+    held: instances::HeldQueue,
 }
 
 impl Store {
@@ -165,7 +202,10 @@ impl Store {
 
     fn with_pools(pools: backend::Pools, url: Option<&str>) -> Result<Store, StoreError> {
         let epoch = Arc::new(watch::Sender::new(0));
-        let waker = url.map(|u| wake::Waker::start(u, pools.write.clone(), epoch.clone()));
+        let instance: Arc<str> = format!("{:016x}", rand::random::<u64>()).into();
+        let waker =
+            url.map(|u| wake::Waker::start(u, &instance, pools.write.clone(), epoch.clone()));
+        let held = instances::HeldQueue::start(pools.write.clone(), instance.to_string());
         let (notices, notices_rx) = notices::NoticeQueue::new(1024);
         let (checks, jobs) = mpsc::channel(4096);
         tokio::spawn(writer::check_writer(
@@ -185,6 +225,8 @@ impl Store {
             notices_rx: Arc::new(Mutex::new(Some(notices_rx))),
             epoch,
             waker,
+            instance,
+            held,
         })
     }
 

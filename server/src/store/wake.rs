@@ -56,9 +56,14 @@ pub struct Waker {
 
 impl Waker {
     /// Starts listening at `url` and announcing local changes; remote epochs move `epoch`.
-    pub fn start(url: &str, write: Pool, epoch: std::sync::Arc<watch::Sender<u64>>) -> Waker {
+    pub fn start(
+        url: &str,
+        instance: &str,
+        write: Pool,
+        epoch: std::sync::Arc<watch::Sender<u64>>,
+    ) -> Waker {
         let w = Waker {
-            instance: format!("{:016x}", rand::random::<u64>()),
+            instance: instance.to_owned(),
             write,
             remote: broadcast::channel(1024).0,
             changes: watch::Sender::new(0),

@@ -41,7 +41,7 @@ fn t7_push_and_licence_check_over_lossy_delayed_wan() {
         println!("sch_netem not available: WAN impaired by outpost-wanem on the internet router");
         "198.18.0.1:4700".to_owned()
     };
-    let gw = o.start_gateway(|c| c.server = server.clone());
+    let gw = o.start_gateway(|c| c.server = server.clone().into());
     o.wait_uplink_up(&gw);
     let started = Instant::now();
     let agent = o.start_agent(0, 0, &format!("{GW_IP}:4701"), |c| {
