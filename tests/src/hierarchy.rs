@@ -466,7 +466,13 @@ fn copy_tree(from: &std::path::Path, to: &std::path::Path) {
         if e.file_type().expect("type").is_dir() {
             copy_tree(&src, &dst);
         } else {
-            std::fs::copy(&src, &dst).expect("copy");
+            // A running instance's temporary files come and go.
+            match std::fs::copy(&src, &dst) {
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                r => {
+                    r.expect("copy");
+                }
+            }
         }
     }
 }

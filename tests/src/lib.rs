@@ -361,10 +361,20 @@ impl Gateway {
         server: &Server,
         opts: impl FnOnce(&mut outpost_gateway::StartOptions, &mut GatewayConfig),
     ) -> Gateway {
+        let token = server.token("gateway", 1).await;
+        Gateway::start_at(&[server.addr()], &token, opts).await
+    }
+
+    /// Enrolls a gateway with the first of `servers` (a deployment's instances, P2) and starts
+    /// it with all of them as its server list.
+    pub async fn start_at(
+        servers: &[SocketAddr],
+        token: &str,
+        opts: impl FnOnce(&mut outpost_gateway::StartOptions, &mut GatewayConfig),
+    ) -> Gateway {
         let dir = tempfile::tempdir().expect("tempdir");
         let data = dir.path().join("gateway");
-        let token =
-            outpost_proto::token::Token::parse(&server.token("gateway", 1).await).expect("token");
+        let token = outpost_proto::token::Token::parse(token).expect("token");
         let inv = outpost_net::identity::inventory(
             Some("gw-host"),
             Some(&format!("gw-{}", rand_id())),
@@ -373,14 +383,16 @@ impl Gateway {
         );
         outpost_net::identity::enroll(
             &data,
-            outpost_net::identity::EnrollVia::Server(server.addr()),
+            outpost_net::identity::EnrollVia::Server(servers[0]),
             &token,
             outpost_proto::pb::v1::Role::Gateway,
             inv,
         )
         .await
         .expect("gateway enroll");
-        let mut config = test_gateway_config(server.addr());
+        let mut config = test_gateway_config(servers[0]);
+        config.server =
+            outpost_net::config::Addresses(servers.iter().map(|s| s.to_string()).collect());
         let mut so = outpost_gateway::StartOptions::default();
         opts(&mut so, &mut config);
         so.config = Some(config.clone());

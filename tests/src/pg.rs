@@ -90,11 +90,25 @@ impl OwnCluster {
 
     /// A fast restart: every connection is cut.
     pub fn restart(&self) {
+        self.run("restart");
+    }
+
+    /// Stops the database (every connection cut) until [`OwnCluster::resume`].
+    pub fn pause(&self) {
+        self.run("pause");
+    }
+
+    /// Starts it again on the same port.
+    pub fn resume(&self) {
+        self.run("resume");
+    }
+
+    fn run(&self, what: &str) {
         let ok = std::process::Command::new(script())
-            .args(["restart", &self.dir])
+            .args([what, &self.dir])
             .status()
             .expect("run .ci/pg-cluster");
-        assert!(ok.success(), ".ci/pg-cluster restart failed");
+        assert!(ok.success(), ".ci/pg-cluster {what} failed");
     }
 }
 
@@ -108,4 +122,41 @@ impl Drop for OwnCluster {
 
 fn script() -> std::path::PathBuf {
     std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../.ci/pg-cluster")
+}
+
+/// Enrolls `n` agents with one token made through the first instance (good on every instance:
+/// one database); agent `i` is pointed at instance `i % servers.len()`.
+pub async fn spread_agents(
+    servers: &[&crate::hierarchy::ServerProc],
+    n: usize,
+    prefix: &str,
+) -> Vec<crate::Agent> {
+    use outpost_proto::pb::admin::{TokenCreate, admin_request::Op, admin_response::Result as R};
+    let R::TokenCreated(t) = servers[0]
+        .admin(Op::TokenCreate(TokenCreate {
+            role: "agent".into(),
+            uses: n as u32,
+            ttl_secs: 3600,
+            ..Default::default()
+        }))
+        .await
+    else {
+        panic!("token")
+    };
+    let mut agents = vec![];
+    for i in 0..n {
+        let to = servers[i % servers.len()].addr;
+        let config = crate::test_agent_config(vec![], Some(to), &format!("{prefix}-{i}"));
+        agents.push(crate::Agent::enroll(config, &t.token).await);
+    }
+    agents
+}
+
+/// The shared database's store, opened beside the instances (audits, mailbox, events).
+pub async fn shared_store(url: &str) -> outpost_server::store::Store {
+    use outpost_server::store::{Durability, Store};
+    let nowhere = std::path::Path::new("/nonexistent");
+    Store::open_configured(nowhere, url, Durability::Normal)
+        .await
+        .unwrap()
 }

@@ -6,23 +6,24 @@
 use std::time::Duration;
 
 use outpost_proto::pb::admin::{
-    DeviceRef, PushRequest, TokenCreate, admin_request::Op, admin_response::Result as R,
+    DeviceList, DeviceRef, PushRequest, admin_request::Op, admin_response::Result as R,
 };
 use outpost_server::config::ServerConfig;
-use outpost_server::store::{Durability, Store};
 use outpost_tests::hierarchy::{ServerProc, import};
 use outpost_tests::licensing::{AV_FW, DAY, issue};
-use outpost_tests::{Agent, Authority, init_logs, pg, test_agent_config, until};
+use outpost_tests::pg::{shared_store, spread_agents};
+use outpost_tests::{Agent, Authority, init_logs, pg, until};
 
-/// Two server instances on one PostgreSQL database, agents split over them, twice as many as
-/// a key has seats, all at once: exactly S licensed across both, seats consistent. Then what
-/// is done through one instance reaches sessions held by the other: a push, a revocation, a
-/// new key.
+/// Three server instances on one PostgreSQL database, agents spread over them, twice as many as
+/// a key has seats, all at once: exactly S licensed across all, seats consistent, and every
+/// instance's device list says which instance holds each session. Then what is done through
+/// one instance reaches sessions held by another: a push (A → C), a revocation (A → B), a new
+/// key (B → A).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn p2_two_instances_share_seats_revocations_pushes_and_key_changes() {
+async fn p2_three_instances_share_seats_revocations_pushes_and_key_changes() {
     init_logs();
     let Some(base) =
-        pg::required("p2_two_instances_share_seats_revocations_pushes_and_key_changes")
+        pg::required("p2_three_instances_share_seats_revocations_pushes_and_key_changes")
     else {
         return;
     };
@@ -37,12 +38,14 @@ async fn p2_two_instances_share_seats_revocations_pushes_and_key_changes() {
     };
     let a = ServerProc::start(&auth, "instance-a", on_pg).await;
     let b = a.another_instance("instance-b");
+    let c = a.another_instance("instance-c");
+    let instances = [&a, &b, &c];
     import(
         &a,
         &issue(&auth, "K-SHARED", S as u32, 30 * DAY, AV_FW, false, None),
     )
     .await;
-    let mut agents = spread_agents(&a, &b, 2 * S, "p2").await;
+    let mut agents = spread_agents(&instances, 2 * S, "p2").await;
     for x in agents.iter_mut() {
         x.boot();
     }
@@ -64,42 +67,54 @@ async fn p2_two_instances_share_seats_revocations_pushes_and_key_changes() {
     assert_eq!(
         licensed(),
         S,
-        "exactly {S} of {} licensed across both instances",
+        "exactly {S} of {} licensed across the instances",
         2 * S
     );
-    let per = |port| {
+    let on = |n: usize| {
         agents
             .iter()
             .enumerate()
-            .filter(|(i, x)| {
-                (if i % 2 == 0 { a.addr } else { b.addr }) == port
-                    && x.h().status().borrow().licence.state == "licensed"
-            })
+            .filter(|(i, x)| i % 3 == n && x.h().status().borrow().licence.state == "licensed")
             .count()
     };
-    let (on_a, on_b) = (per(a.addr), per(b.addr));
+    let split = [on(0), on(1), on(2)];
+    assert_eq!(split.iter().sum::<usize>(), S);
     assert!(
-        on_a > 0 && on_b > 0,
-        "both instances licensed devices: {on_a} / {on_b}"
+        split.iter().filter(|n| **n > 0).count() >= 2,
+        "several instances licensed devices: {split:?}"
     );
-    assert_eq!(on_a + on_b, S);
-    for s in [&a, &b] {
+    for s in instances {
         let k = s.key("K-SHARED").await.unwrap();
         assert_eq!(k.seats_used as usize, S, "{}: {k:?}", s.name);
     }
     let store = shared_store(&url).await;
     assert!(store.audit_seats().await.unwrap().is_empty());
     store.close().await;
+    // Which instance holds which session is in the database: C's device list names, for every
+    // agent, the instance it is connected to.
+    until("C's device list names each agent's instance", || async {
+        let R::Devices(list) = c.admin(Op::DeviceList(DeviceList::default())).await else {
+            return false;
+        };
+        agents.iter().enumerate().all(|(i, x)| {
+            list.devices.iter().any(|d| {
+                d.device_id == x.h().device_id()
+                    && d.online
+                    && d.instance == instances[i % 3].addr.to_string()
+            })
+        })
+    })
+    .await;
 
-    // A push queued through A for an agent connected to B reaches it once, from the mailbox,
-    // delivered by B; its acknowledgement empties the mailbox.
+    // A push queued through A for an agent connected to C reaches it once, from the mailbox,
+    // delivered by C; its acknowledgement empties the mailbox.
     let target = agents
         .iter()
         .enumerate()
-        .filter(|(i, _)| i % 2 == 1)
+        .filter(|(i, _)| i % 3 == 2)
         .map(|(_, x)| x)
         .nth(1)
-        .expect("a second agent on B");
+        .expect("a second agent on C");
     let before = target.h().status().borrow().pushes_received;
     let started = std::time::Instant::now();
     let r = a
@@ -117,7 +132,7 @@ async fn p2_two_instances_share_seats_revocations_pushes_and_key_changes() {
         "not connected to A: into the mailbox"
     );
     let st = outpost_tests::within(
-        "the push reaches the agent on B",
+        "the push reaches the agent on C",
         target.h().wait_for(|s| s.pushes_received > before),
     )
     .await;
@@ -143,7 +158,7 @@ async fn p2_two_instances_share_seats_revocations_pushes_and_key_changes() {
     let on_b_agent = agents
         .iter()
         .enumerate()
-        .find(|(i, x)| i % 2 == 1 && x.h().status().borrow().licence.state == "licensed")
+        .find(|(i, x)| i % 3 == 1 && x.h().status().borrow().licence.state == "licensed")
         .map(|(_, x)| x)
         .expect("a licensed agent on B");
     let started = std::time::Instant::now();
@@ -182,16 +197,18 @@ async fn p2_two_instances_share_seats_revocations_pushes_and_key_changes() {
     .await;
     let rechecked_in = started.elapsed();
     eprintln!(
-        "p2: {S} of {} licensed, {on_a} through instance A and {on_b} through B; push through \
-         A reached B's agent in {pushed_in:?}; revoked on B {revoked_in:?} after A; a key \
-         imported through B licensed A's waiting agents in {rechecked_in:?}",
+        "p2: {S} of {} licensed, {split:?} through instances A/B/C; push through A reached \
+         C's agent in {pushed_in:?}; revoked on B {revoked_in:?} after A; a key imported \
+         through B licensed the waiting agents in {rechecked_in:?}",
         2 * S
     );
 }
 
 /// PostgreSQL restarted under a running instance (every connection cut): the server does not
 /// crash, nothing committed is lost, and it serves again by itself — admin requests, licence
-/// checks, and the wake-ups (its listener reconnects).
+/// checks, and the wake-ups (its listener reconnects). Then PostgreSQL down for a while: a
+/// device connecting meanwhile is refused with a retry-after naming the database (not an
+/// internal error), and is licensed by itself once the database is back.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn p2_postgres_restarted_under_a_running_instance_it_recovers_by_itself() {
     init_logs();
@@ -216,6 +233,7 @@ async fn p2_postgres_restarted_under_a_running_instance_it_recovers_by_itself() 
         outpost_tests::hierarchy::licensed(&agents, "K-BEFORE") == 2
     })
     .await;
+    let mut late = spread_agents(&[&s], 1, "late").await.remove(0);
 
     cluster.restart();
     // The admin request is retried by the harness until the server answers again; the key it
@@ -223,7 +241,7 @@ async fn p2_postgres_restarted_under_a_running_instance_it_recovers_by_itself() 
     let started = std::time::Instant::now();
     import(
         &s,
-        &issue(&auth, "K-AFTER", 2, 30 * DAY, AV_FW, false, None),
+        &issue(&auth, "K-AFTER", 3, 30 * DAY, AV_FW, false, None),
     )
     .await;
     until(
@@ -238,14 +256,42 @@ async fn p2_postgres_restarted_under_a_running_instance_it_recovers_by_itself() 
     );
     let k = s.key("K-BEFORE").await.unwrap();
     assert_eq!(k.seats_used, 2, "committed seats survived: {k:?}");
+
+    // Down for a while: a device connecting now is told to come back later.
+    cluster.pause();
+    late.boot();
+    let st = outpost_tests::within(
+        "the late agent refused while the database is down",
+        late.h().wait_for(|st| st.last_error.contains("database")),
+    )
+    .await;
+    assert!(
+        st.last_error.contains("come back later") && !st.last_error.contains("incident"),
+        "a retry-after naming the database, not an internal error: {}",
+        st.last_error
+    );
+    assert!(s.running(), "the server process survived the outage");
+    let down = std::time::Instant::now();
+    cluster.resume();
+    outpost_tests::within(
+        "the late agent licensed by itself once the database is back",
+        late.h().wait_for(|st| st.licence.state == "licensed"),
+    )
+    .await;
     eprintln!(
-        "p2: after a PostgreSQL restart the server served a new key to waiting agents in {back:?}"
+        "p2: after a PostgreSQL restart the server served a new key to waiting agents in \
+         {back:?}; a device refused during an outage ({}) was licensed {:?} after the database \
+         came back",
+        st.last_error,
+        down.elapsed()
     );
     s.kill();
 }
 
-/// A storm of 2 × S agents over two instances, one instance SIGKILLed mid-storm and restarted:
-/// exactly S licensed in the end (counting grants the agents hold), and the seat audit clean.
+/// A storm of 2 × S agents over three instances — a quarter behind a gateway that knows all
+/// three, the rest direct with the whole address list — one instance SIGKILLed mid-storm and
+/// restarted: exactly S licensed in the end (counting grants the agents hold, L15), and the
+/// seat audit clean.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn p2_instance_killed_mid_storm_still_exactly_s_licensed() {
     init_logs();
@@ -256,13 +302,38 @@ async fn p2_instance_killed_mid_storm_still_exactly_s_licensed() {
     let auth = Authority::new();
     let url = pg::fresh_database(&base);
     let a = ServerProc::start(&auth, "storm-a", |c| c.store.url = url.clone()).await;
-    let mut b = a.another_instance("storm-b");
+    let b = a.another_instance("storm-b");
+    let mut c = a.another_instance("storm-c");
+    let addrs = [a.addr, b.addr, c.addr];
     import(
         &a,
         &issue(&auth, "K-STORM", S as u32, 30 * DAY, AV_FW, false, None),
     )
     .await;
-    let mut agents = spread_agents(&a, &b, 2 * S, "ks").await;
+    let R::TokenCreated(t) = b
+        .admin(Op::TokenCreate(outpost_proto::pb::admin::TokenCreate {
+            role: "gateway".into(),
+            uses: 1,
+            ttl_secs: 3600,
+            ..Default::default()
+        }))
+        .await
+    else {
+        panic!("token")
+    };
+    let gw = outpost_tests::Gateway::start_at(&addrs, &t.token, |_, g| {
+        g.uplink.keep_alive = Duration::from_millis(500);
+        g.uplink.idle_timeout = Duration::from_secs(2);
+    })
+    .await;
+    let mut agents = spread_agents(&[&a, &b, &c], 2 * S, "ks").await;
+    for (i, x) in agents.iter_mut().enumerate() {
+        x.config.server =
+            outpost_net::config::Addresses(addrs.iter().map(|a| a.to_string()).collect());
+        if i % 4 == 0 {
+            x.config.gateways = vec![gw.addr().to_string()];
+        }
+    }
     let count = |agents: &[Agent]| {
         let now = outpost_net::unix_now();
         agents
@@ -276,12 +347,12 @@ async fn p2_instance_killed_mid_storm_still_exactly_s_licensed() {
     for x in agents.iter_mut() {
         x.boot();
     }
-    // Kill B while the storm is under way.
+    // Kill C while the storm is under way.
     until("the storm under way", || async { count(&agents) >= 2 }).await;
-    b.kill();
+    c.kill();
     let at_kill = count(&agents);
-    b.spawn();
-    until("exactly S licensed once B is back", || async {
+    c.spawn();
+    until("exactly S licensed once C is back", || async {
         count(&agents) == S
             && agents
                 .iter()
@@ -293,44 +364,18 @@ async fn p2_instance_killed_mid_storm_still_exactly_s_licensed() {
         tokio::time::sleep(Duration::from_millis(200)).await;
         assert!(count(&agents) <= S, "over-allocated: {}", count(&agents));
     }
+    let via_gateway = agents
+        .iter()
+        .filter(|x| x.h().status().borrow().path.starts_with("gateway"))
+        .count();
     let store = shared_store(&url).await;
     assert!(store.audit_seats().await.unwrap().is_empty());
     store.close().await;
     let k = a.key("K-STORM").await.unwrap();
     assert_eq!(k.seats_used as usize, S, "{k:?}");
     eprintln!(
-        "p2 storm: {} agents, B killed with {at_kill} licensed, {S} licensed after",
+        "p2 storm: {} agents over three instances ({via_gateway} through the gateway at the end), \
+         C killed with {at_kill} licensed, {S} licensed after",
         2 * S
     );
-}
-
-/// Enrolls `n` agents with a token made through `b` (good on every instance: one database),
-/// alternately pointed at `a` and `b`.
-async fn spread_agents(a: &ServerProc, b: &ServerProc, n: usize, prefix: &str) -> Vec<Agent> {
-    let R::TokenCreated(t) = b
-        .admin(Op::TokenCreate(TokenCreate {
-            role: "agent".into(),
-            uses: n as u32,
-            ttl_secs: 3600,
-            ..Default::default()
-        }))
-        .await
-    else {
-        panic!("token")
-    };
-    let mut agents = vec![];
-    for i in 0..n {
-        let to = if i % 2 == 0 { a.addr } else { b.addr };
-        let config = test_agent_config(vec![], Some(to), &format!("{prefix}-{i}"));
-        agents.push(Agent::enroll(config, &t.token).await);
-    }
-    agents
-}
-
-/// The shared database's store, opened beside the instances (audits, mailbox).
-async fn shared_store(url: &str) -> Store {
-    let nowhere = std::path::Path::new("/nonexistent");
-    Store::open_configured(nowhere, url, Durability::Normal)
-        .await
-        .unwrap()
 }

@@ -119,6 +119,10 @@ pub async fn open_sqlite(path: &Path, durability: Durability) -> Result<Pools, S
 
 /// Connections per pool on PostgreSQL.
 const PG_CONNECTIONS: u32 = 8;
+/// How long a query waits for a connection before the store reports the database unavailable
+/// (and the peer is told to come back later): short enough to answer within a client's
+/// session-setup time-out while PostgreSQL is down or restarting.
+const PG_ACQUIRE: Duration = Duration::from_secs(3);
 
 /// Opens the PostgreSQL database at `url` (`postgres://user:password@host:port/database`, or
 /// `?host=/socket/dir`) and migrates it.
@@ -140,7 +144,7 @@ pub async fn open_postgres(url: &str) -> Result<Pools, StoreError> {
     }
     let write = AnyPoolOptions::new()
         .max_connections(PG_CONNECTIONS)
-        .acquire_timeout(Duration::from_secs(30))
+        .acquire_timeout(PG_ACQUIRE)
         .connect(url)
         .await?;
     // Instances starting together on an empty database migrate one after the other (sqlx takes
@@ -148,7 +152,7 @@ pub async fn open_postgres(url: &str) -> Result<Pools, StoreError> {
     sqlx::migrate!("./migrations/postgres").run(&write).await?;
     let read = AnyPoolOptions::new()
         .max_connections(PG_CONNECTIONS)
-        .acquire_timeout(Duration::from_secs(30))
+        .acquire_timeout(PG_ACQUIRE)
         .connect(url)
         .await?;
     Ok(Pools {
