@@ -26,6 +26,7 @@ pub mod dmz;
 pub mod enroll;
 pub mod error;
 pub mod gateways;
+pub mod join;
 pub mod licence;
 pub mod node;
 pub mod notify;

@@ -49,6 +49,23 @@ enum Cmd {
         #[arg(long)]
         to: String,
     },
+    /// Seal this instance's secrets and configuration into a file that `init --join` opens on
+    /// a new host, making another instance of the deployment (P2; PostgreSQL store only).
+    JoinBundle {
+        /// Data directory.
+        #[arg(
+            long,
+            env = "OUTPOST_SERVER_DATA",
+            default_value = "/var/lib/outpost-server"
+        )]
+        data_dir: PathBuf,
+        /// The bundle file to write (mode 0600; carry it to the new host, then delete it).
+        #[arg(long)]
+        out: PathBuf,
+        /// File holding the passphrase (else OUTPOST_JOIN_PASSPHRASE).
+        #[arg(long)]
+        passphrase_file: Option<PathBuf>,
+    },
 }
 
 #[derive(Args)]
@@ -69,6 +86,16 @@ struct InitArgs {
     /// Extra DNS name or IP for the server certificate (repeatable; first start only).
     #[arg(long = "server-name")]
     server_names: Vec<String>,
+    /// Join an existing deployment on a shared PostgreSQL store as another instance, from a
+    /// bundle made by `outpost-server join-bundle` on one of its instances (P2).
+    #[arg(long, conflicts_with_all = ["authority_key", "server_names"])]
+    join: Option<PathBuf>,
+    /// With --join: the address clients reach this instance at (server.toml public_address).
+    #[arg(long, requires = "join")]
+    public_address: Option<String>,
+    /// With --join: file holding the bundle's passphrase (else OUTPOST_JOIN_PASSPHRASE).
+    #[arg(long, requires = "join")]
+    passphrase_file: Option<PathBuf>,
 }
 
 #[derive(Subcommand)]
@@ -176,7 +203,84 @@ async fn run(cmd: Cmd) -> anyhow::Result<()> {
         Cmd::Authority { cmd } => authority_cmd(cmd).await,
         Cmd::Admin(a) => Ok(outpost_admin::cli::run(a).await?),
         Cmd::MigrateStore { data_dir, to } => migrate_store(&data_dir, &to).await,
+        Cmd::JoinBundle {
+            data_dir,
+            out,
+            passphrase_file,
+        } => {
+            let pass = passphrase(passphrase_file.as_deref())?;
+            let bundle = outpost_server::join::seal(&DataDir::new(&data_dir), &pass)?;
+            outpost_net::fsutil::write_atomic(&out, &bundle, true)?;
+            println!(
+                "wrote {} ({} bytes): on the new host run `outpost-server init --join {} \
+                 --listen <addr> --public-address <host:port>` with the same passphrase, then \
+                 delete the file",
+                out.display(),
+                bundle.len(),
+                out.display()
+            );
+            Ok(())
+        }
     }
+}
+
+/// The join bundle's passphrase: from a file, else from OUTPOST_JOIN_PASSPHRASE.
+fn passphrase(file: Option<&std::path::Path>) -> anyhow::Result<String> {
+    match file {
+        Some(f) => Ok(std::fs::read_to_string(f)
+            .with_context(|| format!("--passphrase-file {}", f.display()))?
+            .trim_end_matches(['\r', '\n'])
+            .to_owned()),
+        None => std::env::var("OUTPOST_JOIN_PASSPHRASE").map_err(|_| {
+            anyhow::anyhow!(
+                "give the join bundle's passphrase with --passphrase-file <file> or the \
+                 OUTPOST_JOIN_PASSPHRASE environment variable"
+            )
+        }),
+    }
+}
+
+/// `init --join`: the bundle opened into the data directory, then the shared database checked
+/// to hold the deployment (if not, the directory is left uninitialised).
+async fn join(
+    data: &DataDir,
+    a: &InitArgs,
+    bundle: &std::path::Path,
+) -> anyhow::Result<outpost_server::config::ServerConfig> {
+    let pass = passphrase(a.passphrase_file.as_deref())?;
+    let bytes = std::fs::read(bundle).with_context(|| format!("--join {}", bundle.display()))?;
+    let cfg = outpost_server::join::open(
+        data,
+        &bytes,
+        &bundle.display().to_string(),
+        &pass,
+        &outpost_server::join::JoinOptions {
+            listen: a.listen,
+            public_address: a.public_address.clone(),
+        },
+    )?;
+    let checked = async {
+        let store = outpost_server::store::Store::open_configured(
+            &data.db(),
+            &cfg.store.url,
+            cfg.store.durability,
+        )
+        .await?;
+        let holds = store.holds_a_deployment().await?;
+        store.close().await;
+        anyhow::ensure!(
+            holds,
+            "the database in store.url holds no deployment: an instance joins the database its \
+             bundle came from"
+        );
+        Ok(())
+    }
+    .await;
+    if let Err(e) = checked {
+        let _ = std::fs::remove_file(data.config());
+        return Err(e.context(format!("{} left uninitialised", data.root().display())));
+    }
+    Ok(cfg)
 }
 
 async fn migrate_store(dir: &std::path::Path, to: &str) -> anyhow::Result<()> {
@@ -225,6 +329,9 @@ async fn init(
     data: &DataDir,
     a: &InitArgs,
 ) -> anyhow::Result<outpost_server::config::ServerConfig> {
+    if let Some(bundle) = &a.join {
+        return join(data, a, bundle).await;
+    }
     let key = a.authority_key.as_deref().ok_or_else(|| {
         anyhow::anyhow!(
             "{} is not initialised; the first start needs --authority-key <authority.pub> \

@@ -80,16 +80,45 @@ impl ServerProc {
         self.child = Some(child);
     }
 
-    /// Another instance of this server's deployment on the same PostgreSQL database (P2): its
-    /// data directory copied without the embedded database and logs (same CA, certificates,
-    /// grant key, admin bundle), listening on a port of its own; started.
+    /// Another instance of this server's deployment on the same PostgreSQL database (P2), made
+    /// the way an administrator does: `outpost-server join-bundle` here, `outpost-server init
+    /// --join` into a new data directory listening on a port of its own; started.
     pub fn another_instance(&self, name: &str) -> ServerProc {
         let dir = tempfile::tempdir().expect("tempdir");
         let data = dir.path().join(name);
-        copy_tree(&self.data, &data);
         let addr = std::net::UdpSocket::bind("127.0.0.1:0")
             .and_then(|s| s.local_addr())
             .expect("free port");
+        let bundle = dir.path().join("join.bundle");
+        let pass = "a passphrase for the test";
+        let run = |args: &[&str]| {
+            let out = std::process::Command::new(bin("outpost-server"))
+                .args(args)
+                .env("OUTPOST_JOIN_PASSPHRASE", pass)
+                .output()
+                .expect("run outpost-server");
+            assert!(
+                out.status.success(),
+                "outpost-server {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        run(&[
+            "join-bundle",
+            "--data-dir",
+            self.data.to_str().expect("utf-8 path"),
+            "--out",
+            bundle.to_str().expect("utf-8 path"),
+        ]);
+        run(&[
+            "init",
+            "--join",
+            bundle.to_str().expect("utf-8 path"),
+            "--data-dir",
+            data.to_str().expect("utf-8 path"),
+            "--listen",
+            &addr.to_string(),
+        ]);
         let mut p = ServerProc {
             name: name.to_owned(),
             data,
@@ -97,7 +126,6 @@ impl ServerProc {
             child: None,
             _dir: dir,
         };
-        p.edit_config(|c| c.listen = addr);
         p.spawn();
         p
     }
@@ -451,28 +479,4 @@ pub fn usage(
     let r = rows.iter().find(|u| u.path == path)?.report.as_ref()?;
     let k = r.keys.iter().find(|k| k.key_id == key)?;
     Some((k.seats, k.seats_leased_out, k.active_licensed))
-}
-
-fn copy_tree(from: &std::path::Path, to: &std::path::Path) {
-    std::fs::create_dir_all(to).expect("mkdir");
-    for e in std::fs::read_dir(from).expect("read_dir") {
-        let e = e.expect("entry");
-        let name = e.file_name();
-        let n = name.to_string_lossy();
-        if n.starts_with("outpost.db") || n.ends_with(".log") || n == "status.json" {
-            continue;
-        }
-        let (src, dst) = (e.path(), to.join(&name));
-        if e.file_type().expect("type").is_dir() {
-            copy_tree(&src, &dst);
-        } else {
-            // A running instance's temporary files come and go.
-            match std::fs::copy(&src, &dst) {
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                r => {
-                    r.expect("copy");
-                }
-            }
-        }
-    }
 }
