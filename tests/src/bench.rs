@@ -27,7 +27,7 @@ pub struct ScenarioResult {
     pub ratio: Option<f64>,
     /// The target (a ratio or an absolute value; see `target_kind`).
     pub target: f64,
-    /// "ratio>=", "ratio<=", "value<=", "value>=".
+    /// "ratio>=", "ratio>", "ratio<=", "value<=", "value>=".
     pub target_kind: String,
     /// Whether the target is met.
     pub meets: bool,
@@ -49,6 +49,7 @@ impl ScenarioResult {
         let meets = match target_kind {
             "ratio>=" => ratio.is_some_and(|r| r >= target),
             "ratio<=" => ratio.is_some_and(|r| r <= target),
+            "ratio>" => ratio.is_some_and(|r| r > target),
             "value<=" => value <= target,
             _ => value >= target,
         };

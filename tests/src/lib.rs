@@ -172,6 +172,35 @@ impl Server {
         s
     }
 
+    /// Another instance of this server's deployment (P2; the store must be PostgreSQL), made
+    /// in-process with the join bundle of `outpost_server::join` and started on a port of its
+    /// own.
+    pub async fn another_instance(&self) -> Server {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let data = dir.path().join("server");
+        let pass = "a passphrase for the test";
+        let bundle = outpost_server::join::seal(&DataDir::new(&self.data), pass).expect("seal");
+        outpost_server::join::open(
+            &DataDir::new(&data),
+            &bundle,
+            "bundle",
+            pass,
+            &outpost_server::join::JoinOptions {
+                listen: Some("127.0.0.1:0".parse().expect("literal")),
+                public_address: None,
+            },
+        )
+        .expect("join");
+        let mut s = Server {
+            handle: None,
+            data,
+            _dir: Some(dir),
+            admin: None,
+        };
+        s.boot().await;
+        s
+    }
+
     /// Starts (again) on the same data directory. A port-0 config gets a new port; a pinned
     /// port that another test's short-lived socket took while the server was down is retried
     /// for a while.

@@ -210,6 +210,84 @@ pub(crate) async fn connect_storm_and_push(
     Ok((storm, push_row))
 }
 
+/// connect_storm over two server instances on one PostgreSQL database (P2): `n` agents through
+/// two gateways, one attached to each instance, at once; each licence-checked (the seats are
+/// shared through the database) and synced. Both instances and gateways run in this process,
+/// so the figure shows what sharing the database costs, not what a second machine adds. The
+/// baseline is the same bare-quinn sweep as `connect_storm`.
+pub(crate) async fn connect_storm_two_instances(
+    base: &str,
+    n: usize,
+) -> anyhow::Result<ScenarioResult> {
+    let pki = bench::BarePki::generate();
+    let auth = Authority::new();
+    let url = outpost_tests::pg::fresh_database(base);
+    let a = Server::start(&auth, |c| {
+        c.store.url = url.clone();
+        c.timing.session_setup_timeout = Duration::from_secs(120);
+    })
+    .await;
+    let b = a.another_instance().await;
+    a.import_key(
+        &auth.key("K-BENCH", n as u32, Duration::from_secs(86_400)),
+        true,
+    )
+    .await?;
+    let gw_a = outpost_tests::Gateway::start(&a, |o, _| o.no_status_file = true).await;
+    let gw_b = outpost_tests::Gateway::start(&b, |o, _| o.no_status_file = true).await;
+    let token = a.token("agent", n as u32).await;
+    let root = tempfile::tempdir()?;
+    let dirs = enroll_agents(root.path(), a.addr(), &token, n, "i").await?;
+    let endpoints = bench::client_endpoints(8);
+    let (go, hold) = tokio::sync::watch::channel(false);
+    let (half_a, half_b) = dirs.split_at(n / 2);
+    let mut agents = start_agents(half_a, gw_a.addr(), &endpoints, &hold)?;
+    agents.extend(start_agents(half_b, gw_b.addr(), &endpoints, &hold)?);
+    let started = Instant::now();
+    go.send_replace(true);
+    wait_all_checked(&agents).await;
+    let storm = started.elapsed();
+    let rate = n as f64 / storm.as_secs_f64();
+    let licensed = agents
+        .iter()
+        .filter(|x| x.status().borrow().licence.state == "licensed")
+        .count();
+    anyhow::ensure!(licensed == n, "only {licensed} of {n} agents licensed");
+    let (used, total) = {
+        let k = a.key_info("K-BENCH").await;
+        (k.seats_used, k.seats_total)
+    };
+    anyhow::ensure!(
+        used == n as u32 && total == n as u32,
+        "seats {used} of {total}"
+    );
+    for x in agents {
+        x.shutdown().await;
+    }
+    let sweep = bench::bare_connect_storm_sweep(&pki, n, 8).await;
+    let (best_c, best) = sweep
+        .iter()
+        .copied()
+        .max_by(|x, y| x.1.total_cmp(&y.1))
+        .expect("sweep");
+    Ok(ScenarioResult::new(
+        "connect_storm_2i",
+        rate,
+        "agents/s",
+        Some(best),
+        0.5,
+        "ratio>=",
+    )
+    .with("agents", n as u64)
+    .with("instances", 2)
+    .with("bare_best_concurrency", best_c as u64)
+    .with("wall_s", storm.as_secs_f64())
+    .with(
+        "via",
+        "two gateways, one per instance, one PostgreSQL database; instances in one process",
+    ))
+}
+
 /// idle_memory: RSS of the gateway process per idle connected agent, against a bare quinn
 /// server process holding the same number of connections with default settings.
 pub(crate) async fn idle_memory(n: usize) -> anyhow::Result<ScenarioResult> {

@@ -13,16 +13,15 @@ mod leases;
 mod seats;
 mod uplinks;
 
-use agents::{connect_storm_and_push, idle_memory};
+use agents::{connect_storm_and_push, connect_storm_two_instances, idle_memory};
 use child::{ChildCmd, run_child};
 use latency::connect_latency;
 use leases::leases_held;
-use seats::seat_checks;
+use seats::{seat_checks, seat_checks_pg};
 use uplinks::uplinks_held;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -42,7 +41,7 @@ struct Cli {
     /// Small sizes, for a smoke test.
     #[arg(long)]
     quick: bool,
-    /// Only these scenarios (comma-separated): connect_storm, push_fanout, connect_latency, idle_memory, seat_checks, uplinks, leases.
+    /// Only these scenarios (comma-separated): connect_storm, connect_storm_2i, push_fanout, connect_latency, idle_memory, seat_checks, seat_checks_pg, uplinks, leases.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// Agents for connect_storm and push_fanout.
@@ -60,6 +59,10 @@ struct Cli {
     /// Secondary servers for leases.
     #[arg(long)]
     secondaries: Option<usize>,
+    /// PostgreSQL for seat_checks_pg: a URL whose database the bench may create databases
+    /// from (else OUTPOST_TEST_PG, else a throwaway cluster of its own via .ci/pg-cluster).
+    #[arg(long)]
+    pg: Option<String>,
     /// Results file.
     #[arg(long)]
     out: Option<PathBuf>,
@@ -121,6 +124,36 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         println!("{}", one(&r));
         rows.push(r);
     }
+    if want("seat_checks_pg") || want("connect_storm_2i") {
+        let own;
+        let base = match cli.pg.clone().or_else(outpost_tests::pg::cluster) {
+            Some(u) => Some(u),
+            None if ls_postgres() => {
+                own = outpost_tests::pg::OwnCluster::start();
+                Some(own.url.clone())
+            }
+            None => None,
+        };
+        match base {
+            Some(base) => {
+                if want("seat_checks_pg") {
+                    for r in seat_checks_pg(&base, seats).await? {
+                        println!("{}", one(&r));
+                        rows.push(r);
+                    }
+                }
+                if want("connect_storm_2i") {
+                    let r = connect_storm_two_instances(&base, agents).await?;
+                    println!("{}", one(&r));
+                    rows.push(r);
+                }
+            }
+            None => println!(
+                "  seat_checks_pg, connect_storm_2i skipped: no PostgreSQL (install postgresql \
+                 or pass --pg URL)"
+            ),
+        }
+    }
     if want("uplinks") {
         let r = uplinks_held(uplinks, if q { 5 } else { 20 }).await?;
         println!("{}", one(&r));
@@ -137,6 +170,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let table = bench::write_results(&out, &rows, &bench::machine())?;
     println!("\n{table}\nresults written to {}", out.display());
     Ok(())
+}
+
+/// Whether PostgreSQL's server binaries are installed (for a throwaway cluster).
+fn ls_postgres() -> bool {
+    std::fs::read_dir("/usr/lib/postgresql").is_ok_and(|mut d| d.next().is_some())
 }
 
 fn one(r: &ScenarioResult) -> String {
