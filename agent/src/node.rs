@@ -111,6 +111,10 @@ pub(crate) struct Shared {
     pub(crate) shutdown: CancellationToken,
     /// Gateway and server lists sent by the server, with their revision.
     pub(crate) server_gateways: Mutex<Learned>,
+    /// Ids of the pushes received lately: one delivered twice (its acknowledgement was not yet
+    /// committed when a server instance caught up on its mailbox, P2) is acknowledged again
+    /// but acted on once.
+    pub(crate) recent_pushes: Mutex<std::collections::VecDeque<String>>,
     /// See [`StartOptions::die_before_ack`].
     pub(crate) die_before_ack: bool,
 }
@@ -243,6 +247,7 @@ pub fn start(data: &Path, opts: StartOptions) -> Result<AgentHandle, StartError>
         grants,
         shutdown: CancellationToken::new(),
         server_gateways: Mutex::new(saved_gateways),
+        recent_pushes: Default::default(),
         die_before_ack: opts.die_before_ack,
     });
     let tasks = tokio_util::task::TaskTracker::new();

@@ -12,7 +12,7 @@ use outpost_proto::pb::v1::{PushKind, Role, SyncRequest, Versions};
 use outpost_proto::session::{ClientEvent, ClientSession, SessionError, hello};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::Instant;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::connect::{Attempt, Via, refused_attempt};
 use crate::node::{AgentEvent, Shared};
@@ -309,6 +309,17 @@ async fn on_event(
         }
         ClientEvent::CertRenewed(r) => renewal.done(shared, r),
         ClientEvent::Push(p) => {
+            {
+                let mut recent = shared.recent_pushes.lock().expect("pushes lock");
+                if recent.contains(&p.id) {
+                    debug!(push = %p.id, "push received again; acknowledged, not acted on twice");
+                    return;
+                }
+                if recent.len() >= RECENT_PUSHES {
+                    recent.pop_front();
+                }
+                recent.push_back(p.id.clone());
+            }
             let kind = PushKind::try_from(p.kind)
                 .map(|k| k.as_str_name())
                 .unwrap_or("PUSH_KIND_UNKNOWN");
@@ -331,6 +342,9 @@ async fn on_event(
         }
     }
 }
+
+/// How many push ids an agent remembers to recognise one delivered twice.
+const RECENT_PUSHES: usize = 256;
 
 /// What the agent shows when the server said it is revoked or removed (S8); `None` for every
 /// other refusal.

@@ -14,6 +14,7 @@ pub mod frame;
 pub mod lease;
 pub mod licence;
 pub mod pki;
+pub mod policy;
 pub mod session;
 pub mod token;
 pub mod version;

@@ -235,6 +235,43 @@ async fn p2_postgres_restarted_under_a_running_instance_it_recovers_by_itself() 
     .await;
     let mut late = spread_agents(&[&s], 1, "late").await.remove(0);
 
+    // Two pushes in an online agent's mailbox whose wake-ups never came: one it already had
+    // (as if its acknowledgement had not been committed) and a new one. The catch-up after the
+    // restart delivers both; the agent acts on the new one only.
+    let target = &agents[0];
+    let before = target.h().status().borrow().pushes_received;
+    let R::Push(first) = s
+        .admin(Op::Push(PushRequest {
+            device_id: target.h().device_id().into(),
+            kind: "message".into(),
+            message: "first".into(),
+            wait_ms: 5_000,
+            ..Default::default()
+        }))
+        .await
+    else {
+        panic!("push")
+    };
+    assert_eq!(first.outcomes[0].state, "acked");
+    let store = shared_store(&url).await;
+    let push = |id: &str, text: &str| outpost_proto::pb::v1::Push {
+        id: id.into(),
+        kind: outpost_proto::pb::v1::PushKind::Message as i32,
+        payload: text.as_bytes().to_vec(),
+        created_at_ms: outpost_net::unix_now_ms(),
+    };
+    let device = [target.h().device_id().to_owned()];
+    let later = outpost_net::unix_now() + 3600;
+    store
+        .queue_push(&device, &push(&first.push_id, "first"), later)
+        .await
+        .unwrap();
+    store
+        .queue_push(&device, &push("p-missed", "missed wake-up"), later)
+        .await
+        .unwrap();
+    store.close().await;
+
     cluster.restart();
     // The admin request is retried by the harness until the server answers again; the key it
     // imports reaches the waiting agents through the licence epoch.
@@ -256,6 +293,19 @@ async fn p2_postgres_restarted_under_a_running_instance_it_recovers_by_itself() 
     );
     let k = s.key("K-BEFORE").await.unwrap();
     assert_eq!(k.seats_used, 2, "committed seats survived: {k:?}");
+    let st = outpost_tests::within(
+        "the push whose wake-up was missed delivered by the catch-up",
+        target
+            .h()
+            .wait_for(|st| st.last_push == "message: missed wake-up"),
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        target.h().status().borrow().pushes_received,
+        before + 2,
+        "\"first\" acted on once, \"missed wake-up\" once: {st:?}"
+    );
 
     // Down for a while: a device connecting now is told to come back later.
     cluster.pause();

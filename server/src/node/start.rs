@@ -123,8 +123,7 @@ pub async fn start(data: DataDir) -> Result<ServerHandle, StartError> {
 /// Acts on what other instances on the shared database announce (P2): a device revoked or
 /// removed there loses its session here; a push queued there for a device connected here is
 /// delivered from its mailbox; after a gap in the announcements, every session held here is
-/// checked against the devices table (a push whose wake-up was missed waits in the mailbox for
-/// the device's next connect).
+/// checked against the devices table and handed the pushes waiting in its mailbox.
 async fn remote_events(
     node: Arc<Node>,
     mut rx: tokio::sync::broadcast::Receiver<crate::store::wake::Remote>,
@@ -167,11 +166,24 @@ async fn remote_events(
                 }
             }
             Ok(Remote::CatchUp) | Err(RecvError::Lagged(_)) => {
+                let now = outpost_net::unix_now();
                 for device in node.sessions().registry().online() {
                     match node.store().device(&device).await {
                         Ok(None) => end(&device, true),
                         Ok(Some(d)) if d.revoked_at.is_some() => end(&device, false),
-                        Ok(Some(_)) => {}
+                        // Pushes whose wake-up may have been missed (the agent recognises one
+                        // it already had).
+                        Ok(Some(_)) => match node.store().pending_pushes(&device, now).await {
+                            Ok(pushes) => {
+                                for p in pushes {
+                                    node.sessions().registry().send(&device, p);
+                                }
+                            }
+                            Err(e) => {
+                                tracing::warn!(error = %e, "catching up with the other instances failed");
+                                break;
+                            }
+                        },
                         Err(e) => {
                             tracing::warn!(error = %e, "catching up with the other instances failed");
                             break;

@@ -80,7 +80,7 @@ impl Store {
     }
 }
 
-fn normalize_group(path: &str) -> Result<String, StoreError> {
+pub(super) fn normalize_group(path: &str) -> Result<String, StoreError> {
     let p = path.trim().trim_matches('/');
     let p = if p == "everyone" || p.starts_with("everyone/") {
         p.to_owned()

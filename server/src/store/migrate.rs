@@ -15,6 +15,7 @@ use super::{Durability, StoreError};
 /// (a new migration must say where its table goes).
 const ORDER: &[&str] = &[
     "groups",
+    "policies",
     "devices",
     "tokens",
     "licence_keys",

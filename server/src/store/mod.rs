@@ -24,6 +24,7 @@ mod keys;
 mod leases;
 pub mod migrate;
 mod notices;
+pub mod policies;
 mod pushes;
 mod relay;
 mod reports;
