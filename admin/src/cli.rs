@@ -7,7 +7,8 @@ use std::time::Duration;
 use clap::{Args, Subcommand};
 use outpost_proto::pb::admin::{
     DeviceList, DeviceMove, DeviceRef, Empty, GroupCreate, KeyAssign, KeyImport, KeyRef,
-    KeyUnassign, PushRequest, TokenCreate, admin_request::Op, admin_response::Result as R,
+    KeyUnassign, PolicySet, PolicyShow, PushRequest, TokenCreate, admin_request::Op,
+    admin_response::Result as R,
 };
 
 use crate::client::{AdminClient, AdminError};
@@ -57,6 +58,11 @@ enum AdminCmd {
     Group {
         #[command(subcommand)]
         cmd: GroupCmd,
+    },
+    /// Policy documents per group (D5).
+    Policy {
+        #[command(subcommand)]
+        cmd: PolicyCmd,
     },
     /// Push a message to one agent or all.
     Push(PushArgs),
@@ -293,6 +299,25 @@ enum GroupCmd {
     List,
 }
 
+#[derive(Subcommand)]
+enum PolicyCmd {
+    /// Set a group's policy: a JSON object of settings in FILE. Devices of the group and below
+    /// get it merged with the documents above (the nearest group wins per setting; `null`
+    /// removes an inherited one).
+    Set {
+        /// Group path or name.
+        group: String,
+        /// JSON file.
+        file: PathBuf,
+    },
+    /// Every group's document, or one device's effective policy.
+    Show {
+        /// Show this device's effective policy and where it came from.
+        #[arg(long)]
+        effective: Option<String>,
+    },
+}
+
 #[derive(Args)]
 struct PushArgs {
     /// Target device id.
@@ -400,6 +425,20 @@ pub async fn run(a: AdminArgs) -> Result<(), AdminError> {
         AdminCmd::Group {
             cmd: GroupCmd::List,
         } => Op::GroupList(Empty {}),
+        AdminCmd::Policy {
+            cmd: PolicyCmd::Set { group, file },
+        } => Op::PolicySet(PolicySet {
+            group,
+            document: String::from_utf8(
+                outpost_net::fsutil::read(&file).map_err(|e| AdminError::Local(e.to_string()))?,
+            )
+            .map_err(|_| AdminError::Local(format!("{}: not UTF-8 text", file.display())))?,
+        }),
+        AdminCmd::Policy {
+            cmd: PolicyCmd::Show { effective },
+        } => Op::PolicyShow(PolicyShow {
+            device_id: effective.unwrap_or_default(),
+        }),
         AdminCmd::Push(p) => Op::Push(PushRequest {
             device_id: p.device.unwrap_or_default(),
             all: p.all,

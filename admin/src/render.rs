@@ -160,6 +160,34 @@ pub fn human(r: &R) -> String {
             ));
             s
         }
+        R::Policy(p) if !p.device_id.is_empty() => format!(
+            "effective policy of {} (revision {:016x}; from {}):\n{}\n",
+            p.device_id,
+            p.effective_revision,
+            if p.from_groups.is_empty() {
+                "no group has a policy".to_owned()
+            } else {
+                p.from_groups.join(" → ")
+            },
+            p.effective
+        ),
+        R::Policy(p) if p.groups.is_empty() => {
+            "no policies (set one with `admin policy set <group> <file.json>`)\n".into()
+        }
+        R::Policy(p) => table(
+            &["GROUP", "REVISION", "UPDATED", "DOCUMENT"],
+            p.groups
+                .iter()
+                .map(|g| {
+                    vec![
+                        g.group.clone(),
+                        g.revision.to_string(),
+                        when(g.updated_at),
+                        g.document.clone(),
+                    ]
+                })
+                .collect(),
+        ),
         R::Groups(g) => table(
             &["GROUP", "DEVICES"],
             g.groups

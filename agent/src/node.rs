@@ -59,6 +59,11 @@ pub enum AgentEvent {
     },
     /// A push arrived.
     Push(Push),
+    /// A new policy was received and kept (D5).
+    Policy {
+        /// Its revision.
+        revision: u64,
+    },
     /// A session ended.
     Disconnected {
         /// Why.
@@ -115,6 +120,8 @@ pub(crate) struct Shared {
     /// committed when a server instance caught up on its mailbox, P2) is acknowledged again
     /// but acted on once.
     pub(crate) recent_pushes: Mutex<std::collections::VecDeque<String>>,
+    /// The policy held (D5), kept in `policy.json`.
+    pub(crate) policy: Mutex<HeldPolicy>,
     /// See [`StartOptions::die_before_ack`].
     pub(crate) die_before_ack: bool,
 }
@@ -220,7 +227,10 @@ pub fn start(data: &Path, opts: StartOptions) -> Result<AgentHandle, StartError>
     let identity = &tls.identity;
     let grants = Grants::open(data, &identity.device_id, &identity.grant_public_key);
     let licence = grants.state(outpost_net::unix_now());
+    let saved_policy = HeldPolicy::load(data);
     let initial = AgentStatus {
+        policy_revision: saved_policy.revision,
+        policy: saved_policy.document.clone(),
         device_id: identity.device_id.clone(),
         pid: std::process::id(),
         updated_at: outpost_net::unix_now(),
@@ -248,6 +258,7 @@ pub fn start(data: &Path, opts: StartOptions) -> Result<AgentHandle, StartError>
         shutdown: CancellationToken::new(),
         server_gateways: Mutex::new(saved_gateways),
         recent_pushes: Default::default(),
+        policy: Mutex::new(saved_policy.clone()),
         die_before_ack: opts.die_before_ack,
     });
     let tasks = tokio_util::task::TaskTracker::new();
@@ -291,6 +302,63 @@ impl Learned {
             false,
         );
     }
+}
+
+/// The policy an agent holds (D5): the server's merged settings for its group, and their
+/// revision; kept in `policy.json` across restarts.
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+pub(crate) struct HeldPolicy {
+    /// 0: none received.
+    pub revision: u64,
+    /// The settings.
+    pub document: serde_json::Value,
+}
+
+impl HeldPolicy {
+    fn load(data: &Path) -> HeldPolicy {
+        std::fs::read_to_string(data.join("policy.json"))
+            .ok()
+            .and_then(|t| serde_json::from_str(&t).ok())
+            .unwrap_or_default()
+    }
+
+    /// Keeps a policy received at sync (written before the status shows it).
+    pub(crate) fn save(&self, data: &Path) -> std::io::Result<()> {
+        outpost_net::fsutil::write_atomic(
+            &data.join("policy.json"),
+            serde_json::to_string(self).unwrap_or_default().as_bytes(),
+            false,
+        )
+    }
+}
+
+/// A policy received at sync (D5): kept, then shown. A document that is not JSON is not
+/// kept (the agent asks again at the next sync: its revision did not move).
+pub(crate) fn on_policy(shared: &Shared, p: outpost_proto::pb::v1::Policy) {
+    let document = match serde_json::from_str(&p.document) {
+        Ok(d) => d,
+        Err(e) => {
+            tracing::warn!(error = %e, "policy from the server is not JSON; keeping the one held");
+            return;
+        }
+    };
+    let held = HeldPolicy {
+        revision: p.revision,
+        document,
+    };
+    if let Err(e) = held.save(&shared.data) {
+        tracing::warn!(error = %e, "policy not saved; asked for again at the next sync");
+        return;
+    }
+    tracing::info!(revision = %format!("{:016x}", held.revision), "policy received");
+    let _ = shared.events.send(AgentEvent::Policy {
+        revision: held.revision,
+    });
+    shared.status.send_modify(|s| {
+        s.policy_revision = held.revision;
+        s.policy = held.document.clone();
+    });
+    *shared.policy.lock().expect("policy lock") = held;
 }
 
 /// The saved list; one in the format of earlier versions (`[revision, [gateways]]`) or damaged

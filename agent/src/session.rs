@@ -201,6 +201,7 @@ async fn sync_request(shared: &Arc<Shared>) -> SyncRequest {
         events,
         known: Some(Versions {
             gateways: rev,
+            policy: shared.policy.lock().expect("policy lock").revision,
             ..Default::default()
         }),
     }
@@ -289,6 +290,9 @@ async fn on_event(
                     servers: g.servers,
                 };
                 cur.save(&shared.data);
+            }
+            if let Some(p) = resp.policy {
+                crate::node::on_policy(shared, p);
             }
             if let Some(t) = resp.trust {
                 crate::certs::on_trust(shared, t);

@@ -40,6 +40,12 @@ pub struct AgentStatus {
     /// Unix seconds at which this device's certificate expires (S9; renewed before).
     #[serde(default)]
     pub cert_expires_at: i64,
+    /// Revision of the policy held (D5; 0: none received yet).
+    #[serde(default)]
+    pub policy_revision: u64,
+    /// The policy held: the settings of its group and the groups above it, merged.
+    #[serde(default)]
+    pub policy: serde_json::Value,
 }
 
 /// Writes the status file.
@@ -115,7 +121,7 @@ pub fn human(s: &AgentStatus, running: bool) -> String {
         format!("UNLICENSED: {}", s.licence.reason)
     };
     format!(
-        "agent {}  ({})\nstate       {}\npath        {}\nlicence     {}\ncertificate {} (expiry; renewed by itself while connected)\nlast sync   {}\nqueue       {} event(s) waiting\npushes      {} received{}\n{}",
+        "agent {}  ({})\nstate       {}\npath        {}\nlicence     {}\ncertificate {} (expiry; renewed by itself while connected)\npolicy      {}\nlast sync   {}\nqueue       {} event(s) waiting\npushes      {} received{}\n{}",
         s.device_id,
         if running {
             format!("running, pid {}", s.pid)
@@ -126,6 +132,13 @@ pub fn human(s: &AgentStatus, running: bool) -> String {
         if s.path.is_empty() { "-" } else { &s.path },
         licence,
         when(s.cert_expires_at),
+        match (&s.policy, s.policy_revision) {
+            (_, 0) => "none received yet".to_owned(),
+            (serde_json::Value::Object(m), r) => {
+                format!("revision {r:016x}, {} setting(s)", m.len())
+            }
+            (_, r) => format!("revision {r:016x}"),
+        },
         when(s.last_sync),
         s.queue_depth,
         s.pushes_received,

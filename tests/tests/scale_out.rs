@@ -196,10 +196,33 @@ async fn p2_three_instances_share_seats_revocations_pushes_and_key_changes() {
     })
     .await;
     let rechecked_in = started.elapsed();
+
+    // A policy set through B reaches an agent connected to C at once (D5: C is woken and
+    // tells its sessions to sync), not at C's next periodic sync (600 s here).
+    let on_c = agents
+        .iter()
+        .enumerate()
+        .find(|(i, x)| i % 3 == 2 && x.h().status().borrow().state == "connected")
+        .map(|(_, x)| x)
+        .expect("an agent on C");
+    let started = std::time::Instant::now();
+    b.admin(Op::PolicySet(outpost_proto::pb::admin::PolicySet {
+        group: "everyone".into(),
+        document: r#"{"set": "through B"}"#.into(),
+    }))
+    .await;
+    outpost_tests::within(
+        "the policy set through B reaches the agent on C",
+        on_c.h()
+            .wait_for(|s| s.policy == serde_json::json!({"set": "through B"})),
+    )
+    .await;
+    let policy_in = started.elapsed();
     eprintln!(
         "p2: {S} of {} licensed, {split:?} through instances A/B/C; push through A reached \
          C's agent in {pushed_in:?}; revoked on B {revoked_in:?} after A; a key imported \
-         through B licensed the waiting agents in {rechecked_in:?}",
+         through B licensed the waiting agents in {rechecked_in:?}; a policy set through B \
+         reached C's agent in {policy_in:?}",
         2 * S
     );
 }

@@ -12,6 +12,7 @@ mod devices;
 mod gateways;
 mod hierarchy;
 mod keys;
+mod policies;
 mod push;
 mod status;
 
@@ -168,6 +169,8 @@ pub async fn handle(node: &Arc<Node>, admin: &str, req: AdminRequest) -> AdminRe
             Op::LeaseRevoke(r) => hierarchy::revoke(node, r).await,
             Op::LeaseList(_) => hierarchy::list_leases(node).await,
             Op::Report(r) => hierarchy::report(node, r).await,
+            Op::PolicySet(p) => policies::set(node, p).await,
+            Op::PolicyShow(p) => policies::show(node, p).await,
         }
     }
     .instrument(span)

@@ -149,6 +149,14 @@ async fn remote_events(
         };
         match event {
             Ok(Remote::Gone { device, removed }) => end(&device, removed),
+            Ok(Remote::Sync { group }) => match node.store().devices_under(&group).await {
+                Ok(devices) => {
+                    node.sessions().registry().nudge(&devices);
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, %group, "policy change from another instance not passed on; devices get it at their next sync")
+                }
+            },
             Ok(Remote::Push { device, push_id }) => {
                 if !node.sessions().registry().is_online(&device) {
                     continue;

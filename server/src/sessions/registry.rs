@@ -131,10 +131,16 @@ impl Registry {
     /// Asks every live session to sync now (not stored: a device offline now syncs when it
     /// connects anyway). Used when something every device must learn changed (S9 trust).
     pub fn nudge_all(&self) {
+        self.nudge(&self.online());
+    }
+
+    /// Asks the live sessions of `devices` to sync now; returns how many were live here.
+    pub fn nudge(&self, devices: &[String]) -> usize {
         let now_ms = outpost_net::unix_now_ms();
-        for (i, device) in self.online().into_iter().enumerate() {
-            let _ = self.send(
-                &device,
+        let mut live = 0;
+        for (i, device) in devices.iter().enumerate() {
+            let sent = self.send(
+                device,
                 Push {
                     id: format!("nudge-{now_ms}-{i}"),
                     kind: outpost_proto::pb::v1::PushKind::SyncNow as i32,
@@ -142,7 +148,9 @@ impl Registry {
                     created_at_ms: now_ms,
                 },
             );
+            live += usize::from(!matches!(sent, Delivery::Offline));
         }
+        live
     }
 
     /// Hands a push to the device's live session.

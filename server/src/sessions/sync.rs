@@ -4,7 +4,7 @@
 
 use outpost_proto::licence::recheck::{self, Sent};
 use outpost_proto::pb::v1::{
-    GatewayList, LicenceStatus, SyncRequest, SyncResponse, TrustUpdate, Versions,
+    GatewayList, LicenceStatus, Policy, SyncRequest, SyncResponse, TrustUpdate, Versions,
 };
 use tokio::io::{AsyncRead, AsyncWrite};
 
@@ -76,6 +76,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Driver<S> {
             }
             None
         };
+        // D5: the effective policy, when the device holds another revision.
+        let effective = store.effective_policy(&self.device.id).await?;
+        let policy = (known_policy(&req) != effective.revision).then(|| Policy {
+            revision: effective.revision,
+            document: effective.document.to_string(),
+        });
         let gw = &self.node.config().gateways;
         let servers = self.node.server_addresses();
         let gw_rev = gateways_revision(gw, &servers);
@@ -96,17 +102,22 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Driver<S> {
             seq: req.seq,
             acked_event_ids: acked,
             licence,
-            policy: None,
+            policy,
             tasks: None,
             manifest_revision: 0,
             gateways,
             next_sync_secs: self.node.config().timing.sync_interval.as_secs().max(1) as u32,
             current: Some(Versions {
                 gateways: gw_rev,
+                policy: effective.revision,
                 ..Default::default()
             }),
         })
     }
+}
+
+fn known_policy(req: &SyncRequest) -> u64 {
+    req.known.as_ref().map_or(0, |k| k.policy)
 }
 
 /// A stable revision number for the gateway and server lists (0 = no list).

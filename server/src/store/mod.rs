@@ -250,6 +250,14 @@ impl Store {
         }
     }
 
+    /// Tells the other instances on a shared database that devices of `group` and below must
+    /// sync now (their policy changed). Nothing on the embedded store.
+    pub async fn announce_sync(&self, group: &str) {
+        if let Some(w) = &self.waker {
+            w.sync(group).await;
+        }
+    }
+
     /// Tells the other instances on a shared database that a push for `device` is in its
     /// mailbox (it was not connected here). Nothing on the embedded store.
     pub async fn announce_push(&self, device: &str, push_id: &str) {

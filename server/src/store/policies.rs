@@ -31,8 +31,14 @@ pub struct Effective {
 }
 
 impl Store {
-    /// Sets a group's document (replacing the previous one). Returns the group's revision.
-    pub async fn set_policy(&self, group: &str, text: &str, now: i64) -> Result<i64, StoreError> {
+    /// Sets a group's document (replacing the previous one). Returns the group's path and
+    /// revision.
+    pub async fn set_policy(
+        &self,
+        group: &str,
+        text: &str,
+        now: i64,
+    ) -> Result<(String, i64), StoreError> {
         let group = normalize_group(group)?;
         let doc = policy::parse(text).map_err(|e| StoreError::Invalid(e.to_string()))?;
         let mut tx = self.write.begin().await?;
@@ -59,7 +65,7 @@ impl Store {
         .fetch_one(&mut *tx)
         .await?;
         tx.commit().await?;
-        Ok(revision)
+        Ok((group, revision))
     }
 
     /// Every group's document, by group.
@@ -81,16 +87,18 @@ impl Store {
             .collect()
     }
 
-    /// The effective policy of a device in `group`.
-    pub async fn effective_policy(&self, group: &str) -> Result<Effective, StoreError> {
+    /// The effective policy of a device (its group's document merged with those above it).
+    pub async fn effective_policy(&self, device_id: &str) -> Result<Effective, StoreError> {
         // The group's own document and its ancestors', root first (a path is longer than its
-        // parent's).
+        // parent's). SUBSTR rather than LIKE: a group name may hold `_` or `%`.
         let rows: Vec<(String, String)> = sqlx::query_as(
-            "SELECT group_path, document FROM policies
-             WHERE group_path = $1 OR SUBSTR($1, 1, LENGTH(group_path) + 1) = group_path || '/'
-             ORDER BY LENGTH(group_path)",
+            "SELECT p.group_path, p.document FROM devices d JOIN policies p
+               ON p.group_path = d.group_path
+               OR SUBSTR(d.group_path, 1, LENGTH(p.group_path) + 1) = p.group_path || '/'
+             WHERE d.id = $1
+             ORDER BY LENGTH(p.group_path)",
         )
-        .bind(group)
+        .bind(device_id)
         .fetch_all(&self.read)
         .await?;
         let mut docs = vec![];
@@ -105,6 +113,18 @@ impl Store {
             document,
             from,
         })
+    }
+
+    /// Devices in `group` or below it (whose effective policy a change of its document moves).
+    pub async fn devices_under(&self, group: &str) -> Result<Vec<String>, StoreError> {
+        let rows: Vec<(String,)> = sqlx::query_as(
+            "SELECT id FROM devices WHERE group_path = $1
+               OR SUBSTR(group_path, 1, LENGTH($1) + 1) = $1 || '/'",
+        )
+        .bind(group)
+        .fetch_all(&self.read)
+        .await?;
+        Ok(rows.into_iter().map(|(d,)| d).collect())
     }
 }
 

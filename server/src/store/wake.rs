@@ -4,7 +4,8 @@
 //! Payloads are `<instance>:epoch` (licences may have changed: sessions re-check, as after a
 //! local change), `<instance>:gone:<revoked|removed>:<device>` (end that device's session
 //! here) and `<instance>:push:<push id>:<device>` (a push is in the device's mailbox, the
-//! `pushes` table: the instance holding its session delivers it). An instance ignores its own. A notification can be missed (the listening connection
+//! `pushes` table: the instance holding its session delivers it), `<instance>:sync:<group>`
+//! (devices of the group and below sync now: their policy changed). An instance ignores its own. A notification can be missed (the listening connection
 //! dropped): after every (re)connect of the listener the instance catches up from the
 //! database — it moves its licence epoch and re-checks every session it holds against the
 //! devices table ([`Remote::CatchUp`]).
@@ -37,6 +38,12 @@ pub enum Remote {
         device: String,
         /// The push.
         push_id: String,
+    },
+    /// A group's policy changed through another instance: the sessions here of devices in it
+    /// and below sync now (a missed one arrives at their next periodic sync).
+    Sync {
+        /// The group.
+        group: String,
     },
     /// Notifications may have been missed: check every session held here against the database.
     CatchUp,
@@ -110,6 +117,12 @@ impl Waker {
             .await;
     }
 
+    /// Something devices of `group` and below must learn changed (a policy): they sync now.
+    pub async fn sync(&self, group: &str) {
+        self.notify(&format!("{}:sync:{group}", self.instance))
+            .await;
+    }
+
     /// A push for `device` is in the mailbox; the instance holding its session delivers it.
     pub async fn pushed(&self, device: &str, push_id: &str) {
         self.notify(&format!("{}:push:{push_id}:{device}", self.instance))
@@ -176,6 +189,10 @@ async fn listen(url: String, w: Waker, epoch: std::sync::Arc<watch::Sender<u64>>
                         let _ = w.remote.send(Remote::Push {
                             device: device.to_owned(),
                             push_id: push_id.to_owned(),
+                        });
+                    } else if let Some(group) = what.strip_prefix("sync:") {
+                        let _ = w.remote.send(Remote::Sync {
+                            group: group.to_owned(),
                         });
                     } else if let Some(rest) = what.strip_prefix("gone:")
                         && let Some((how, device)) = rest.split_once(':')
