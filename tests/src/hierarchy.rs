@@ -179,6 +179,22 @@ impl ServerProc {
         .await
     }
 
+    /// An enrollment token for `uses` devices of `role` (an hour).
+    pub async fn token(&self, role: &str, uses: usize) -> String {
+        let R::TokenCreated(t) = self
+            .admin(Op::TokenCreate(TokenCreate {
+                role: role.into(),
+                uses: uses as u32,
+                ttl_secs: 3600,
+                ..Default::default()
+            }))
+            .await
+        else {
+            panic!("{}: no token", self.name)
+        };
+        t.token
+    }
+
     /// Runs an admin request expected to be refused; returns the refusal text.
     pub async fn admin_refused(&self, op: Op) -> String {
         let c = within("admin connect", async {
@@ -338,29 +354,13 @@ pub fn fast(c: &mut ServerConfig) {
 
 /// Enrolls and starts `n` agents on `server` (directly, no gateway).
 pub async fn agents(server: &ServerProc, n: usize) -> Vec<Agent> {
-    let R::TokenCreated(t) = server
-        .admin(Op::TokenCreate(TokenCreate {
-            role: "agent".into(),
-            uses: n as u32,
-            ttl_secs: 3600,
-            ..Default::default()
-        }))
-        .await
-    else {
-        panic!("token")
-    };
+    let token = server.token("agent", n).await;
     // Machine ids unique across calls: a second batch on the same server is other machines.
     static NEXT: AtomicUsize = AtomicUsize::new(0);
     let mut out = vec![];
     for _ in 0..n {
         let name = format!("{}-{}", server.name, NEXT.fetch_add(1, Ordering::Relaxed));
-        out.push(
-            Agent::start(
-                test_agent_config(vec![], Some(server.addr), &name),
-                &t.token,
-            )
-            .await,
-        );
+        out.push(Agent::start(test_agent_config(vec![], Some(server.addr), &name), &token).await);
     }
     out
 }

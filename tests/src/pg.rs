@@ -131,23 +131,12 @@ pub async fn spread_agents(
     n: usize,
     prefix: &str,
 ) -> Vec<crate::Agent> {
-    use outpost_proto::pb::admin::{TokenCreate, admin_request::Op, admin_response::Result as R};
-    let R::TokenCreated(t) = servers[0]
-        .admin(Op::TokenCreate(TokenCreate {
-            role: "agent".into(),
-            uses: n as u32,
-            ttl_secs: 3600,
-            ..Default::default()
-        }))
-        .await
-    else {
-        panic!("token")
-    };
+    let token = servers[0].token("agent", n).await;
     let mut agents = vec![];
     for i in 0..n {
         let to = servers[i % servers.len()].addr;
         let config = crate::test_agent_config(vec![], Some(to), &format!("{prefix}-{i}"));
-        agents.push(crate::Agent::enroll(config, &t.token).await);
+        agents.push(crate::Agent::enroll(config, &token).await);
     }
     agents
 }

@@ -383,18 +383,7 @@ async fn p2_instance_killed_mid_storm_still_exactly_s_licensed() {
         &issue(&auth, "K-STORM", S as u32, 30 * DAY, AV_FW, false, None),
     )
     .await;
-    let R::TokenCreated(t) = b
-        .admin(Op::TokenCreate(outpost_proto::pb::admin::TokenCreate {
-            role: "gateway".into(),
-            uses: 1,
-            ttl_secs: 3600,
-            ..Default::default()
-        }))
-        .await
-    else {
-        panic!("token")
-    };
-    let gw = outpost_tests::Gateway::start_at(&addrs, &t.token, |_, g| {
+    let gw = outpost_tests::Gateway::start_at(&addrs, &b.token("gateway", 1).await, |_, g| {
         g.uplink.keep_alive = Duration::from_millis(500);
         g.uplink.idle_timeout = Duration::from_secs(2);
     })

@@ -5,9 +5,7 @@
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
-use outpost_proto::pb::admin::{
-    DeviceList, TokenCreate, admin_request::Op, admin_response::Result as R,
-};
+use outpost_proto::pb::admin::{DeviceList, admin_request::Op, admin_response::Result as R};
 use outpost_tests::hierarchy::{ServerProc, import};
 use outpost_tests::licensing::{AV_FW, DAY, issue};
 use outpost_tests::pg::shared_store;
@@ -44,32 +42,14 @@ async fn p2_gateway_moves_to_another_instance_within_seconds_and_loses_no_event(
         &issue(&auth, "K-FO", AGENTS as u32, 30 * DAY, AV_FW, false, None),
     )
     .await;
-    let token = |role: &str| {
-        let role = role.to_owned();
-        let i = &instances[1];
-        async move {
-            let R::TokenCreated(t) = i
-                .admin(Op::TokenCreate(TokenCreate {
-                    role,
-                    uses: AGENTS as u32,
-                    ttl_secs: 3600,
-                    ..Default::default()
-                }))
-                .await
-            else {
-                panic!("token")
-            };
-            t.token
-        }
-    };
     let addrs: Vec<_> = instances.iter().map(|s| s.addr).collect();
     // An uplink that notices a dead server within 2 s (keep-alives every 500 ms).
-    let gw = Gateway::start_at(&addrs, &token("gateway").await, |_, g| {
+    let gw = Gateway::start_at(&addrs, &instances[1].token("gateway", 1).await, |_, g| {
         g.uplink.keep_alive = Duration::from_millis(500);
         g.uplink.idle_timeout = Duration::from_secs(2);
     })
     .await;
-    let agent_token = token("agent").await;
+    let agent_token = instances[1].token("agent", AGENTS).await;
     let mut agents = vec![];
     for i in 0..AGENTS {
         // Through the gateway only: they come back when it does.
