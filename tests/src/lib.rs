@@ -489,6 +489,29 @@ impl Gateway {
     }
 }
 
+/// A child process killed when the test ends, also when it panics (no orphan servers).
+pub struct KillOnDrop(pub std::process::Child);
+
+impl std::ops::Deref for KillOnDrop {
+    type Target = std::process::Child;
+    fn deref(&self) -> &std::process::Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for KillOnDrop {
+    fn deref_mut(&mut self) -> &mut std::process::Child {
+        &mut self.0
+    }
+}
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// A unique-enough id for machine identities in tests.
 pub fn rand_id() -> String {
     use std::sync::atomic::{AtomicU64, Ordering};

@@ -43,6 +43,7 @@ async fn l6_storm_of_twice_the_seats_and_server_killed_mid_storm() {
             )
             .stdout(std::process::Stdio::null())
             .spawn()
+            .map(outpost_tests::KillOnDrop)
             .expect("spawn outpost-server")
     };
     let admin = async |op: Op| -> R {
