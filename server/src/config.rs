@@ -34,8 +34,8 @@ pub struct ServerConfig {
     /// Gateways agents should use, in order (T8), handed out at sync.
     pub gateways: Vec<String>,
     /// The deployment's server instances (P2), handed out at sync: agents try them after their
-    /// gateways and fail over along the list. Empty: on a shared PostgreSQL store the running
-    /// instances' addresses (each one's `public_address`), on the embedded store none.
+    /// gateways and fail over along the list. Empty: on a shared PostgreSQL store with two or
+    /// more instances running, their addresses (each one's `public_address`); else none.
     pub server_addresses: Vec<String>,
     /// Gateways in a DMZ that the server dials (T4): their `uplink.listen` addresses.
     pub dmz_gateways: Vec<String>,

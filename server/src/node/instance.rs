@@ -57,7 +57,12 @@ pub(super) async fn run(node: Arc<Node>) {
         }
         if node.store().backend() == crate::store::backend::Backend::Postgres {
             match store.instances(now).await {
-                Ok(v) => node.set_instances(v.into_iter().map(|i| i.name).collect()),
+                // Only a deployment that runs several instances hands their addresses out: one
+                // instance alone behaves as on the embedded store (agents keep their paths).
+                Ok(v) if v.len() >= 2 => {
+                    node.set_instances(v.into_iter().map(|i| i.name).collect())
+                }
+                Ok(_) => node.set_instances(vec![]),
                 Err(e) => warn!(error = %e, "running instances not read"),
             }
         }

@@ -128,7 +128,7 @@ impl Node {
     }
 
     /// The server addresses handed to agents at sync (P2): `server_addresses`, else the
-    /// running instances on a shared store.
+    /// running instances on a shared store when there are several.
     pub fn server_addresses(&self) -> Vec<String> {
         if !self.config.server_addresses.is_empty() {
             return self.config.server_addresses.clone();
