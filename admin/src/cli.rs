@@ -64,6 +64,11 @@ enum AdminCmd {
         #[command(subcommand)]
         cmd: PolicyCmd,
     },
+    /// Tasks for agents' local handlers (D5).
+    Task {
+        #[command(subcommand)]
+        cmd: crate::tasks::TaskCmd,
+    },
     /// Push a message to one agent or all.
     Push(PushArgs),
     /// The notification log (newest first).
@@ -482,6 +487,7 @@ pub async fn run(a: AdminArgs) -> Result<(), AdminError> {
             op
         }
         AdminCmd::Lease { cmd } => crate::hierarchy::lease_op(cmd)?,
+        AdminCmd::Task { cmd } => crate::tasks::task_op(cmd)?,
         AdminCmd::Report { server } => Op::Report(outpost_proto::pb::admin::ReportRequest {
             server: server.unwrap_or_default(),
         }),

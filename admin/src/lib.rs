@@ -10,5 +10,6 @@ pub mod cli;
 pub mod client;
 pub mod hierarchy;
 pub mod render;
+pub mod tasks;
 
 pub use client::{AdminClient, AdminError};

@@ -61,6 +61,23 @@ pub fn human(r: &R) -> String {
             &["LEASE", "DIRECTION", "SERVER", "KEY", "SEATS", "AWAY/USABLE", "PERIOD END", "END"],
             crate::hierarchy::leases(l),
         ),
+        R::Tasks(t) if t.tasks.is_empty() => {
+            "no tasks (create one with `admin task create --kind K --group G`)\n".into()
+        }
+        R::Tasks(t) => {
+            let (head, rows) = crate::tasks::tasks(t);
+            head + &table(
+                &["TASK", "KIND", "TARGET", "SCHEDULE", "RESULTS", "ARGUMENTS"],
+                rows,
+            )
+        }
+        R::TaskResults(r) if r.results.is_empty() => {
+            format!("task {}: no results yet\n", r.task_id)
+        }
+        R::TaskResults(r) => table(
+            &["DEVICE", "HOST", "RUN", "OUTCOME", "EXIT", "FINISHED", "OUTPUT"],
+            crate::tasks::results(r),
+        ),
         R::Error(e) => format!("error: {}\n", e.message),
         R::TokenCreated(t) => format!(
             "{}\n\ntoken {} for {} devices in group {}, {} use(s), expires {}\n\

@@ -27,6 +27,30 @@ pub struct AgentConfig {
     pub connect: ConnectConfig,
     /// Event queue.
     pub queue: QueueConfig,
+    /// Tasks from the server (D5).
+    pub tasks: TasksConfig,
+}
+
+/// Tasks (D5): the local program that runs them.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TasksConfig {
+    /// Executable given each task as JSON on standard input (`id`, `kind`, `arguments`,
+    /// `run`, `device_id`); its exit status and output are the result. Empty: tasks are
+    /// reported `no-handler`.
+    pub handler: String,
+    /// A handler running longer is killed and the run reported `timed-out`.
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+}
+
+impl Default for TasksConfig {
+    fn default() -> Self {
+        TasksConfig {
+            handler: String::new(),
+            timeout: Duration::from_secs(3600),
+        }
+    }
 }
 
 /// Connection behaviour (T6, T8).
@@ -115,6 +139,18 @@ impl Validate for AgentConfig {
         })?;
         ensure(self.connect.keep_alive < self.connect.idle_timeout, || {
             "connect.keep_alive must be shorter than connect.idle_timeout".into()
+        })?;
+        ensure(
+            self.tasks.handler.is_empty() || Path::new(&self.tasks.handler).is_absolute(),
+            || {
+                format!(
+                    "tasks.handler {:?} is not an absolute path; give the handler's full path",
+                    self.tasks.handler
+                )
+            },
+        )?;
+        ensure(self.tasks.timeout >= Duration::from_secs(1), || {
+            "tasks.timeout must be at least 1s".into()
         })?;
         ensure(self.queue.batch > 0 && self.queue.max_events > 0, || {
             "queue sizes must be at least 1".into()

@@ -13,6 +13,7 @@ mod paths;
 pub mod queue;
 mod session;
 pub mod status;
+mod tasks;
 
 pub use config::AgentConfig;
 pub use node::{AgentEvent, AgentHandle, StartOptions, start};

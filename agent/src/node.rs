@@ -64,6 +64,22 @@ pub enum AgentEvent {
         /// Its revision.
         revision: u64,
     },
+    /// A new task list was received and kept (D5).
+    Tasks {
+        /// Its revision.
+        revision: u64,
+        /// Tasks in it.
+        count: usize,
+    },
+    /// A task run ended and its result was queued (D5).
+    TaskDone {
+        /// The task.
+        task: String,
+        /// The run.
+        run: u64,
+        /// ok, failed, …
+        outcome: String,
+    },
     /// A session ended.
     Disconnected {
         /// Why.
@@ -122,6 +138,10 @@ pub(crate) struct Shared {
     pub(crate) recent_pushes: Mutex<std::collections::VecDeque<String>>,
     /// The policy held (D5), kept in `policy.json`.
     pub(crate) policy: Mutex<HeldPolicy>,
+    /// The tasks held (D5), kept in `tasks.json` with the runs handled.
+    pub(crate) tasks: Mutex<crate::tasks::HeldTasks>,
+    /// Wakes the task runner (a new list).
+    pub(crate) tasks_changed: Notify,
     /// See [`StartOptions::die_before_ack`].
     pub(crate) die_before_ack: bool,
 }
@@ -228,7 +248,9 @@ pub fn start(data: &Path, opts: StartOptions) -> Result<AgentHandle, StartError>
     let grants = Grants::open(data, &identity.device_id, &identity.grant_public_key);
     let licence = grants.state(outpost_net::unix_now());
     let saved_policy = HeldPolicy::load(data);
+    let saved_tasks = crate::tasks::HeldTasks::load(data);
     let initial = AgentStatus {
+        tasks_held: saved_tasks.tasks.len(),
         policy_revision: saved_policy.revision,
         policy: saved_policy.document.clone(),
         device_id: identity.device_id.clone(),
@@ -259,6 +281,8 @@ pub fn start(data: &Path, opts: StartOptions) -> Result<AgentHandle, StartError>
         server_gateways: Mutex::new(saved_gateways),
         recent_pushes: Default::default(),
         policy: Mutex::new(saved_policy.clone()),
+        tasks: Mutex::new(saved_tasks),
+        tasks_changed: Notify::new(),
         die_before_ack: opts.die_before_ack,
     });
     let tasks = tokio_util::task::TaskTracker::new();
@@ -274,7 +298,8 @@ pub fn start(data: &Path, opts: StartOptions) -> Result<AgentHandle, StartError>
         }
         .instrument(span.clone()),
     );
-    tasks.spawn(crate::grants::licence_clock(shared.clone()).instrument(span));
+    tasks.spawn(crate::grants::licence_clock(shared.clone()).instrument(span.clone()));
+    tasks.spawn(crate::tasks::runner(shared.clone()).instrument(span));
     if !opts.no_status_file {
         tasks.spawn(status_writer(shared.clone()));
     }

@@ -71,6 +71,42 @@ impl Queue {
             return Err(QueueError::Full(n));
         }
         let id = format!("{:032x}", rand::random::<u128>());
+        self.write(id, kind, payload, now_ms)
+    }
+
+    /// Queues an event under an id the caller derived (a task result: the same for every
+    /// attempt at reporting one run, D5). An event with that id already waiting is kept as it
+    /// is; one already acknowledged is sent again and ignored by the server (it de-duplicates
+    /// by id), so a result is never counted twice.
+    pub fn push_with_id(
+        &self,
+        id: &str,
+        kind: &str,
+        payload: &[u8],
+        now_ms: i64,
+    ) -> Result<(), QueueError> {
+        let suffix = format!("-{id}.evt");
+        let waiting = self.files()?.iter().any(|f| {
+            f.file_name()
+                .is_some_and(|n| n.to_string_lossy().ends_with(&suffix))
+        });
+        if waiting {
+            return Ok(());
+        }
+        let n = self.len();
+        if n >= self.max {
+            return Err(QueueError::Full(n));
+        }
+        self.write(id.to_owned(), kind, payload, now_ms).map(|_| ())
+    }
+
+    fn write(
+        &self,
+        id: String,
+        kind: &str,
+        payload: &[u8],
+        now_ms: i64,
+    ) -> Result<String, QueueError> {
         let ev = Event {
             id: id.clone(),
             kind: kind.to_owned(),
@@ -120,11 +156,11 @@ impl Queue {
                 .file_name()
                 .map(|n| n.to_string_lossy().into_owned())
                 .unwrap_or_default();
+            // `<created ms>-<id>.evt`: the id is everything after the first dash.
             let id = name
                 .trim_end_matches(".evt")
-                .rsplit('-')
-                .next()
-                .unwrap_or("");
+                .split_once('-')
+                .map_or("", |(_, id)| id);
             if ids.iter().any(|a| a == id) {
                 std::fs::remove_file(&f)?;
                 n += 1;
@@ -152,6 +188,14 @@ mod tests {
             vec![a.clone(), b.clone()]
         );
         q2.ack(&[a]).unwrap();
+        // A derived id is queued once however often it is pushed; ack() finds it by id.
+        q2.push_with_id("task-t1-0", "task-result", b"r", 3)
+            .unwrap();
+        q2.push_with_id("task-t1-0", "task-result", b"r2", 4)
+            .unwrap();
+        assert_eq!(q2.len(), 2);
+        q2.ack(&["task-t1-0".into()]).unwrap();
+        assert_eq!(q2.len(), 1);
         assert_eq!(q2.peek(10, 1 << 20).unwrap()[0].id, b);
         let small = Queue::open(dir.path(), 1).unwrap();
         assert!(matches!(small.push("k", b"x", 3), Err(QueueError::Full(1))));

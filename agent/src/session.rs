@@ -202,6 +202,7 @@ async fn sync_request(shared: &Arc<Shared>) -> SyncRequest {
         known: Some(Versions {
             gateways: rev,
             policy: shared.policy.lock().expect("policy lock").revision,
+            tasks: shared.tasks.lock().expect("tasks lock").revision,
             ..Default::default()
         }),
     }
@@ -293,6 +294,9 @@ async fn on_event(
             }
             if let Some(p) = resp.policy {
                 crate::node::on_policy(shared, p);
+            }
+            if let Some(t) = resp.tasks {
+                crate::tasks::on_tasks(shared, t);
             }
             if let Some(t) = resp.trust {
                 crate::certs::on_trust(shared, t);

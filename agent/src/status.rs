@@ -46,6 +46,15 @@ pub struct AgentStatus {
     /// The policy held: the settings of its group and the groups above it, merged.
     #[serde(default)]
     pub policy: serde_json::Value,
+    /// Tasks held (D5).
+    #[serde(default)]
+    pub tasks_held: usize,
+    /// Task runs reported since start.
+    #[serde(default)]
+    pub tasks_run: u64,
+    /// The last run reported: task, run and outcome.
+    #[serde(default)]
+    pub last_task: String,
 }
 
 /// Writes the status file.
@@ -120,8 +129,18 @@ pub fn human(s: &AgentStatus, running: bool) -> String {
     } else {
         format!("UNLICENSED: {}", s.licence.reason)
     };
+    let tasks = format!(
+        "{} held, {} run(s) reported since start{}",
+        s.tasks_held,
+        s.tasks_run,
+        if s.last_task.is_empty() {
+            String::new()
+        } else {
+            format!(", last: {}", s.last_task)
+        }
+    );
     format!(
-        "agent {}  ({})\nstate       {}\npath        {}\nlicence     {}\ncertificate {} (expiry; renewed by itself while connected)\npolicy      {}\nlast sync   {}\nqueue       {} event(s) waiting\npushes      {} received{}\n{}",
+        "agent {}  ({})\nstate       {}\npath        {}\nlicence     {}\ncertificate {} (expiry; renewed by itself while connected)\npolicy      {}\ntasks       {}\nlast sync   {}\nqueue       {} event(s) waiting\npushes      {} received{}\n{}",
         s.device_id,
         if running {
             format!("running, pid {}", s.pid)
@@ -139,6 +158,7 @@ pub fn human(s: &AgentStatus, running: bool) -> String {
             }
             (_, r) => format!("revision {r:016x}"),
         },
+        tasks,
         when(s.last_sync),
         s.queue_depth,
         s.pushes_received,

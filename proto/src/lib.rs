@@ -16,6 +16,7 @@ pub mod licence;
 pub mod pki;
 pub mod policy;
 pub mod session;
+pub mod task;
 pub mod token;
 pub mod version;
 

@@ -496,6 +496,50 @@ impl Agent {
     }
 }
 
+/// Asks an in-process agent to sync (a `sync-now` push) and waits until it did; returns how
+/// many of its events during that sync `counted` picked (e.g. policies or task lists received:
+/// D5 checks that only changes travel).
+pub async fn sync_and_count(
+    server: &Server,
+    agent: &Agent,
+    counted: impl Fn(&outpost_agent::AgentEvent) -> bool,
+) -> usize {
+    let mut events = agent.h().events();
+    server
+        .admin(Op::Push(outpost_proto::pb::admin::PushRequest {
+            device_id: agent.h().device_id().into(),
+            kind: "sync-now".into(),
+            wait_ms: 5_000,
+            ..Default::default()
+        }))
+        .await;
+    within("a sync after the push", async {
+        let mut n = 0;
+        loop {
+            match events.recv().await {
+                Ok(outpost_agent::AgentEvent::Synced { .. }) => return n,
+                Ok(e) => n += usize::from(counted(&e)),
+                Err(e) => panic!("agent events: {e}"),
+            }
+        }
+    })
+    .await
+}
+
+/// Starts `outpost-agent run` on an enrolled data directory (its `agent.toml`), killed when
+/// dropped.
+pub fn spawn_agent_process(data: &Path) -> KillOnDrop {
+    let child = std::process::Command::new(bin("outpost-agent"))
+        .args(["run", "--data-dir"])
+        .arg(data)
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::inherit())
+        .spawn()
+        .expect("spawn outpost-agent");
+    KillOnDrop(child)
+}
+
 /// Path of a workspace binary (built by `cargo test --workspace`, whose agent, gateway and
 /// server packages have integration tests of their own, which makes cargo build them).
 pub fn bin(name: &str) -> PathBuf {

@@ -2,21 +2,9 @@
 //! loses nothing and duplicates nothing after it restarts (S5, P4).
 
 use std::collections::HashSet;
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use outpost_tests::*;
-
-fn spawn_agent(data: &std::path::Path) -> Child {
-    Command::new(bin("outpost-agent"))
-        .args(["run", "--data-dir"])
-        .arg(data)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("spawn outpost-agent")
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn s5_agent_killed_with_events_queued_delivers_each_exactly_once() {
@@ -65,7 +53,7 @@ async fn s5_agent_killed_with_events_queued_delivers_each_exactly_once() {
     let store = server.h().store().clone();
 
     // Kill the agent as soon as the server has some, not all, of the events.
-    let mut child = spawn_agent(&agent.data);
+    let mut child = spawn_agent_process(&agent.data);
     let d = device.clone();
     let s = store.clone();
     until("first events stored", || {
@@ -73,15 +61,15 @@ async fn s5_agent_killed_with_events_queued_delivers_each_exactly_once() {
         async move { s.event_count(&d).await.unwrap() > 0 }
     })
     .await;
-    child.kill().expect("SIGKILL");
-    child.wait().unwrap();
+    child.0.kill().expect("SIGKILL");
+    child.0.wait().unwrap();
     let stored_at_kill = store.event_count(&device).await.unwrap();
     let left = q.len();
     println!("killed with {stored_at_kill} events stored, {left} still queued");
     assert!(left > 0, "the kill landed before the queue drained");
 
     // Restart: everything arrives, nothing twice.
-    let mut child = spawn_agent(&agent.data);
+    let mut child = spawn_agent_process(&agent.data);
     let (s, d) = (store.clone(), device.clone());
     let want = ids.len() as i64;
     until("all events stored", || {
@@ -94,8 +82,8 @@ async fn s5_agent_killed_with_events_queued_delivers_each_exactly_once() {
         async move { q.is_empty() }
     })
     .await;
-    child.kill().ok();
-    child.wait().ok();
+    child.0.kill().ok();
+    child.0.wait().ok();
     let stored = store.events_of(&device).await.unwrap();
     assert_eq!(stored.len(), ids.len(), "each event stored exactly once");
     let got: HashSet<String> = stored.into_iter().map(|e| e.id).collect();

@@ -4,9 +4,11 @@
 
 use outpost_agent::AgentEvent;
 use outpost_proto::pb::admin::{
-    GroupCreate, PolicySet, PolicyShow, PushRequest, admin_request::Op, admin_response::Result as R,
+    GroupCreate, PolicySet, PolicyShow, admin_request::Op, admin_response::Result as R,
 };
-use outpost_tests::{Agent, Authority, Server, init_logs, test_agent_config, within};
+use outpost_tests::{
+    Agent, Authority, Server, init_logs, sync_and_count, test_agent_config, within,
+};
 use serde_json::json;
 
 async fn set(server: &Server, group: &str, doc: serde_json::Value) -> R {
@@ -18,29 +20,9 @@ async fn set(server: &Server, group: &str, doc: serde_json::Value) -> R {
         .await
 }
 
-/// Asks the agent to sync and waits until it did; returns the policies it received meanwhile.
-async fn sync_and_count(server: &Server, agent: &Agent) -> usize {
-    let mut events = agent.h().events();
-    server
-        .admin(Op::Push(PushRequest {
-            device_id: agent.h().device_id().into(),
-            kind: "sync-now".into(),
-            wait_ms: 5_000,
-            ..Default::default()
-        }))
-        .await;
-    within("a sync after the push", async {
-        let mut policies = 0;
-        loop {
-            match events.recv().await {
-                Ok(AgentEvent::Policy { .. }) => policies += 1,
-                Ok(AgentEvent::Synced { .. }) => return policies,
-                Ok(_) => {}
-                Err(e) => panic!("agent events: {e}"),
-            }
-        }
-    })
-    .await
+/// Asks the agent to sync; returns the policies it received meanwhile.
+async fn sync_and_count_policies(server: &Server, agent: &Agent) -> usize {
+    sync_and_count(server, agent, |e| matches!(e, AgentEvent::Policy { .. })).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -111,7 +93,7 @@ async fn d5_s4_policy_inherited_nearest_group_wins_and_only_changes_travel() {
     // S4: a sync with nothing changed carries no policy.
     for a in &agents {
         assert_eq!(
-            sync_and_count(&server, a).await,
+            sync_and_count_policies(&server, a).await,
             0,
             "policy re-sent unchanged"
         );
@@ -133,7 +115,7 @@ async fn d5_s4_policy_inherited_nearest_group_wins_and_only_changes_travel() {
         )
         .await;
     }
-    assert_eq!(sync_and_count(&server, &agents[0]).await, 0);
+    assert_eq!(sync_and_count_policies(&server, &agents[0]).await, 0);
     let mut received = |i: usize| {
         let mut n = 0;
         while let Ok(e) = ev[i].try_recv() {
@@ -159,7 +141,7 @@ async fn d5_s4_policy_inherited_nearest_group_wins_and_only_changes_travel() {
         assert!(e.contains(why.trim_start_matches("not ")), "{doc}: {e}");
     }
     assert_eq!(
-        sync_and_count(&server, &agents[1]).await,
+        sync_and_count_policies(&server, &agents[1]).await,
         0,
         "nothing changed"
     );
@@ -178,5 +160,5 @@ async fn d5_s4_policy_inherited_nearest_group_wins_and_only_changes_travel() {
         agents[2].h().wait_for(|s| s.state == "connected"),
     )
     .await;
-    assert_eq!(sync_and_count(&server, &agents[2]).await, 0);
+    assert_eq!(sync_and_count_policies(&server, &agents[2]).await, 0);
 }

@@ -15,6 +15,7 @@ mod keys;
 mod policies;
 mod push;
 mod status;
+mod tasks;
 
 use std::sync::Arc;
 
@@ -171,6 +172,10 @@ pub async fn handle(node: &Arc<Node>, admin: &str, req: AdminRequest) -> AdminRe
             Op::Report(r) => hierarchy::report(node, r).await,
             Op::PolicySet(p) => policies::set(node, p).await,
             Op::PolicyShow(p) => policies::show(node, p).await,
+            Op::TaskCreate(t) => tasks::create(node, t).await,
+            Op::TaskList(_) => tasks::list(node).await,
+            Op::TaskResults(t) => tasks::results(node, t).await,
+            Op::TaskRemove(t) => tasks::remove(node, t).await,
         }
     }
     .instrument(span)

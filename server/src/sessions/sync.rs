@@ -4,7 +4,7 @@
 
 use outpost_proto::licence::recheck::{self, Sent};
 use outpost_proto::pb::v1::{
-    GatewayList, LicenceStatus, Policy, SyncRequest, SyncResponse, TrustUpdate, Versions,
+    GatewayList, LicenceStatus, Policy, SyncRequest, SyncResponse, TaskList, TrustUpdate, Versions,
 };
 use tokio::io::{AsyncRead, AsyncWrite};
 
@@ -82,6 +82,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Driver<S> {
             revision: effective.revision,
             document: effective.document.to_string(),
         });
+        // D5: the task list, when the device holds another revision.
+        let (tasks, tasks_rev) = store.tasks_for(&self.device.id).await?;
+        let tasks = (req.known.as_ref().map_or(0, |k| k.tasks) != tasks_rev).then_some(TaskList {
+            revision: tasks_rev,
+            tasks,
+        });
         let gw = &self.node.config().gateways;
         let servers = self.node.server_addresses();
         let gw_rev = gateways_revision(gw, &servers);
@@ -103,13 +109,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Driver<S> {
             acked_event_ids: acked,
             licence,
             policy,
-            tasks: None,
+            tasks,
             manifest_revision: 0,
             gateways,
             next_sync_secs: self.node.config().timing.sync_interval.as_secs().max(1) as u32,
             current: Some(Versions {
                 gateways: gw_rev,
                 policy: effective.revision,
+                tasks: tasks_rev,
                 ..Default::default()
             }),
         })

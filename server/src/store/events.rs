@@ -36,7 +36,7 @@ impl Store {
         }
         let mut tx = self.write.begin().await?;
         for e in events {
-            sqlx::query(
+            let stored = sqlx::query(
                 "INSERT INTO events (device_id, id, kind, payload, created_at_ms, received_at)
                  VALUES ($1, $2, $3, $4, $5, $6)
                  ON CONFLICT (device_id, id) DO NOTHING",
@@ -48,7 +48,12 @@ impl Store {
             .bind(e.created_at_ms)
             .bind(now)
             .execute(&mut *tx)
-            .await?;
+            .await?
+            .rows_affected();
+            // D5: a task's result is kept with its event, once.
+            if stored > 0 && e.kind == outpost_proto::task::RESULT_EVENT {
+                super::tasks::record_result(&mut tx, device_id, &e.payload, now).await?;
+            }
         }
         tx.commit().await?;
         Ok(events.iter().map(|e| e.id.clone()).collect())

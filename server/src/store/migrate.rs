@@ -16,6 +16,8 @@ use super::{Durability, StoreError};
 const ORDER: &[&str] = &[
     "groups",
     "policies",
+    "tasks",
+    "task_results",
     "devices",
     "tokens",
     "licence_keys",

@@ -30,6 +30,7 @@ mod relay;
 mod reports;
 mod seats;
 mod servers;
+pub mod tasks;
 mod tokens;
 pub mod wake;
 mod writer;
