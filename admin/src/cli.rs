@@ -325,12 +325,15 @@ enum PolicyCmd {
 
 #[derive(Args)]
 struct PushArgs {
-    /// Target device id.
-    #[arg(long, conflicts_with = "all", required_unless_present = "all")]
+    /// Target device id (the push travels in its session).
+    #[arg(long, conflicts_with_all = ["all", "group"], required_unless_present_any = ["all", "group"])]
     device: Option<String>,
-    /// Push to every agent.
-    #[arg(long)]
+    /// Push to every agent (a broadcast: once per gateway, fanned out there, D4).
+    #[arg(long, conflicts_with = "group")]
     all: bool,
+    /// Push to the agents of a group and the groups below it (a broadcast).
+    #[arg(long)]
+    group: Option<String>,
     /// sync-now, licence-changed, run-task, update-available, message.
     #[arg(long, default_value = "sync-now")]
     kind: String,
@@ -447,6 +450,7 @@ pub async fn run(a: AdminArgs) -> Result<(), AdminError> {
         AdminCmd::Push(p) => Op::Push(PushRequest {
             device_id: p.device.unwrap_or_default(),
             all: p.all,
+            group: p.group.unwrap_or_default(),
             kind: p.kind,
             message: p.message,
             wait_ms: Duration::from(p.wait).as_millis().min(u32::MAX as u128) as u32,

@@ -158,6 +158,13 @@ pub fn human(r: &R) -> String {
         ),
         R::Push(p) => {
             let mut s = format!("push {}:\n", p.push_id);
+            if p.fanned_out_via > 0 {
+                let _ = writeln!(
+                    s,
+                    "signed broadcast sent once up each of {} gateway uplink(s), fanned out there",
+                    p.fanned_out_via
+                );
+            }
             s.push_str(&table(
                 &["DEVICE", "STATE", "LATENCY"],
                 p.outcomes

@@ -35,7 +35,7 @@ pub(crate) fn build(identity: DeviceIdentity, config: &AgentConfig) -> Result<Tl
         let quic = quinn::crypto::rustls::QuicClientConfig::try_from(Arc::new(tls))
             .map_err(|e| e.to_string())?;
         let mut c = quinn::ClientConfig::new(Arc::new(quic));
-        c.transport_config(transport::client(
+        c.transport_config(transport::agent(
             config.connect.keep_alive,
             config.connect.idle_timeout,
         ));

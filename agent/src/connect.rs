@@ -293,7 +293,14 @@ async fn on_connection(
             )
             .await;
             match tls {
-                Ok(Ok(t)) => run_session(shared, t, label, conn, preferred).await,
+                Ok(Ok(t)) => {
+                    // D4: broadcasts the gateway fans out arrive on this connection.
+                    let fan = crate::broadcast::serve(shared.clone(), conn.clone());
+                    tokio::select! {
+                        r = run_session(shared, t, label, conn, preferred) => r,
+                        () = async { fan.await; std::future::pending().await } => unreachable!(),
+                    }
+                }
                 Ok(Err(e)) => {
                     if let Some(e) = conn.close_reason() {
                         return closed_reason(&e);

@@ -4,6 +4,7 @@
 //! inventory and its durable event queue (S4, S5), and receives pushes (T7).
 #![forbid(unsafe_code)]
 
+mod broadcast;
 mod certs;
 pub mod config;
 mod connect;

@@ -138,6 +138,9 @@ pub(crate) struct Shared {
     pub(crate) recent_pushes: Mutex<std::collections::VecDeque<String>>,
     /// The policy held (D5), kept in `policy.json`.
     pub(crate) policy: Mutex<HeldPolicy>,
+    /// The device's group as the server last said (enrollment, then every sync): decides
+    /// which broadcasts are for it (D4).
+    pub(crate) group: Mutex<String>,
     /// The tasks held (D5), kept in `tasks.json` with the runs handled.
     pub(crate) tasks: Mutex<crate::tasks::HeldTasks>,
     /// Wakes the task runner (a new list).
@@ -245,6 +248,7 @@ pub fn start(data: &Path, opts: StartOptions) -> Result<AgentHandle, StartError>
     );
     let saved_gateways = load_gateways(data);
     let identity = &tls.identity;
+    let group = identity.group.clone();
     let grants = Grants::open(data, &identity.device_id, &identity.grant_public_key);
     let licence = grants.state(outpost_net::unix_now());
     let saved_policy = HeldPolicy::load(data);
@@ -281,6 +285,7 @@ pub fn start(data: &Path, opts: StartOptions) -> Result<AgentHandle, StartError>
         server_gateways: Mutex::new(saved_gateways),
         recent_pushes: Default::default(),
         policy: Mutex::new(saved_policy.clone()),
+        group: Mutex::new(group),
         tasks: Mutex::new(saved_tasks),
         tasks_changed: Notify::new(),
         die_before_ack: opts.die_before_ack,

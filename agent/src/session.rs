@@ -298,6 +298,9 @@ async fn on_event(
             if let Some(t) = resp.tasks {
                 crate::tasks::on_tasks(shared, t);
             }
+            if !resp.group.is_empty() {
+                *shared.group.lock().expect("group lock") = resp.group;
+            }
             if let Some(t) = resp.trust {
                 crate::certs::on_trust(shared, t);
             }
@@ -317,38 +320,46 @@ async fn on_event(
         }
         ClientEvent::CertRenewed(r) => renewal.done(shared, r),
         ClientEvent::Push(p) => {
-            {
-                let mut recent = shared.recent_pushes.lock().expect("pushes lock");
-                if recent.contains(&p.id) {
-                    debug!(push = %p.id, "push received again; acknowledged, not acted on twice");
-                    return;
-                }
-                if recent.len() >= RECENT_PUSHES {
-                    recent.pop_front();
-                }
-                recent.push_back(p.id.clone());
-            }
-            let kind = PushKind::try_from(p.kind)
-                .map(|k| k.as_str_name())
-                .unwrap_or("PUSH_KIND_UNKNOWN");
-            let kind = kind
-                .trim_start_matches("PUSH_KIND_")
-                .to_lowercase()
-                .replace('_', "-");
-            let text = String::from_utf8_lossy(&p.payload).into_owned();
-            info!(push = %p.id, %kind, %text, "push received");
-            shared.status.send_modify(|s| {
-                s.pushes_received += 1;
-                s.last_push = if text.is_empty() {
-                    kind.clone()
-                } else {
-                    format!("{kind}: {text}")
-                };
-                s.updated_at = now;
-            });
-            let _ = shared.events.send(AgentEvent::Push(p));
+            on_push(shared, p, now);
         }
     }
+}
+
+/// Acts on a push that arrived in the session or as a broadcast (D4): shown, and handed to
+/// observers, once — a push delivered twice (both ways, or after a missed acknowledgement) is
+/// recognised by its id. Returns false for a repeat.
+pub(crate) fn on_push(shared: &Shared, p: outpost_proto::pb::v1::Push, now: i64) -> bool {
+    {
+        let mut recent = shared.recent_pushes.lock().expect("pushes lock");
+        if recent.contains(&p.id) {
+            debug!(push = %p.id, "push received again; acknowledged, not acted on twice");
+            return false;
+        }
+        if recent.len() >= RECENT_PUSHES {
+            recent.pop_front();
+        }
+        recent.push_back(p.id.clone());
+    }
+    let kind = PushKind::try_from(p.kind)
+        .map(|k| k.as_str_name())
+        .unwrap_or("PUSH_KIND_UNKNOWN");
+    let kind = kind
+        .trim_start_matches("PUSH_KIND_")
+        .to_lowercase()
+        .replace('_', "-");
+    let text = String::from_utf8_lossy(&p.payload).into_owned();
+    info!(push = %p.id, %kind, %text, "push received");
+    shared.status.send_modify(|s| {
+        s.pushes_received += 1;
+        s.last_push = if text.is_empty() {
+            kind.clone()
+        } else {
+            format!("{kind}: {text}")
+        };
+        s.updated_at = now;
+    });
+    let _ = shared.events.send(AgentEvent::Push(p));
+    true
 }
 
 /// How many push ids an agent remembers to recognise one delivered twice.

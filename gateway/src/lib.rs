@@ -6,6 +6,7 @@
 
 pub mod certs;
 pub mod config;
+pub mod fanout;
 pub mod node;
 pub mod office;
 pub mod relay;

@@ -133,6 +133,7 @@ impl Node {
         let up = self.uplink.state();
         let st = self.office.stats();
         let bytes = self.office.bytes();
+        let fan = self.office.fanout();
         GatewayStatus {
             device_id: self.device_id.clone(),
             cert_expires_at: self.tls().identity.expires_at(),
@@ -166,6 +167,10 @@ impl Node {
             refused_overload: st.refused_overload.load(Ordering::Relaxed),
             bytes_up: bytes.up.load(Ordering::Relaxed),
             bytes_down: bytes.down.load(Ordering::Relaxed),
+            broadcasts: fan.broadcasts.load(Ordering::Relaxed),
+            broadcast_acked: fan.acked.load(Ordering::Relaxed),
+            broadcast_declined: fan.declined.load(Ordering::Relaxed),
+            broadcast_failed: fan.failed.load(Ordering::Relaxed),
         }
     }
 }
@@ -179,6 +184,9 @@ pub struct StartOptions {
     pub config: Option<GatewayConfig>,
     /// Do not write `status.json` (benchmarks with thousands of gateways).
     pub no_status_file: bool,
+    /// Tests: act as a compromised gateway that alters every broadcast before fanning it out
+    /// (D4: agents must refuse it).
+    pub tamper_broadcasts: bool,
 }
 
 /// Why the gateway could not start.
@@ -282,7 +290,7 @@ pub async fn start(data: &Path, opts: StartOptions) -> Result<GatewayHandle, Sta
     let (ep, local_addr) = endpoint::listen(config.listen, &config.socket, server_cfg, data)?;
 
     let node = Arc::new(Node {
-        office: Office::new(&config.limits, opts.tap),
+        office: Office::new(&config.limits, opts.tap, opts.tamper_broadcasts),
         uplink: Uplink::new(),
         config: Arc::new(config),
         data: data.to_owned(),

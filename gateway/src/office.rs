@@ -42,6 +42,9 @@ pub struct Office {
     bytes: Arc<Counters>,
     tap: Option<Tap>,
     stats: OfficeStats,
+    agents: crate::fanout::Agents,
+    fanout: crate::fanout::FanoutStats,
+    tamper: bool,
 }
 
 impl std::fmt::Debug for Office {
@@ -54,7 +57,7 @@ impl std::fmt::Debug for Office {
 
 impl Office {
     /// An office side bounded by `limits`, with relayed chunks shown to `tap` (tests).
-    pub fn new(limits: &Limits, tap: Option<Tap>) -> Office {
+    pub fn new(limits: &Limits, tap: Option<Tap>, tamper: bool) -> Office {
         Office {
             agent_slots: Arc::new(Semaphore::new(limits.max_agents as usize)),
             session_slots: Arc::new(Semaphore::new(limits.max_sessions as usize)),
@@ -62,6 +65,9 @@ impl Office {
             bytes: Arc::new(Counters::default()),
             tap,
             stats: OfficeStats::default(),
+            agents: Default::default(),
+            fanout: Default::default(),
+            tamper,
         }
     }
 
@@ -104,5 +110,20 @@ impl Office {
     /// Counters.
     pub fn stats(&self) -> &OfficeStats {
         &self.stats
+    }
+
+    /// The agents connected now (broadcast fan-out, D4).
+    pub fn agents(&self) -> &crate::fanout::Agents {
+        &self.agents
+    }
+
+    /// Tests: whether broadcasts are altered before fan-out.
+    pub fn tampers(&self) -> bool {
+        self.tamper
+    }
+
+    /// Broadcast counters (D4).
+    pub fn fanout(&self) -> &crate::fanout::FanoutStats {
+        &self.fanout
     }
 }

@@ -31,10 +31,11 @@ pub async fn accept_loop(node: Arc<Node>, ep: quinn::Endpoint) {
     }
 }
 
-/// Counts an agent connection for as long as it lives.
-struct Connected<'a>(&'a Node);
+/// Counts an agent connection for as long as it lives (and lists it for broadcasts, D4).
+struct Connected<'a>(&'a Node, quinn::Connection);
 impl Drop for Connected<'_> {
     fn drop(&mut self) {
+        self.0.office().agents().remove(&self.1);
         self.0
             .office()
             .stats()
@@ -68,7 +69,13 @@ async fn serve_agent(node: Arc<Node>, incoming: quinn::Incoming) {
     let enroll = endpoint::alpn(&conn).as_deref() == Some(alpn::ENROLL);
     // Only the fingerprint is kept for the connection's life, not the certificate.
     let fp = match (endpoint::peer_leaf(&conn), enroll) {
-        (Some(l), _) => pki::fingerprint(&l).to_vec(),
+        (Some(l), _) => {
+            // D4: broadcasts go to the device the certificate names.
+            if let Ok(device) = pki::common_name(&l) {
+                node.office().agents().add(&conn, device);
+            }
+            pki::fingerprint(&l).to_vec()
+        }
         (None, true) => vec![],
         (None, false) => {
             refuse::close(
@@ -86,7 +93,7 @@ async fn serve_agent(node: Arc<Node>, incoming: quinn::Incoming) {
         .agents_connected
         .fetch_add(1, Ordering::Relaxed);
     node.status_changed();
-    let _connected = Connected(&node);
+    let _connected = Connected(&node, conn.clone());
     let agent_addr = conn.remote_address().to_string();
     loop {
         let (send, recv) = tokio::select! {

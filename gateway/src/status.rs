@@ -55,6 +55,19 @@ pub struct GatewayStatus {
     pub bytes_up: u64,
     /// Bytes server → agent.
     pub bytes_down: u64,
+    /// Broadcast pushes fanned out (D4): received, and deliveries acknowledged, refused by
+    /// agents, failed.
+    #[serde(default)]
+    pub broadcasts: u64,
+    /// See `broadcasts`.
+    #[serde(default)]
+    pub broadcast_acked: u64,
+    /// See `broadcasts`.
+    #[serde(default)]
+    pub broadcast_declined: u64,
+    /// See `broadcasts`.
+    #[serde(default)]
+    pub broadcast_failed: u64,
 }
 
 /// Writes the status file until shutdown.
@@ -94,7 +107,7 @@ pub fn human(s: &GatewayStatus, running: bool) -> String {
         }
     };
     format!(
-        "gateway {}  ({})\nserver      {}\nuplink      {}{}\nlisten      {}\nagents      {} connected, {} sessions relayed now, {} since start\nrefused     {} (uplink down), {} (limits)\nbytes       {} up, {} down\ncertificate {} (expiry; renewed by itself over the uplink)\nupdated     {}\n",
+        "gateway {}  ({})\nserver      {}\nuplink      {}{}\nlisten      {}\nagents      {} connected, {} sessions relayed now, {} since start\nrefused     {} (uplink down), {} (limits)\nbytes       {} up, {} down\nbroadcasts  {} fanned out: {} delivered, {} refused by agents, {} failed\ncertificate {} (expiry; renewed by itself over the uplink)\nupdated     {}\n",
         s.device_id,
         if running {
             format!("running, pid {}", s.pid)
@@ -125,6 +138,10 @@ pub fn human(s: &GatewayStatus, running: bool) -> String {
         s.refused_overload,
         s.bytes_up,
         s.bytes_down,
+        s.broadcasts,
+        s.broadcast_acked,
+        s.broadcast_declined,
+        s.broadcast_failed,
         when(s.cert_expires_at),
         when(s.updated_at),
     )

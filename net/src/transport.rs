@@ -40,6 +40,10 @@ pub fn listener(idle_timeout: Duration) -> Arc<TransportConfig> {
 
 /// Client side for agents and admins: the peer never opens streams towards us.
 pub fn client(keep_alive: Duration, idle_timeout: Duration) -> Arc<TransportConfig> {
+    Arc::new(client_transport(keep_alive, idle_timeout))
+}
+
+fn client_transport(keep_alive: Duration, idle_timeout: Duration) -> TransportConfig {
     let mut t = TransportConfig::default();
     t.max_concurrent_bidi_streams(0u32.into())
         .max_concurrent_uni_streams(0u32.into())
@@ -49,6 +53,17 @@ pub fn client(keep_alive: Duration, idle_timeout: Duration) -> Arc<TransportConf
         .datagram_receive_buffer_size(None)
         .keep_alive_interval(Some(keep_alive))
         .max_idle_timeout(idle(idle_timeout));
+    t
+}
+
+/// Broadcast streams a gateway may have open towards one agent at once (D4).
+pub const BROADCAST_STREAMS: u32 = 2;
+
+/// Client side for agents: as [`client`], but the gateway may open a few streams towards the
+/// agent, each carrying one broadcast it fans out (D4).
+pub fn agent(keep_alive: Duration, idle_timeout: Duration) -> Arc<TransportConfig> {
+    let mut t = client_transport(keep_alive, idle_timeout);
+    t.max_concurrent_bidi_streams(BROADCAST_STREAMS.into());
     Arc::new(t)
 }
 

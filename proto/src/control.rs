@@ -79,8 +79,10 @@ impl Channel {
     pub fn opener_may_send(self, msg: &Msg) -> bool {
         matches!(
             (self, msg),
-            (Channel::Uplink, Msg::GatewayReport(_) | Msg::CertRenewal(_))
-                | (Channel::Admin, Msg::AdminRequest(_))
+            (
+                Channel::Uplink,
+                Msg::GatewayReport(_) | Msg::CertRenewal(_) | Msg::BroadcastAcks(_)
+            ) | (Channel::Admin, Msg::AdminRequest(_))
                 | (
                     Channel::Peer,
                     Msg::LeaseGrant(_)
@@ -100,7 +102,7 @@ impl Channel {
             (self, msg),
             (
                 Channel::Uplink,
-                Msg::GatewayDirective(_) | Msg::CertRenewed(_)
+                Msg::GatewayDirective(_) | Msg::CertRenewed(_) | Msg::SignedBroadcast(_)
             ) | (Channel::Admin, Msg::AdminResponse(_))
                 // Either end of a server link may give seats (a primary, or a peer that sends)
                 // and report (a secondary dialled by its primary in a DMZ).

@@ -8,6 +8,7 @@
 
 pub mod alpn;
 pub mod backoff;
+pub mod broadcast;
 pub mod control;
 pub mod error;
 pub mod frame;

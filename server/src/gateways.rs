@@ -3,9 +3,16 @@
 
 use std::collections::HashMap;
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use outpost_proto::pb::admin::GatewayLinkInfo;
 use outpost_proto::pb::v1::GatewayReport;
+use outpost_proto::pb::v1::envelope::Msg;
+use tokio::sync::mpsc;
+
+/// Messages waiting for one gateway's control stream (broadcasts, D4); more are dropped and
+/// counted (the agents then get the push in their own sessions).
+const DIRECTIVE_QUEUE: usize = 64;
 
 /// Who opened an uplink.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -40,12 +47,16 @@ struct Link {
     since: i64,
     direction: Direction,
     report: GatewayReport,
+    /// To the uplink's control stream.
+    directives: mpsc::Sender<Msg>,
 }
 
 /// Connected gateways by device id. The lock is held only for map operations.
 #[derive(Debug, Default)]
 pub struct Gateways {
     links: Mutex<HashMap<String, Link>>,
+    /// Messages for a control stream whose queue was full.
+    pub dropped_directives: AtomicU64,
 }
 
 impl Gateways {
@@ -53,8 +64,16 @@ impl Gateways {
         self.links.lock().expect("gateways lock")
     }
 
-    /// Records a gateway's uplink as up (replacing an older one).
-    pub fn up(&self, id: &str, connection: quinn::Connection, since: i64, direction: Direction) {
+    /// Records a gateway's uplink as up (replacing an older one). The receiver is for its
+    /// control stream: messages [`Gateways::send`] hands it.
+    pub fn up(
+        &self,
+        id: &str,
+        connection: quinn::Connection,
+        since: i64,
+        direction: Direction,
+    ) -> mpsc::Receiver<Msg> {
+        let (directives, rx) = mpsc::channel(DIRECTIVE_QUEUE);
         self.links().insert(
             id.to_owned(),
             Link {
@@ -62,8 +81,26 @@ impl Gateways {
                 since,
                 direction,
                 report: GatewayReport::default(),
+                directives,
             },
         );
+        rx
+    }
+
+    /// Hands a message to a gateway's control stream. False when its uplink is not up here or
+    /// its queue is full (counted).
+    pub fn send(&self, id: &str, msg: Msg) -> bool {
+        let Some(tx) = self.links().get(id).map(|l| l.directives.clone()) else {
+            return false;
+        };
+        match tx.try_send(msg) {
+            Ok(()) => true,
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                self.dropped_directives.fetch_add(1, Ordering::Relaxed);
+                false
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => false,
+        }
     }
 
     /// Records an uplink as gone, unless a newer one already replaced it. Returns whether it
@@ -134,6 +171,8 @@ impl Gateways {
                 connected_since: l.since,
                 direction: l.direction.as_str().into(),
                 connection_id: l.connection.stable_id() as u64,
+                bytes_down: l.connection.stats().udp_tx.bytes,
+                bytes_up: l.connection.stats().udp_rx.bytes,
             })
             .collect();
         v.sort_by(|a, b| a.device_id.cmp(&b.device_id));

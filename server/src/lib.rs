@@ -19,6 +19,7 @@
 
 pub mod admin;
 pub mod authority;
+pub mod broadcast;
 pub mod certs;
 pub mod config;
 pub mod datadir;

@@ -75,7 +75,8 @@ pub async fn serve(
     }
     info!(gateway = %gateway.id, remote = %conn.remote_address(), "gateway uplink up");
     let now = outpost_net::unix_now();
-    node.gateways()
+    let mut directives = node
+        .gateways()
         .up(&gateway.id, conn.clone(), now, direction);
     node.store().held_here(&gateway.id, now);
 
@@ -84,6 +85,13 @@ pub async fn serve(
         loop {
             let msg = tokio::select! {
                 m = ctl.next() => match m { Some(Ok(m)) => m, _ => break },
+                // D4: broadcasts for the gateway to fan out.
+                Some(d) = directives.recv() => {
+                    if sm.send(d).is_err() || stream::send_queued(&mut ctl, &mut sm).await.is_err() {
+                        break;
+                    }
+                    continue;
+                }
                 // S9: a CA roll-over reaches connected gateways at once.
                 Ok(()) = trust_changes.changed() => {
                     if sm.send(trust_directive(&node)).is_err()
@@ -110,6 +118,7 @@ pub async fn serve(
                         }
                         node.gateways().report(&gateway.id, r);
                     }
+                    Msg::BroadcastAcks(a) => crate::broadcast::acked(&node, &gateway.id, a).await,
                     Msg::CertRenewal(r) => {
                         if let Some(done) =
                             crate::certs::renew_device(&node, &gateway, &r.csr_der).await

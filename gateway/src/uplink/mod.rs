@@ -147,6 +147,10 @@ fn lost(e: &quinn::ConnectionError) -> Ended {
     }
 }
 
+/// Broadcasts fanned out at once; more are dropped (counted) and reach their agents in their
+/// own sessions (the server's fallback).
+const MAX_FANOUTS: usize = 8;
+
 /// Runs until shutdown.
 pub async fn run(node: std::sync::Arc<Node>) {
     match node.config().uplink.mode {
@@ -285,9 +289,15 @@ async fn serve(node: &Node, conn: quinn::Connection, backoff: &mut Backoff) -> O
 
     let mut report = tokio::time::interval(node.config().uplink.report_interval);
     let mut renewal = outpost_net::renewal::Renewal::default();
+    // D4: broadcasts being fanned out; their acknowledgements go up when each is done.
+    let mut fanouts = futures_util::stream::FuturesUnordered::new();
     loop {
         tokio::select! {
             e = conn.closed() => break Some(lost(&e)),
+            Some(acks) = fanouts.next(), if !fanouts.is_empty() => {
+                let _ = sm.send(Msg::BroadcastAcks(acks));
+                let _ = stream::send_queued(&mut ctl, &mut sm).await;
+            }
             _ = report.tick() => {
                 let r = node.report();
                 // A failed send shows up as `closed()` on the next turn.
@@ -309,6 +319,14 @@ async fn serve(node: &Node, conn: quinn::Connection, backoff: &mut Backoff) -> O
                     while let Some(OpenerEvent::Message(m)) = sm.poll_event() {
                         let id = node.tls();
                         let next = match *m {
+                            Msg::SignedBroadcast(b) => {
+                                if fanouts.len() < MAX_FANOUTS {
+                                    fanouts.push(crate::fanout::deliver(node, b));
+                                } else {
+                                    node.office().fanout().dropped_busy.fetch_add(1, Ordering::Relaxed);
+                                }
+                                None
+                            }
                             Msg::GatewayDirective(d) => d.trust.and_then(|t| {
                                 outpost_net::renewal::with_trust(&id.identity, node.data(), t)
                             }),

@@ -62,6 +62,12 @@ impl GrantSigner {
         self.pair.public_key().as_ref().to_vec()
     }
 
+    /// Signs other bytes with the grant key. The caller puts a context string of its own
+    /// first, which no encoded grant body begins with (`crate::broadcast`).
+    pub fn sign_bytes(&self, bytes: &[u8]) -> Vec<u8> {
+        self.pair.sign(bytes).as_ref().to_vec()
+    }
+
     /// Signs a grant body.
     pub fn sign(&self, body: &GrantBody) -> SignedGrant {
         let bytes = body.encode_to_vec();

@@ -95,6 +95,8 @@ pub fn msg_name(msg: &Msg) -> &'static str {
         Msg::NoticesUp(_) => "NoticesUp",
         Msg::NoticesAck(_) => "NoticesAck",
         Msg::SeatNeeds(_) => "SeatNeeds",
+        Msg::SignedBroadcast(_) => "SignedBroadcast",
+        Msg::BroadcastAcks(_) => "BroadcastAcks",
     }
 }
 

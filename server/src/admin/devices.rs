@@ -170,6 +170,12 @@ async fn finish(
 
 pub(super) async fn move_to(node: &Node, d: DeviceMove) -> Answer {
     node.store().move_device(&d.device_id, &d.group).await?;
+    // Its policy, tasks and group (D4, D5) follow at once, on whichever instance holds it.
+    let group = node.store().device_group(&d.device_id).await?;
+    node.sessions()
+        .registry()
+        .nudge(std::slice::from_ref(&d.device_id));
+    node.store().announce_sync(&group).await;
     Ok(done(format!("device {} moved to {}", d.device_id, d.group)))
 }
 

@@ -1,5 +1,6 @@
-//! `admin push` (T7): stored first, then handed to live sessions; the answer says per device
-//! whether it was acknowledged, sent, or queued for the next connect.
+//! `admin push` (T7, D4): stored first, then handed to live sessions — a push for many agents
+//! (`--all`, `--group`) once per gateway for it to fan out ([`crate::broadcast`]); the answer
+//! says per device whether it was acknowledged, sent, or queued for the next connect.
 
 use std::time::Duration;
 
@@ -40,12 +41,31 @@ pub(super) async fn push(
             ),
         ));
     };
-    let targets: Vec<String> = if p.all {
+    let broadcast = p.all || !p.group.is_empty();
+    let targets: Vec<String> = if broadcast {
+        let group = if p.group.is_empty() {
+            None
+        } else {
+            Some(crate::store::normalize_group(&p.group)?)
+        };
+        let under = match &group {
+            Some(g) => {
+                if !node.store().groups().await?.iter().any(|(p, _)| p == g) {
+                    return Ok(error(
+                        RefusalCode::NotFound,
+                        format!("no group {g} (see `admin group list`)"),
+                    ));
+                }
+                Some(node.store().devices_under(g).await?)
+            }
+            None => None,
+        };
         node.store()
             .devices(Some("agent"))
             .await?
             .into_iter()
             .filter(|d| d.revoked_at.is_none())
+            .filter(|d| under.as_ref().is_none_or(|u| u.contains(&d.id)))
             .map(|d| d.id)
             .collect()
     } else {
@@ -73,7 +93,8 @@ pub(super) async fn push(
         payload: p.message.into_bytes(),
         created_at_ms: now_ms,
     };
-    let expires = outpost_net::unix_now() + node.config().timing.push_ttl.as_secs() as i64;
+    let ttl = node.config().timing.push_ttl;
+    let expires = outpost_net::unix_now() + ttl.as_secs() as i64;
     let wait = if p.wait_ms == 0 {
         node.config().timing.push_wait
     } else {
@@ -82,30 +103,45 @@ pub(super) async fn push(
     // Stored first: survives a restart, reaches an offline device at its next connect.
     node.store().queue_push(&targets, &push, expires).await?;
     let started = tokio::time::Instant::now();
-    let mut waiting = vec![];
+    let registry = node.sessions().registry();
+    let mut paths = registry.by_path(&targets);
+    // D4: once up each gateway's uplink, signed, for the gateway to fan out.
+    let (fanned, fanned_out_via) = if broadcast {
+        let group = crate::store::normalize_group(&p.group).unwrap_or_default();
+        crate::broadcast::fan_out(node, &push, &group, expires * 1000, &mut paths)
+    } else {
+        (vec![], 0)
+    };
+    let mut in_session = std::mem::take(&mut paths.direct);
+    in_session.extend(paths.via.into_values().flatten());
     let mut outcomes = vec![];
-    for dev in targets {
-        let rx = node.sessions().registry().wait_ack(&dev, &push_id);
-        match node.sessions().registry().send(&dev, push.clone()) {
-            Delivery::Sent => waiting.push((dev, rx)),
+    for dev in paths.offline {
+        // Another instance on a shared database may hold its session (P2).
+        node.store().announce_push(&dev, &push_id).await;
+        outcomes.push(queued(dev));
+    }
+    let mut waiting = vec![];
+    for dev in in_session {
+        let rx = registry.wait_ack(&dev, &push_id);
+        match registry.send(&dev, push.clone()) {
+            Delivery::Sent => waiting.push((dev, rx, false)),
             Delivery::Offline | Delivery::QueueFull => {
-                node.sessions().registry().forget_ack(&dev, &push_id);
-                // Another instance on a shared database may hold its session (P2).
+                registry.forget_ack(&dev, &push_id);
                 node.store().announce_push(&dev, &push_id).await;
-                outcomes.push(PushOutcome {
-                    device_id: dev,
-                    state: "queued".into(),
-                    latency_ms: 0,
-                    latency_us: 0,
-                });
+                outcomes.push(queued(dev));
             }
         }
     }
-    let results = futures_util::future::join_all(waiting.into_iter().map(|(dev, rx)| {
-        let reg = node.sessions().registry();
-        let push_id = push_id.clone();
+    waiting.extend(fanned.into_iter().map(|(d, rx)| (d, rx, true)));
+    let results = futures_util::future::join_all(waiting.into_iter().map(|(dev, rx, fanned)| {
+        let push = push.clone();
         async move {
-            let lat = await_ack(reg, &dev, &push_id, rx, started, wait).await;
+            let lat = await_ack(registry, &dev, &push.id, rx, started, wait).await;
+            // Fanned out but not acknowledged (the gateway lost it, or the agent did not
+            // know yet that it is in the group): its own session carries it.
+            if lat.is_none() && fanned {
+                let _ = registry.send(&dev, push);
+            }
             PushOutcome {
                 device_id: dev,
                 state: if lat.is_some() { "acked" } else { "sent" }.into(),
@@ -117,6 +153,19 @@ pub(super) async fn push(
     .await;
     outcomes.extend(results);
     outcomes.sort_by(|a, b| a.device_id.cmp(&b.device_id));
-    info!(push = %push_id, kind = ?kind, targets = outcomes.len(), "push sent");
-    Ok(ok(R::Push(PushResult { push_id, outcomes })))
+    info!(push = %push_id, kind = ?kind, targets = outcomes.len(), fanned_out_via, "push sent");
+    Ok(ok(R::Push(PushResult {
+        push_id,
+        outcomes,
+        fanned_out_via: fanned_out_via as u32,
+    })))
+}
+
+fn queued(device_id: String) -> PushOutcome {
+    PushOutcome {
+        device_id,
+        state: "queued".into(),
+        latency_ms: 0,
+        latency_us: 0,
+    }
 }

@@ -91,6 +91,14 @@ impl Licensing {
         self.signer.public_key()
     }
 
+    /// Signs a broadcast push with the grant key (D4; `outpost_proto::broadcast`).
+    pub fn sign_broadcast(
+        &self,
+        body: &outpost_proto::pb::v1::BroadcastBody,
+    ) -> outpost_proto::pb::v1::SignedBroadcast {
+        outpost_proto::broadcast::sign(&self.signer, body)
+    }
+
     /// Where imported key files are kept (L2).
     pub fn keys_dir(&self) -> &std::path::Path {
         &self.keys_dir

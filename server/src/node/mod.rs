@@ -45,6 +45,7 @@ pub struct Node {
     licensing: Licensing,
     sessions: Sessions,
     gateways: Gateways,
+    broadcasts: crate::broadcast::Stats,
     dmz: Dmz,
     peers: crate::peers::Peers,
     enrollment: Enrollment,
@@ -95,6 +96,11 @@ impl Node {
     /// Gateway uplinks.
     pub fn gateways(&self) -> &Gateways {
         &self.gateways
+    }
+
+    /// Broadcast counters (D4).
+    pub fn broadcasts(&self) -> &crate::broadcast::Stats {
+        &self.broadcasts
     }
 
     /// The gateways in a DMZ this server dials (T4).
@@ -193,6 +199,11 @@ impl ServerHandle {
     /// Gateway uplinks up now.
     pub fn gateways(&self) -> &Gateways {
         &self.node.gateways
+    }
+
+    /// Broadcast counters (D4).
+    pub fn broadcasts(&self) -> &crate::broadcast::Stats {
+        &self.node.broadcasts
     }
 
     /// Frees the seats of agents not seen since `cutoff` (L9), as the licence clock does;

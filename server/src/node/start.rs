@@ -86,6 +86,7 @@ pub async fn start(data: DataDir) -> Result<ServerHandle, StartError> {
         licensing: Licensing::new(store, grants, authority_public, &config, data.keys()),
         sessions: Sessions::new(config.limits.max_sessions),
         gateways: Default::default(),
+        broadcasts: Default::default(),
         enrollment: Enrollment::new(certs),
         runtime: Runtime::default(),
         config,

@@ -342,12 +342,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Driver<S> {
                 self.last_licence = Some(Sent::of(&status));
                 self.sm.licence_checked(status);
                 let queue = self.node.config().limits.push_queue;
-                self.registered = Some(
-                    self.node
-                        .sessions()
-                        .registry()
-                        .register(&self.device.id, queue),
-                );
+                self.registered = Some(self.node.sessions().registry().register(
+                    &self.device.id,
+                    queue,
+                    self.path.strip_prefix("via "),
+                ));
                 self.node
                     .store()
                     .held_here(&self.device.id, outpost_net::unix_now());

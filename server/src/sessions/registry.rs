@@ -18,6 +18,8 @@ use tokio::time::Instant;
 /// One live session, owned by its session task.
 struct Entry {
     session: u64,
+    /// The gateway the session is relayed through (None: direct).
+    via: Option<String>,
     tx: mpsc::Sender<Push>,
     /// Ends the session with this refusal (revoked, removed, S8).
     kick: oneshot::Sender<Refused>,
@@ -56,6 +58,17 @@ impl std::fmt::Debug for Registry {
     }
 }
 
+/// Devices sorted by the path of their live session ([`Registry::by_path`]).
+#[derive(Debug, Default)]
+pub struct ByPath {
+    /// Gateway id → devices relayed through it.
+    pub via: HashMap<String, Vec<String>>,
+    /// Devices connected directly.
+    pub direct: Vec<String>,
+    /// Devices without a live session here.
+    pub offline: Vec<String>,
+}
+
 /// What became of a push handed to the registry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Delivery {
@@ -70,14 +83,19 @@ pub enum Delivery {
 impl Registry {
     /// Registers a live session for a device, replacing an older one; at most `queue` pushes
     /// wait for it.
-    pub fn register(&self, device: &str, queue: usize) -> Registration {
+    pub fn register(&self, device: &str, queue: usize, via: Option<&str>) -> Registration {
         let session = self.next_session.fetch_add(1, Ordering::Relaxed);
         let (tx, pushes) = mpsc::channel(queue.max(1));
         let (kick, kicked) = oneshot::channel();
-        self.live
-            .lock()
-            .expect("registry lock")
-            .insert(device.to_owned(), Entry { session, tx, kick });
+        self.live.lock().expect("registry lock").insert(
+            device.to_owned(),
+            Entry {
+                session,
+                via: via.map(str::to_owned),
+                tx,
+                kick,
+            },
+        );
         Registration {
             session,
             pushes,
@@ -111,6 +129,33 @@ impl Registry {
             .lock()
             .expect("registry lock")
             .contains_key(device)
+    }
+
+    /// The gateway a device's live session is relayed through: None when it has no live
+    /// session, Some(None) when it is direct.
+    pub fn via(&self, device: &str) -> Option<Option<String>> {
+        self.live
+            .lock()
+            .expect("registry lock")
+            .get(device)
+            .map(|e| e.via.clone())
+    }
+
+    /// Sorts devices by how their live session reaches this server: per gateway, direct, and
+    /// those without a live session here.
+    pub fn by_path(&self, devices: &[String]) -> ByPath {
+        let live = self.live.lock().expect("registry lock");
+        let mut out = ByPath::default();
+        for d in devices {
+            match live.get(d) {
+                Some(Entry { via: Some(g), .. }) => {
+                    out.via.entry(g.clone()).or_default().push(d.clone())
+                }
+                Some(_) => out.direct.push(d.clone()),
+                None => out.offline.push(d.clone()),
+            }
+        }
+        out
     }
 
     /// Number of live sessions.

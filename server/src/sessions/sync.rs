@@ -103,7 +103,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Driver<S> {
             (req.trust_sha256.as_slice() != certs.trust_sha256.as_slice()).then(|| TrustUpdate {
                 ca_der: certs.trusted_der().iter().map(|c| c.to_vec()).collect(),
             });
+        // D4: the group decides which broadcasts are for the device.
+        let group = store.device_group(&self.device.id).await?;
         Ok(SyncResponse {
+            group,
             trust,
             seq: req.seq,
             acked_event_ids: acked,

@@ -80,7 +80,9 @@ impl Store {
     }
 }
 
-pub(super) fn normalize_group(path: &str) -> Result<String, StoreError> {
+/// A group as given (`berlin`, `everyone/berlin/`) as stored (`everyone/berlin`), or why it
+/// is not a group path.
+pub fn normalize_group(path: &str) -> Result<String, StoreError> {
     let p = path.trim().trim_matches('/');
     let p = if p == "everyone" || p.starts_with("everyone/") {
         p.to_owned()

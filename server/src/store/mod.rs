@@ -45,6 +45,7 @@ pub use check::{CheckOutcome, GrantKey, Licensed, Policy};
 pub use devices::{CertSummary, DeviceRow};
 pub use enroll::{EnrollOutcome, IssuedCert, NewDevice};
 pub use events::StoredEvent;
+pub use groups::normalize_group;
 pub use holds::{GaveBack, HeldSeats};
 pub use keys::KeyRow;
 pub use leases::{HandedOver, LeaseInfo, Refreshed};

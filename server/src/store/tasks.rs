@@ -196,6 +196,15 @@ impl Store {
         Ok((tasks, revision))
     }
 
+    /// A device's group now (empty for an unknown device).
+    pub async fn device_group(&self, device_id: &str) -> Result<String, StoreError> {
+        let row: Option<(String,)> = sqlx::query_as("SELECT group_path FROM devices WHERE id = $1")
+            .bind(device_id)
+            .fetch_optional(&self.read)
+            .await?;
+        Ok(row.map(|(g,)| g).unwrap_or_default())
+    }
+
     /// The results of a task, newest run first.
     pub async fn task_results(&self, id: &str) -> Result<Vec<ResultRow>, StoreError> {
         Ok(sqlx::query_as::<_, ResultRow>(

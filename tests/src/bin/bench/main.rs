@@ -29,7 +29,7 @@ use clap::{Parser, Subcommand};
 use outpost_proto::pb::admin::{PushRequest, admin_request::Op, admin_response::Result as R};
 use outpost_server::store::{Durability, Store};
 use outpost_tests::bench::{self, ScenarioResult};
-use outpost_tests::{Authority, Server, test_agent_config, test_gateway_config};
+use outpost_tests::{Authority, Server, test_gateway_config};
 use tokio::io::AsyncBufReadExt;
 
 #[derive(Parser)]

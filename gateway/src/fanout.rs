@@ -1,0 +1,156 @@
+//! Broadcast fan-out (D4): a signed push for many agents arrives once on the uplink's control
+//! stream; the gateway hands it to every agent connected to it, each on a stream of its own
+//! connection, and reports who acknowledged in one message. The gateway does not verify or
+//! change the broadcast — agents verify the server's signature — it only carries it.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use outpost_net::stream;
+use outpost_proto::pb::v1::{BroadcastAcks, BroadcastBody, SignedBroadcast, envelope::Msg};
+use prost::Message;
+use tracing::{debug, info};
+
+use crate::node::Node;
+
+/// Agents handed a broadcast at once.
+const CONCURRENCY: usize = 256;
+
+/// How long one agent gets to answer.
+const AGENT_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Largest answer read from an agent.
+const MAX_ANSWER: usize = 4096;
+
+/// The agents connected now, by connection id, with the device id their certificate names.
+#[derive(Debug, Default)]
+pub struct Agents {
+    conns: Mutex<HashMap<usize, (quinn::Connection, String)>>,
+}
+
+/// Broadcast counters.
+#[derive(Debug, Default)]
+pub struct FanoutStats {
+    /// Broadcasts received from the server.
+    pub broadcasts: AtomicU64,
+    /// Deliveries acknowledged by agents.
+    pub acked: AtomicU64,
+    /// Deliveries refused by agents (not for them, expired, bad signature).
+    pub declined: AtomicU64,
+    /// Deliveries that failed or were not answered in time.
+    pub failed: AtomicU64,
+    /// Broadcasts dropped because too many fan-outs were running (the server then sends the
+    /// push in each agent's session).
+    pub dropped_busy: AtomicU64,
+}
+
+impl Agents {
+    /// Records an agent connection (an enrolled device's).
+    pub fn add(&self, conn: &quinn::Connection, device_id: String) {
+        self.conns
+            .lock()
+            .expect("agents lock")
+            .insert(conn.stable_id(), (conn.clone(), device_id));
+    }
+
+    /// Forgets a connection.
+    pub fn remove(&self, conn: &quinn::Connection) {
+        self.conns
+            .lock()
+            .expect("agents lock")
+            .remove(&conn.stable_id());
+    }
+
+    fn snapshot(&self) -> Vec<(quinn::Connection, String)> {
+        self.conns
+            .lock()
+            .expect("agents lock")
+            .values()
+            .cloned()
+            .collect()
+    }
+}
+
+enum Answer {
+    Acked,
+    Declined,
+    Failed,
+}
+
+/// Hands a broadcast to every connected agent; returns the acknowledgements to send up.
+pub async fn deliver(node: &Node, mut b: SignedBroadcast) -> BroadcastAcks {
+    let stats = node.office().fanout();
+    stats.broadcasts.fetch_add(1, Ordering::Relaxed);
+    // Read only to name the push in the report; the agents check the signature.
+    let push_id = BroadcastBody::decode(b.body.as_slice())
+        .ok()
+        .and_then(|body| body.push)
+        .map(|p| p.id)
+        .unwrap_or_default();
+    if node.office().tampers() {
+        // A compromised gateway's attempt: the push's text changed in flight.
+        if let Some(last) = b.body.last_mut() {
+            *last ^= 0x20;
+        }
+    }
+    let agents = node.office().agents().snapshot();
+    let n = agents.len();
+    let frame = Msg::SignedBroadcast(b);
+    let answers: Vec<(String, Answer)> = futures_util::stream::iter(agents)
+        .map(|(conn, device)| {
+            let frame = frame.clone();
+            let push_id = push_id.clone();
+            async move {
+                let a = tokio::time::timeout(AGENT_TIMEOUT, one(&conn, frame, &push_id))
+                    .await
+                    .unwrap_or(Answer::Failed);
+                (device, a)
+            }
+        })
+        .buffer_unordered(CONCURRENCY)
+        .collect()
+        .await;
+    let mut acks = BroadcastAcks {
+        push_id,
+        ..Default::default()
+    };
+    for (device, a) in answers {
+        match a {
+            Answer::Acked => acks.device_ids.push(device),
+            Answer::Declined => acks.declined += 1,
+            Answer::Failed => acks.failed += 1,
+        }
+    }
+    stats
+        .acked
+        .fetch_add(acks.device_ids.len() as u64, Ordering::Relaxed);
+    stats
+        .declined
+        .fetch_add(acks.declined.into(), Ordering::Relaxed);
+    stats
+        .failed
+        .fetch_add(acks.failed.into(), Ordering::Relaxed);
+    info!(push = %acks.push_id, agents = n, acked = acks.device_ids.len(), declined = acks.declined, failed = acks.failed, "broadcast fanned out");
+    acks
+}
+
+async fn one(conn: &quinn::Connection, frame: Msg, push_id: &str) -> Answer {
+    let Ok((mut send, mut recv)) = conn.open_bi().await else {
+        return Answer::Failed;
+    };
+    if stream::write_one_frame(&mut send, frame).await.is_err() {
+        return Answer::Failed;
+    }
+    let _ = send.finish();
+    match stream::read_one_frame(&mut recv, MAX_ANSWER).await {
+        Ok(Msg::PushAck(a)) if a.id == push_id => Answer::Acked,
+        Ok(Msg::Refusal(r)) => {
+            debug!(reason = %r.message, "an agent did not take a broadcast");
+            Answer::Declined
+        }
+        _ => Answer::Failed,
+    }
+}
