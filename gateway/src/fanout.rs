@@ -1,6 +1,6 @@
 //! Broadcast fan-out (D4): a signed push for many agents arrives once on the uplink's control
 //! stream; the gateway hands it to every agent connected to it, each on a stream of its own
-//! connection, and reports who acknowledged in one message. The gateway does not verify or
+//! connection, and reports who acknowledged in a few messages (batches). The gateway does not verify or
 //! change the broadcast — agents verify the server's signature — it only carries it.
 
 use std::collections::HashMap;
@@ -12,6 +12,7 @@ use futures_util::StreamExt;
 use outpost_net::stream;
 use outpost_proto::pb::v1::{BroadcastAcks, BroadcastBody, SignedBroadcast, envelope::Msg};
 use prost::Message;
+use tokio::sync::mpsc;
 use tracing::{debug, info};
 
 use crate::node::Node;
@@ -80,8 +81,16 @@ enum Answer {
     Failed,
 }
 
-/// Hands a broadcast to every connected agent; returns the acknowledgements to send up.
-pub async fn deliver(node: &Node, mut b: SignedBroadcast) -> BroadcastAcks {
+/// Acknowledgements go up when this many have gathered …
+const ACKS_PER_REPORT: usize = 512;
+
+/// … or this long after the first of a batch arrived, and at the end.
+const REPORT_AFTER: Duration = Duration::from_millis(50);
+
+/// Hands a broadcast to every connected agent; their acknowledgements go up through `up` in
+/// batches (a few messages however many agents, without holding the early ones until the
+/// slowest agent answered).
+pub async fn deliver(node: &Node, mut b: SignedBroadcast, up: mpsc::Sender<BroadcastAcks>) {
     let stats = node.office().fanout();
     stats.broadcasts.fetch_add(1, Ordering::Relaxed);
     // Read only to name the push in the report; the agents check the signature.
@@ -99,7 +108,7 @@ pub async fn deliver(node: &Node, mut b: SignedBroadcast) -> BroadcastAcks {
     let agents = node.office().agents().snapshot();
     let n = agents.len();
     let frame = Msg::SignedBroadcast(b);
-    let answers: Vec<(String, Answer)> = futures_util::stream::iter(agents)
+    let mut answers = futures_util::stream::iter(agents)
         .map(|(conn, device)| {
             let frame = frame.clone();
             let push_id = push_id.clone();
@@ -110,31 +119,54 @@ pub async fn deliver(node: &Node, mut b: SignedBroadcast) -> BroadcastAcks {
                 (device, a)
             }
         })
-        .buffer_unordered(CONCURRENCY)
-        .collect()
-        .await;
-    let mut acks = BroadcastAcks {
-        push_id,
+        .buffer_unordered(CONCURRENCY);
+    let empty = || BroadcastAcks {
+        push_id: push_id.clone(),
         ..Default::default()
     };
-    for (device, a) in answers {
+    let mut batch = empty();
+    let mut deadline: Option<tokio::time::Instant> = None;
+    let (mut acked, mut declined, mut failed) = (0usize, 0u32, 0u32);
+    loop {
+        let next = match deadline {
+            Some(d) => match tokio::time::timeout_at(d, answers.next()).await {
+                Ok(x) => x,
+                Err(_) => {
+                    let _ = up.send(std::mem::replace(&mut batch, empty())).await;
+                    deadline = None;
+                    continue;
+                }
+            },
+            None => answers.next().await,
+        };
+        let Some((device, a)) = next else { break };
         match a {
-            Answer::Acked => acks.device_ids.push(device),
-            Answer::Declined => acks.declined += 1,
-            Answer::Failed => acks.failed += 1,
+            Answer::Acked => {
+                acked += 1;
+                batch.device_ids.push(device);
+            }
+            Answer::Declined => {
+                declined += 1;
+                batch.declined += 1;
+            }
+            Answer::Failed => {
+                failed += 1;
+                batch.failed += 1;
+            }
+        }
+        deadline.get_or_insert_with(|| tokio::time::Instant::now() + REPORT_AFTER);
+        if batch.device_ids.len() >= ACKS_PER_REPORT {
+            let _ = up.send(std::mem::replace(&mut batch, empty())).await;
+            deadline = None;
         }
     }
-    stats
-        .acked
-        .fetch_add(acks.device_ids.len() as u64, Ordering::Relaxed);
-    stats
-        .declined
-        .fetch_add(acks.declined.into(), Ordering::Relaxed);
-    stats
-        .failed
-        .fetch_add(acks.failed.into(), Ordering::Relaxed);
-    info!(push = %acks.push_id, agents = n, acked = acks.device_ids.len(), declined = acks.declined, failed = acks.failed, "broadcast fanned out");
-    acks
+    if deadline.is_some() {
+        let _ = up.send(batch).await;
+    }
+    stats.acked.fetch_add(acked as u64, Ordering::Relaxed);
+    stats.declined.fetch_add(declined.into(), Ordering::Relaxed);
+    stats.failed.fetch_add(failed.into(), Ordering::Relaxed);
+    info!(push = %push_id, agents = n, acked, declined, failed, "broadcast fanned out");
 }
 
 async fn one(conn: &quinn::Connection, frame: Msg, push_id: &str) -> Answer {

@@ -289,12 +289,14 @@ async fn serve(node: &Node, conn: quinn::Connection, backoff: &mut Backoff) -> O
 
     let mut report = tokio::time::interval(node.config().uplink.report_interval);
     let mut renewal = outpost_net::renewal::Renewal::default();
-    // D4: broadcasts being fanned out; their acknowledgements go up when each is done.
+    // D4: broadcasts being fanned out; their acknowledgements go up in batches.
     let mut fanouts = futures_util::stream::FuturesUnordered::new();
+    let (acks_tx, mut acks_rx) = tokio::sync::mpsc::channel(16);
     loop {
         tokio::select! {
             e = conn.closed() => break Some(lost(&e)),
-            Some(acks) = fanouts.next(), if !fanouts.is_empty() => {
+            Some(()) = fanouts.next(), if !fanouts.is_empty() => {}
+            Some(acks) = acks_rx.recv() => {
                 let _ = sm.send(Msg::BroadcastAcks(acks));
                 let _ = stream::send_queued(&mut ctl, &mut sm).await;
             }
@@ -321,7 +323,7 @@ async fn serve(node: &Node, conn: quinn::Connection, backoff: &mut Backoff) -> O
                         let next = match *m {
                             Msg::SignedBroadcast(b) => {
                                 if fanouts.len() < MAX_FANOUTS {
-                                    fanouts.push(crate::fanout::deliver(node, b));
+                                    fanouts.push(crate::fanout::deliver(node, b, acks_tx.clone()));
                                 } else {
                                     node.office().fanout().dropped_busy.fetch_add(1, Ordering::Relaxed);
                                 }

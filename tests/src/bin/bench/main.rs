@@ -8,6 +8,7 @@
 
 mod agents;
 mod child;
+mod fanout;
 mod latency;
 mod leases;
 mod seats;
@@ -15,6 +16,7 @@ mod uplinks;
 
 use agents::{connect_storm_and_push, connect_storm_two_instances, idle_memory};
 use child::{ChildCmd, run_child};
+use fanout::push_fanout_bytes;
 use latency::connect_latency;
 use leases::leases_held;
 use seats::{seat_checks, seat_checks_pg};
@@ -41,7 +43,7 @@ struct Cli {
     /// Small sizes, for a smoke test.
     #[arg(long)]
     quick: bool,
-    /// Only these scenarios (comma-separated): connect_storm, connect_storm_2i, push_fanout, connect_latency, idle_memory, seat_checks, seat_checks_pg, uplinks, leases.
+    /// Only these scenarios (comma-separated): connect_storm, connect_storm_2i, push_fanout, push_fanout_bytes, connect_latency, idle_memory, seat_checks, seat_checks_pg, uplinks, leases.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// Agents for connect_storm and push_fanout.
@@ -108,6 +110,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             println!("{}", one(&p));
             rows.push(p);
         }
+    }
+    if want("push_fanout_bytes") {
+        let sizes: &[usize] = if q { &[10, 50] } else { &[10, 100, 1000] };
+        let r = push_fanout_bytes(sizes).await?;
+        println!("{}", one(&r));
+        rows.push(r);
     }
     if want("connect_latency") {
         let r = connect_latency(if q { 20 } else { 200 }).await?;
