@@ -64,6 +64,11 @@ enum AdminCmd {
         #[command(subcommand)]
         cmd: PolicyCmd,
     },
+    /// The update repository (D1).
+    Update {
+        #[command(subcommand)]
+        cmd: crate::updates::UpdateCmd,
+    },
     /// Tasks for agents' local handlers (D5).
     Task {
         #[command(subcommand)]
@@ -492,6 +497,7 @@ pub async fn run(a: AdminArgs) -> Result<(), AdminError> {
         }
         AdminCmd::Lease { cmd } => crate::hierarchy::lease_op(cmd)?,
         AdminCmd::Task { cmd } => crate::tasks::task_op(cmd)?,
+        AdminCmd::Update { cmd } => crate::updates::update_op(cmd),
         AdminCmd::Report { server } => Op::Report(outpost_proto::pb::admin::ReportRequest {
             server: server.unwrap_or_default(),
         }),

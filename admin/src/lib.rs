@@ -11,5 +11,6 @@ pub mod client;
 pub mod hierarchy;
 pub mod render;
 pub mod tasks;
+pub mod updates;
 
 pub use client::{AdminClient, AdminError};

@@ -78,6 +78,7 @@ pub fn human(r: &R) -> String {
             &["DEVICE", "HOST", "RUN", "OUTCOME", "EXIT", "FINISHED", "OUTPUT"],
             crate::tasks::results(r),
         ),
+        R::Updates(u) => crate::updates::render(u, table),
         R::Error(e) => format!("error: {}\n", e.message),
         R::TokenCreated(t) => format!(
             "{}\n\ntoken {} for {} devices in group {}, {} use(s), expires {}\n\

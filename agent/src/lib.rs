@@ -15,6 +15,7 @@ pub mod queue;
 mod session;
 pub mod status;
 mod tasks;
+mod updates;
 
 pub use config::AgentConfig;
 pub use node::{AgentEvent, AgentHandle, StartOptions, start};

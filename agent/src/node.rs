@@ -71,6 +71,11 @@ pub enum AgentEvent {
         /// Tasks in it.
         count: usize,
     },
+    /// A new update manifest was verified and kept (D1).
+    Manifest {
+        /// Its revision.
+        revision: u64,
+    },
     /// A task run ended and its result was queued (D5).
     TaskDone {
         /// The task.
@@ -143,6 +148,8 @@ pub(crate) struct Shared {
     pub(crate) group: Mutex<String>,
     /// The tasks held (D5), kept in `tasks.json` with the runs handled.
     pub(crate) tasks: Mutex<crate::tasks::HeldTasks>,
+    /// The update manifest held (D1), kept in `update.json`.
+    pub(crate) update: Mutex<crate::updates::HeldUpdate>,
     /// Wakes the task runner (a new list).
     pub(crate) tasks_changed: Notify,
     /// See [`StartOptions::die_before_ack`].
@@ -253,7 +260,10 @@ pub fn start(data: &Path, opts: StartOptions) -> Result<AgentHandle, StartError>
     let licence = grants.state(outpost_net::unix_now());
     let saved_policy = HeldPolicy::load(data);
     let saved_tasks = crate::tasks::HeldTasks::load(data);
+    let saved_update = crate::updates::HeldUpdate::load(data);
     let initial = AgentStatus {
+        update_revision: saved_update.revision,
+        update_files: saved_update.manifest().map_or(0, |m| m.files.len()),
         tasks_held: saved_tasks.tasks.len(),
         policy_revision: saved_policy.revision,
         policy: saved_policy.document.clone(),
@@ -287,6 +297,7 @@ pub fn start(data: &Path, opts: StartOptions) -> Result<AgentHandle, StartError>
         policy: Mutex::new(saved_policy.clone()),
         group: Mutex::new(group),
         tasks: Mutex::new(saved_tasks),
+        update: Mutex::new(saved_update),
         tasks_changed: Notify::new(),
         die_before_ack: opts.die_before_ack,
     });

@@ -203,7 +203,7 @@ async fn sync_request(shared: &Arc<Shared>) -> SyncRequest {
             gateways: rev,
             policy: shared.policy.lock().expect("policy lock").revision,
             tasks: shared.tasks.lock().expect("tasks lock").revision,
-            ..Default::default()
+            manifest: shared.update.lock().expect("update lock").revision,
         }),
     }
 }
@@ -297,6 +297,9 @@ async fn on_event(
             }
             if let Some(t) = resp.tasks {
                 crate::tasks::on_tasks(shared, t);
+            }
+            if let Some(m) = resp.manifest {
+                crate::updates::on_manifest(shared, m, &resp.update_key);
             }
             if !resp.group.is_empty() {
                 *shared.group.lock().expect("group lock") = resp.group;

@@ -55,6 +55,16 @@ pub struct AgentStatus {
     /// The last run reported: task, run and outcome.
     #[serde(default)]
     pub last_task: String,
+    /// Revision of the update manifest held (D1; 0: none).
+    #[serde(default)]
+    pub update_revision: u64,
+    /// Files in it.
+    #[serde(default)]
+    pub update_files: usize,
+    /// Why the last manifest offered was refused (rollback, expired, bad signature); empty
+    /// once one is accepted.
+    #[serde(default)]
+    pub update_error: String,
 }
 
 /// Writes the status file.
@@ -139,8 +149,21 @@ pub fn human(s: &AgentStatus, running: bool) -> String {
             format!(", last: {}", s.last_task)
         }
     );
+    let updates = format!(
+        "{}{}",
+        if s.update_revision == 0 {
+            "no manifest yet".to_owned()
+        } else {
+            format!("revision {}, {} file(s)", s.update_revision, s.update_files)
+        },
+        if s.update_error.is_empty() {
+            String::new()
+        } else {
+            format!(" (last offer refused: {})", s.update_error)
+        }
+    );
     format!(
-        "agent {}  ({})\nstate       {}\npath        {}\nlicence     {}\ncertificate {} (expiry; renewed by itself while connected)\npolicy      {}\ntasks       {}\nlast sync   {}\nqueue       {} event(s) waiting\npushes      {} received{}\n{}",
+        "agent {}  ({})\nstate       {}\npath        {}\nlicence     {}\ncertificate {} (expiry; renewed by itself while connected)\npolicy      {}\ntasks       {}\nupdates     {}\nlast sync   {}\nqueue       {} event(s) waiting\npushes      {} received{}\n{}",
         s.device_id,
         if running {
             format!("running, pid {}", s.pid)
@@ -159,6 +182,7 @@ pub fn human(s: &AgentStatus, running: bool) -> String {
             (_, r) => format!("revision {r:016x}"),
         },
         tasks,
+        updates,
         when(s.last_sync),
         s.queue_depth,
         s.pushes_received,

@@ -84,8 +84,9 @@ enum Answer {
 /// Acknowledgements go up when this many have gathered …
 const ACKS_PER_REPORT: usize = 512;
 
-/// … or this long after the first of a batch arrived, and at the end.
-const REPORT_AFTER: Duration = Duration::from_millis(50);
+/// … or this long after the first of a batch arrived (a push's latency grows by at most this),
+/// and at the end.
+const REPORT_AFTER: Duration = Duration::from_millis(2);
 
 /// Hands a broadcast to every connected agent; their acknowledgements go up through `up` in
 /// batches (a few messages however many agents, without holding the early ones until the

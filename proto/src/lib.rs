@@ -19,6 +19,7 @@ pub mod policy;
 pub mod session;
 pub mod task;
 pub mod token;
+pub mod update;
 pub mod version;
 
 /// Generated protobuf messages (see `proto/*.proto`).

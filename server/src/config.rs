@@ -140,6 +140,11 @@ pub struct Timing {
     /// How long a push for an offline device stays deliverable.
     #[serde(with = "humantime_serde")]
     pub push_ttl: Duration,
+    /// Update manifests (D1) expire this long after they are signed; the server signs a fresh
+    /// revision of the same files when less than half of it is left, so devices notice a
+    /// repository that stopped moving (freeze) within this time.
+    #[serde(with = "humantime_serde")]
+    pub manifest_ttl: Duration,
     /// How long an admin push waits for acknowledgements before answering.
     #[serde(with = "humantime_serde")]
     pub push_wait: Duration,
@@ -294,6 +299,7 @@ impl Default for Timing {
             idle_timeout: Duration::from_secs(60),
             retry_after: Duration::from_secs(5),
             push_ttl: Duration::from_secs(86_400),
+            manifest_ttl: Duration::from_secs(7 * 86_400),
             push_wait: Duration::from_secs(5),
             session_setup_timeout: Duration::from_secs(30),
             shutdown_grace: Duration::from_secs(5),
@@ -312,6 +318,9 @@ impl Default for StoreConfig {
 
 impl Validate for ServerConfig {
     fn validate(&self) -> Result<(), ConfigError> {
+        ensure(self.timing.manifest_ttl >= Duration::from_secs(1), || {
+            "timing.manifest_ttl must be at least 1s (an update manifest must live to reach devices)".into()
+        })?;
         ensure(self.limits.max_sessions > 0, || {
             "limits.max_sessions must be at least 1".into()
         })?;

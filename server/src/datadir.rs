@@ -5,6 +5,7 @@
 //! <data>/ca.crt, ca.key     the deployment CA (T2); ca.key is 0600
 //! <data>/server.crt, .key   the server's certificate chain and key
 //! <data>/grant.key          Ed25519 key that signs licence grants (L7), PKCS#8, 0600
+//! <data>/update.key         Ed25519 key that signs update manifests (D1), PKCS#8, 0600
 //! <data>/outpost.db         the SQLite store (+ -wal, -shm)
 //! <data>/keys/              imported licence key files, kept even after removal (L2)
 //! <data>/admin/             admin bundle: admin.toml, cert.pem, key.pem, ca.pem (O3)
@@ -107,6 +108,10 @@ impl DataDir {
     pub fn grant_key(&self) -> PathBuf {
         self.root.join("grant.key")
     }
+    /// Update-manifest signing key (D1).
+    pub fn update_key(&self) -> PathBuf {
+        self.root.join("update.key")
+    }
     /// Database.
     pub fn db(&self) -> PathBuf {
         self.root.join("outpost.db")
@@ -177,6 +182,8 @@ impl DataDir {
         write_atomic(&self.server_key(), server.key_pem.as_bytes(), true)?;
         let (_, grant_pk8) = outpost_proto::licence::GrantSigner::generate();
         write_atomic(&self.grant_key(), &grant_pk8, true)?;
+        let (_, update_pk8) = outpost_proto::licence::GrantSigner::generate();
+        write_atomic(&self.update_key(), &update_pk8, true)?;
         std::fs::create_dir_all(self.keys())?;
 
         let store =

@@ -34,6 +34,7 @@ pub mod notify;
 pub mod peers;
 pub mod sessions;
 pub mod store;
+pub mod updates;
 pub mod uplink;
 
 pub use datadir::{DataDir, InitOptions};

@@ -16,6 +16,7 @@ mod policies;
 mod push;
 mod status;
 mod tasks;
+mod updates;
 
 use std::sync::Arc;
 
@@ -176,6 +177,10 @@ pub async fn handle(node: &Arc<Node>, admin: &str, req: AdminRequest) -> AdminRe
             Op::TaskList(_) => tasks::list(node).await,
             Op::TaskResults(t) => tasks::results(node, t).await,
             Op::TaskRemove(t) => tasks::remove(node, t).await,
+            Op::UpdateImport(u) => updates::import(node, u).await,
+            Op::UpdateList(_) => updates::list(node).await,
+            Op::UpdateShow(u) => updates::show(node, u).await,
+            Op::UpdateRemove(u) => updates::remove(node, u).await,
         }
     }
     .instrument(span)

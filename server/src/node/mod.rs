@@ -46,6 +46,7 @@ pub struct Node {
     sessions: Sessions,
     gateways: Gateways,
     broadcasts: crate::broadcast::Stats,
+    updates: crate::updates::Updates,
     dmz: Dmz,
     peers: crate::peers::Peers,
     enrollment: Enrollment,
@@ -101,6 +102,11 @@ impl Node {
     /// Broadcast counters (D4).
     pub fn broadcasts(&self) -> &crate::broadcast::Stats {
         &self.broadcasts
+    }
+
+    /// The update repository's signing key (D1).
+    pub fn updates(&self) -> &crate::updates::Updates {
+        &self.updates
     }
 
     /// The gateways in a DMZ this server dials (T4).

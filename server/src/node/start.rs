@@ -58,6 +58,23 @@ pub async fn start(data: DataDir) -> Result<ServerHandle, StartError> {
             what: e.to_string(),
         }
     })?;
+    // D1: a data directory from before update manifests gets its key now.
+    if !data.update_key().exists() {
+        let (_, pk8) = GrantSigner::generate();
+        outpost_net::fsutil::write_atomic(&data.update_key(), &pk8, true).map_err(|e| {
+            DataDirError::Damaged {
+                path: data.update_key(),
+                what: e.to_string(),
+            }
+        })?;
+        tracing::info!("update-manifest signing key created (update.key)");
+    }
+    let update_key = GrantSigner::from_pkcs8(&data.read(&data.update_key())?).map_err(|e| {
+        DataDirError::Damaged {
+            path: data.update_key(),
+            what: e.to_string(),
+        }
+    })?;
     let authority_public = outpost_proto::licence::key::decode_public_key(
         &config.authority_public_key,
     )
@@ -87,6 +104,7 @@ pub async fn start(data: DataDir) -> Result<ServerHandle, StartError> {
         sessions: Sessions::new(config.limits.max_sessions),
         gateways: Default::default(),
         broadcasts: Default::default(),
+        updates: crate::updates::Updates::new(update_key),
         enrollment: Enrollment::new(certs),
         runtime: Runtime::default(),
         config,
@@ -110,6 +128,7 @@ pub async fn start(data: DataDir) -> Result<ServerHandle, StartError> {
         node.runtime.spawn(remote_events(node.clone(), rx));
     }
     node.runtime.spawn(crate::certs::renew_own(node.clone()));
+    node.runtime.spawn(crate::updates::refresher(node.clone()));
     // Pins first: a neighbour dialling in right away must find its certificate accepted.
     node.peers.reload(&node).await?;
     node.runtime.spawn(crate::peers::refresh_loop(node.clone()));

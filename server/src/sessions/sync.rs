@@ -105,6 +105,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Driver<S> {
             });
         // D4: the group decides which broadcasts are for the device.
         let group = store.device_group(&self.device.id).await?;
+        // D1: the newest update manifest, when the device holds another revision.
+        let known_manifest = req.known.as_ref().map_or(0, |k| k.manifest);
+        let (manifest, manifest_revision) = self.node_manifest(known_manifest).await?;
         Ok(SyncResponse {
             group,
             trust,
@@ -113,16 +116,38 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Driver<S> {
             licence,
             policy,
             tasks,
-            manifest_revision: 0,
+            manifest_revision,
+            update_key: if manifest.is_some() {
+                self.node.updates().public_key()
+            } else {
+                vec![]
+            },
+            manifest,
             gateways,
             next_sync_secs: self.node.config().timing.sync_interval.as_secs().max(1) as u32,
             current: Some(Versions {
                 gateways: gw_rev,
                 policy: effective.revision,
                 tasks: tasks_rev,
-                ..Default::default()
+                manifest: manifest_revision,
             }),
         })
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin + Send> Driver<S> {
+    /// The newest manifest if it is not the revision the device knows, and the newest
+    /// revision (0: none).
+    async fn node_manifest(
+        &self,
+        known: u64,
+    ) -> Result<(Option<outpost_proto::pb::v1::SignedManifest>, u64), StoreError> {
+        let newest = self.node.store().newest_update_revision().await?;
+        if newest == known || newest == 0 {
+            return Ok((None, newest));
+        }
+        let signed = self.node.store().update_manifest(Some(newest)).await?;
+        Ok((signed, newest))
     }
 }
 

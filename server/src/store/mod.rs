@@ -32,6 +32,7 @@ mod seats;
 mod servers;
 pub mod tasks;
 mod tokens;
+pub mod updates;
 pub mod wake;
 mod writer;
 
