@@ -9,6 +9,7 @@ mod certs;
 pub mod config;
 mod connect;
 pub mod grants;
+mod kept;
 pub mod node;
 mod paths;
 pub mod queue;

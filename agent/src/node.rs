@@ -337,11 +337,7 @@ pub(crate) struct Learned {
 impl Learned {
     /// Keeps a list received at sync.
     pub(crate) fn save(&self, data: &Path) {
-        let _ = outpost_net::fsutil::write_atomic(
-            &data.join("gateways.json"),
-            serde_json::to_string(self).unwrap_or_default().as_bytes(),
-            false,
-        );
+        let _ = crate::kept::save(data, "gateways.json", self);
     }
 }
 
@@ -357,19 +353,12 @@ pub(crate) struct HeldPolicy {
 
 impl HeldPolicy {
     fn load(data: &Path) -> HeldPolicy {
-        std::fs::read_to_string(data.join("policy.json"))
-            .ok()
-            .and_then(|t| serde_json::from_str(&t).ok())
-            .unwrap_or_default()
+        crate::kept::load(data, "policy.json")
     }
 
     /// Keeps a policy received at sync (written before the status shows it).
     pub(crate) fn save(&self, data: &Path) -> std::io::Result<()> {
-        outpost_net::fsutil::write_atomic(
-            &data.join("policy.json"),
-            serde_json::to_string(self).unwrap_or_default().as_bytes(),
-            false,
-        )
+        crate::kept::save(data, "policy.json", self)
     }
 }
 
@@ -405,10 +394,7 @@ pub(crate) fn on_policy(shared: &Shared, p: outpost_proto::pb::v1::Policy) {
 /// The saved list; one in the format of earlier versions (`[revision, [gateways]]`) or damaged
 /// counts as none: the server sends it again at the next sync.
 fn load_gateways(data: &Path) -> Learned {
-    std::fs::read_to_string(data.join("gateways.json"))
-        .ok()
-        .and_then(|t| serde_json::from_str(&t).ok())
-        .unwrap_or_default()
+    crate::kept::load(data, "gateways.json")
 }
 
 /// Keeps `status.json` in step with the status, until shutdown.

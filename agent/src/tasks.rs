@@ -67,18 +67,11 @@ pub(crate) struct HeldTasks {
 
 impl HeldTasks {
     pub(crate) fn load(data: &Path) -> HeldTasks {
-        std::fs::read_to_string(data.join("tasks.json"))
-            .ok()
-            .and_then(|t| serde_json::from_str(&t).ok())
-            .unwrap_or_default()
+        crate::kept::load(data, "tasks.json")
     }
 
     fn save(&self, data: &Path) -> std::io::Result<()> {
-        outpost_net::fsutil::write_atomic(
-            &data.join("tasks.json"),
-            serde_json::to_string(self).unwrap_or_default().as_bytes(),
-            false,
-        )
+        crate::kept::save(data, "tasks.json", self)
     }
 
     /// The run to start now, or when to look again.

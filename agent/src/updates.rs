@@ -27,18 +27,11 @@ pub(crate) struct HeldUpdate {
 
 impl HeldUpdate {
     pub(crate) fn load(data: &Path) -> HeldUpdate {
-        std::fs::read_to_string(data.join("update.json"))
-            .ok()
-            .and_then(|t| serde_json::from_str(&t).ok())
-            .unwrap_or_default()
+        crate::kept::load(data, "update.json")
     }
 
     fn save(&self, data: &Path) -> std::io::Result<()> {
-        outpost_net::fsutil::write_atomic(
-            &data.join("update.json"),
-            serde_json::to_string(self).unwrap_or_default().as_bytes(),
-            false,
-        )
+        crate::kept::save(data, "update.json", self)
     }
 
     /// The manifest held, decoded.

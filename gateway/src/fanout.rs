@@ -18,7 +18,7 @@ use tracing::{debug, info};
 use crate::node::Node;
 
 /// Agents handed a broadcast at once.
-const CONCURRENCY: usize = 256;
+const CONCURRENCY: usize = 4096;
 
 /// How long one agent gets to answer.
 const AGENT_TIMEOUT: Duration = Duration::from_secs(3);
@@ -86,7 +86,7 @@ const ACKS_PER_REPORT: usize = 512;
 
 /// … or this long after the first of a batch arrived (a push's latency grows by at most this),
 /// and at the end.
-const REPORT_AFTER: Duration = Duration::from_millis(2);
+const REPORT_AFTER: Duration = Duration::from_millis(10);
 
 /// Hands a broadcast to every connected agent; their acknowledgements go up through `up` in
 /// batches (a few messages however many agents, without holding the early ones until the
