@@ -94,7 +94,10 @@ fn instance_files(root: &Path, dir: &Path, out: &mut Vec<PathBuf>) -> Result<(),
     entries.sort_by_key(|e| e.file_name());
     for e in entries {
         let name = e.file_name().to_string_lossy().into_owned();
+        // `.name.tmpPID`: a file the running server is writing right now (fsutil::write_atomic);
+        // the finished file is the one that counts.
         if name.starts_with("outpost.db")
+            || name.starts_with('.')
             || name.ends_with(".log")
             || name == "status.json"
             || name.ends_with(".tmp")
@@ -136,7 +139,13 @@ pub fn seal(data: &DataDir, passphrase: &str) -> Result<Vec<u8>, JoinError> {
     let mut files = vec![];
     for p in paths {
         let full = data.root().join(&p);
-        let bytes = std::fs::read(&full).map_err(io(&full))?;
+        let bytes = match std::fs::read(&full) {
+            Ok(b) => b,
+            // Replaced by the running server between the listing and now: not a file of the
+            // instance any more.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(io(&full)(e)),
+        };
         let name = p.to_string_lossy().into_owned();
         files.push(File {
             secret: name.ends_with(".key") || name.ends_with("key.pem"),
@@ -278,6 +287,8 @@ mod tests {
     #[test]
     fn p2_join_bundle_carries_the_secrets_sealed_and_refuses_a_wrong_passphrase_or_a_change() {
         let (dir, a) = instance();
+        // A file the running instance is writing at this moment (write_atomic's temporary).
+        std::fs::write(a.root().join(".link.crt.tmp4242"), b"half written").unwrap();
         let bundle = seal(&a, "correct horse battery").unwrap();
         assert!(
             !bundle.windows(6).any(|w| w == b"CA KEY"),
@@ -316,6 +327,10 @@ mod tests {
             b"ADMIN"
         );
         assert!(!b.root().join("outpost.db").exists());
+        assert!(
+            !b.root().join(".link.crt.tmp4242").exists(),
+            "temporaries are not sealed"
+        );
         let again = open(
             &b,
             &bundle,
