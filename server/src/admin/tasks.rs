@@ -65,7 +65,7 @@ pub(super) async fn create(node: &Node, t: TaskCreate) -> Answer {
             now,
         )
         .await?;
-    let row = node.store().tasks().await?.into_iter().find(|r| r.id == id);
+    let row = node.store().task(&id).await?;
     let task = row
         .map(info)
         .ok_or_else(|| StoreError::NotFound(format!("task {id} was removed as it was created")))?;

@@ -43,10 +43,8 @@ fn with_files(mut i: UpdateRevisionInfo, m: &UpdateManifest) -> UpdateRevisionIn
 
 async fn row(node: &Node, revision: u64) -> Result<UpdateRevisionInfo, StoreError> {
     node.store()
-        .update_revisions()
+        .update_revision(revision)
         .await?
-        .into_iter()
-        .find(|r| r.revision as u64 == revision)
         .map(info)
         .ok_or_else(|| {
             StoreError::NotFound(format!(

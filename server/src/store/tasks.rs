@@ -75,7 +75,25 @@ pub struct ResultRow {
     pub finished_at_ms: i64,
 }
 
+/// A task row with its result counts.
+const SELECT_TASK: &str = "SELECT t.id, t.kind, t.arguments, t.target_group, t.target_device,
+        t.not_before, t.every_secs, t.created_at,
+        (SELECT COUNT(*) FROM task_results r WHERE r.task_id = t.id AND r.outcome = 'ok') AS ok,
+        (SELECT COUNT(*) FROM task_results r WHERE r.task_id = t.id AND r.outcome <> 'ok')
+          AS not_ok
+    FROM tasks t";
+
 impl Store {
+    /// One task with its result counts.
+    pub async fn task(&self, id: &str) -> Result<Option<TaskRow>, StoreError> {
+        Ok(sqlx::query_as::<_, TaskRow>(sqlx::AssertSqlSafe(format!(
+            "{SELECT_TASK} WHERE t.id = $1"
+        )))
+        .bind(id)
+        .fetch_optional(&self.read)
+        .await?)
+    }
+
     /// Creates a task; returns its id.
     pub async fn create_task(&self, t: NewTask, now: i64) -> Result<String, StoreError> {
         let arguments = task::validate(&t.kind, &t.arguments, t.every_secs)
@@ -138,14 +156,9 @@ impl Store {
 
     /// Removes a task (no further runs; its results stay). Returns its target.
     pub async fn remove_task(&self, id: &str) -> Result<TaskRow, StoreError> {
-        let row = self
-            .tasks()
-            .await?
-            .into_iter()
-            .find(|t| t.id == id)
-            .ok_or_else(|| {
-                StoreError::NotFound(format!("no task {id} (admin task list shows them)"))
-            })?;
+        let row = self.task(id).await?.ok_or_else(|| {
+            StoreError::NotFound(format!("no task {id} (admin task list shows them)"))
+        })?;
         sqlx::query("DELETE FROM tasks WHERE id = $1")
             .bind(id)
             .execute(&self.write)
@@ -155,15 +168,9 @@ impl Store {
 
     /// Every task, newest first, with its result counts.
     pub async fn tasks(&self) -> Result<Vec<TaskRow>, StoreError> {
-        Ok(sqlx::query_as::<_, TaskRow>(
-            "SELECT t.id, t.kind, t.arguments, t.target_group, t.target_device, t.not_before,
-                    t.every_secs, t.created_at,
-                    (SELECT COUNT(*) FROM task_results r
-                      WHERE r.task_id = t.id AND r.outcome = 'ok') AS ok,
-                    (SELECT COUNT(*) FROM task_results r
-                      WHERE r.task_id = t.id AND r.outcome <> 'ok') AS not_ok
-             FROM tasks t ORDER BY t.created_at DESC, t.id",
-        )
+        Ok(sqlx::query_as::<_, TaskRow>(sqlx::AssertSqlSafe(format!(
+            "{SELECT_TASK} ORDER BY t.created_at DESC, t.id"
+        )))
         .fetch_all(&self.read)
         .await?)
     }

@@ -116,6 +116,17 @@ impl Store {
         Ok(m)
     }
 
+    /// One revision.
+    pub async fn update_revision(&self, revision: u64) -> Result<Option<RevisionRow>, StoreError> {
+        Ok(sqlx::query_as::<_, RevisionRow>(
+            "SELECT revision, created_at, expires_at, source, files, bytes
+             FROM update_revisions WHERE revision = $1",
+        )
+        .bind(revision as i64)
+        .fetch_optional(&self.read)
+        .await?)
+    }
+
     /// Revisions, newest first.
     pub async fn update_revisions(&self) -> Result<Vec<RevisionRow>, StoreError> {
         Ok(sqlx::query_as::<_, RevisionRow>(
