@@ -277,6 +277,7 @@ pub fn human(r: &R) -> String {
                     "AGENTS",
                     "SESSIONS",
                     "UP SINCE",
+                    "UPDATE CACHE",
                 ],
                 s.gateways
                     .iter()
@@ -289,6 +290,23 @@ pub fn human(r: &R) -> String {
                             g.agents_connected.to_string(),
                             g.sessions_relayed.to_string(),
                             when(g.connected_since),
+                            if g.cache_revision == 0 {
+                                "-".to_owned()
+                            } else {
+                                format!(
+                                    "rev {}, {} MiB, {} hits, {} misses, {} MiB from here{}",
+                                    g.cache_revision,
+                                    g.cache_bytes >> 20,
+                                    g.cache_hits,
+                                    g.cache_misses,
+                                    g.cache_upstream_bytes >> 20,
+                                    if g.cache_refused_blocks > 0 {
+                                        format!(", {} bad blocks refused", g.cache_refused_blocks)
+                                    } else {
+                                        String::new()
+                                    }
+                                )
+                            },
                         ]
                     })
                     .collect(),
@@ -345,7 +363,8 @@ fn server_status(s: &outpost_proto::pb::admin::ServerStatusResult) -> String {
             "{}\nlistening on {}\nagent sessions online: {}\ngateways connected: {}\ndevices: {}\nuptime: {}\n\
              sessions refused (overload): {}\nconnections refused (authentication): {}\n\
              bad frames: {}\nnotifications not delivered (queue full; in the log): {}\n\
-             relayed sessions: {} ({} resumed their inner TLS session)\n",
+             relayed sessions: {} ({} resumed their inner TLS session)\n\
+             update blocks served: {} ({} MiB in {} requests; {} asked for but not held)\n",
             s.software,
             s.listen,
             s.sessions,
@@ -358,6 +377,10 @@ fn server_status(s: &outpost_proto::pb::admin::ServerStatusResult) -> String {
             s.notifications_dropped,
             s.relayed_sessions,
             s.relayed_sessions_resumed,
+            s.files.as_ref().map_or(0, |f| f.blocks),
+            s.files.as_ref().map_or(0, |f| f.bytes >> 20),
+            s.files.as_ref().map_or(0, |f| f.requests),
+            s.files.as_ref().map_or(0, |f| f.unknown),
         ) + &instances(s)
     }
 }

@@ -23,26 +23,27 @@ pub(crate) struct Tls {
     pub(crate) trust_sha256: [u8; 32],
     pub(crate) relay_client: quinn::ClientConfig,
     pub(crate) direct_client: quinn::ClientConfig,
+    /// Update downloads (D2), from a gateway or the server.
+    pub(crate) files_client: quinn::ClientConfig,
     pub(crate) inner_tls: tokio_rustls::TlsConnector,
 }
 
 /// Builds the TLS configurations of an identity.
 pub(crate) fn build(identity: DeviceIdentity, config: &AgentConfig) -> Result<Tls, String> {
     let trust = Trust::Ca(identity.cas.clone());
-    let client = |alpn: &[u8]| -> Result<quinn::ClientConfig, String> {
+    let client_with = |alpn: &[u8], transport| -> Result<quinn::ClientConfig, String> {
         let tls = pki::client_config(Some(&identity.identity), &trust, &[alpn])
             .map_err(|e| e.to_string())?;
         let quic = quinn::crypto::rustls::QuicClientConfig::try_from(Arc::new(tls))
             .map_err(|e| e.to_string())?;
         let mut c = quinn::ClientConfig::new(Arc::new(quic));
-        c.transport_config(transport::agent(
-            config.connect.keep_alive,
-            config.connect.idle_timeout,
-        ));
+        c.transport_config(transport);
         Ok(c)
     };
-    let relay_client = client(alpn::RELAY)?;
-    let direct_client = client(alpn::AGENT)?;
+    let (ka, idle) = (config.connect.keep_alive, config.connect.idle_timeout);
+    let relay_client = client_with(alpn::RELAY, transport::agent(ka, idle))?;
+    let direct_client = client_with(alpn::AGENT, transport::agent(ka, idle))?;
+    let files_client = client_with(alpn::FILES, transport::files_client(ka, idle))?;
     let inner = pki::client_config(Some(&identity.identity), &trust, &[alpn::INNER_SESSION])
         .map_err(|e| e.to_string())?;
     Ok(Tls {
@@ -51,6 +52,7 @@ pub(crate) fn build(identity: DeviceIdentity, config: &AgentConfig) -> Result<Tl
         identity,
         relay_client,
         direct_client,
+        files_client,
         inner_tls: tokio_rustls::TlsConnector::from(Arc::new(inner)),
     })
 }

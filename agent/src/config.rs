@@ -29,6 +29,34 @@ pub struct AgentConfig {
     pub queue: QueueConfig,
     /// Tasks from the server (D5).
     pub tasks: TasksConfig,
+    /// Update downloads (D2).
+    pub updates: UpdatesConfig,
+}
+
+/// Updates (D1, D2): which files to fetch and the local program that takes them.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct UpdatesConfig {
+    /// Components whose files this device fetches (the first directory of a file's name);
+    /// files at the top of a revision go to every device. Empty: every file.
+    pub components: Vec<String>,
+    /// Executable given each fetched revision as JSON on standard input (`revision`,
+    /// `device_id`, `files` with `name`, `component`, `size`, `sha256` and the local `path`).
+    /// Empty: files are fetched and kept, nothing more.
+    pub handler: String,
+    /// A handler running longer is killed (and the revision counted as failed).
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+}
+
+impl Default for UpdatesConfig {
+    fn default() -> Self {
+        UpdatesConfig {
+            components: Vec::new(),
+            handler: String::new(),
+            timeout: Duration::from_secs(3600),
+        }
+    }
 }
 
 /// Tasks (D5): the local program that runs them.
@@ -146,6 +174,15 @@ impl Validate for AgentConfig {
                 format!(
                     "tasks.handler {:?} is not an absolute path; give the handler's full path",
                     self.tasks.handler
+                )
+            },
+        )?;
+        ensure(
+            self.updates.handler.is_empty() || Path::new(&self.updates.handler).is_absolute(),
+            || {
+                format!(
+                    "updates.handler {:?} is not an absolute path; give the handler's full path",
+                    self.updates.handler
                 )
             },
         )?;

@@ -256,7 +256,10 @@ async fn attempt(
         Ok(d) => d,
         Err(a) => return a,
     };
+    *shared.path_now.lock().expect("path lock") = Some((via, d.conn.remote_address()));
+    shared.update_wake.notify_one();
     let result = on_connection(shared, via, &d.conn, &d.label, preferred).await;
+    *shared.path_now.lock().expect("path lock") = None;
     hang_up(shared, d, b"session over").await;
     result
 }

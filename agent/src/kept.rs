@@ -17,6 +17,9 @@ pub(crate) fn load<T: DeserializeOwned + Default>(data: &Path, name: &str) -> T 
 
 /// Writes `<data>/<name>` atomically.
 pub(crate) fn save<T: Serialize>(data: &Path, name: &str, value: &T) -> std::io::Result<()> {
+    if let Some(dir) = data.join(name).parent() {
+        std::fs::create_dir_all(dir)?;
+    }
     outpost_net::fsutil::write_atomic(
         &data.join(name),
         serde_json::to_string(value).unwrap_or_default().as_bytes(),

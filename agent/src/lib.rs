@@ -8,7 +8,10 @@ mod broadcast;
 mod certs;
 pub mod config;
 mod connect;
+mod fetch;
 pub mod grants;
+mod handler;
+mod install;
 mod kept;
 pub mod node;
 mod paths;
@@ -19,6 +22,7 @@ mod tasks;
 mod updates;
 
 pub use config::AgentConfig;
+pub use install::{Fetched, fetch_now};
 pub use node::{AgentEvent, AgentHandle, StartOptions, start};
 
 use std::path::Path;

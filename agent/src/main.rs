@@ -60,6 +60,11 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Update files (D2): what is held and fetched, or fetch now.
+    Update {
+        #[command(subcommand)]
+        cmd: UpdateCmd,
+    },
     /// Queue an event durably; the running agent sends it at its next sync.
     Event {
         /// Data directory.
@@ -75,6 +80,33 @@ enum Cmd {
         /// Payload text.
         #[arg(long, default_value = "")]
         payload: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum UpdateCmd {
+    /// The revision held, fetched and handled, download progress and errors.
+    Status {
+        /// Data directory.
+        #[arg(
+            long,
+            env = "OUTPOST_AGENT_DATA",
+            default_value = "/var/lib/outpost-agent"
+        )]
+        data_dir: PathBuf,
+        /// JSON output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Download the held revision's files now (a progress bar on a terminal, lines otherwise).
+    Fetch {
+        /// Data directory.
+        #[arg(
+            long,
+            env = "OUTPOST_AGENT_DATA",
+            default_value = "/var/lib/outpost-agent"
+        )]
+        data_dir: PathBuf,
     },
 }
 
@@ -96,6 +128,35 @@ async fn run(cmd: Cmd) -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Cmd::Update {
+            cmd: UpdateCmd::Status { data_dir, json },
+        } => {
+            let (s, running) = status::read(&data_dir)?;
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&serde_json::json!({
+                        "running": running,
+                        "revision": s.update_revision,
+                        "files": s.update_files,
+                        "fetched": s.update_fetched,
+                        "handled": s.update_handled,
+                        "progress_bytes": s.update_progress,
+                        "total_bytes": s.update_total,
+                        "source": s.update_source,
+                        "download_error": s.update_fetch_error,
+                        "manifest_error": s.update_error,
+                        "handler": s.update_handler_result,
+                    }))?
+                );
+            } else {
+                print!("{}", status::update_human(&s, running));
+            }
+            Ok(())
+        }
+        Cmd::Update {
+            cmd: UpdateCmd::Fetch { data_dir },
+        } => fetch(&data_dir).await,
         Cmd::Event {
             data_dir,
             kind,
@@ -177,4 +238,45 @@ async fn run(cmd: Cmd) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// `update fetch`: a progress bar with bytes, rate and ETA on a terminal; a line per tenth
+/// otherwise.
+async fn fetch(data_dir: &std::path::Path) -> anyhow::Result<()> {
+    use std::io::IsTerminal;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    let tty = std::io::stderr().is_terminal();
+    let bar = indicatif::ProgressBar::new(0);
+    if tty {
+        bar.set_style(
+            indicatif::ProgressStyle::with_template(
+                "{bar:40} {bytes}/{total_bytes} {bytes_per_sec} ETA {eta}",
+            )
+            .expect("static template"),
+        );
+    } else {
+        bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+    }
+    let tenth = AtomicU64::new(0);
+    let progress = |done: u64, total: u64| {
+        bar.set_length(total);
+        bar.set_position(done);
+        if !tty && total > 0 {
+            let t = done * 10 / total;
+            if tenth.swap(t, Ordering::Relaxed) != t {
+                eprintln!("{done} of {total} bytes");
+            }
+        }
+    };
+    let r = outpost_agent::fetch_now(data_dir, &progress).await;
+    bar.finish_and_clear();
+    let f = r.map_err(|e| anyhow::anyhow!(e))?;
+    println!(
+        "revision {}: {} bytes fetched from {} (the files are in {})",
+        f.revision,
+        f.bytes,
+        f.source,
+        data_dir.join("updates/files").display()
+    );
+    Ok(())
 }

@@ -76,6 +76,11 @@ pub enum AgentEvent {
         /// Its revision.
         revision: u64,
     },
+    /// A revision's files were fetched and handed to the update handler (D2).
+    UpdateHandled {
+        /// Its revision.
+        revision: u64,
+    },
     /// A task run ended and its result was queued (D5).
     TaskDone {
         /// The task.
@@ -152,6 +157,10 @@ pub(crate) struct Shared {
     pub(crate) update: Mutex<crate::updates::HeldUpdate>,
     /// Wakes the task runner (a new list).
     pub(crate) tasks_changed: Notify,
+    /// Wakes the update download (a new manifest, an `update-available` push, connected).
+    pub(crate) update_wake: Notify,
+    /// The path the session uses now (update downloads go the same way, D2).
+    pub(crate) path_now: Mutex<Option<(crate::connect::Via, std::net::SocketAddr)>>,
     /// See [`StartOptions::die_before_ack`].
     pub(crate) die_before_ack: bool,
 }
@@ -299,6 +308,8 @@ pub fn start(data: &Path, opts: StartOptions) -> Result<AgentHandle, StartError>
         tasks: Mutex::new(saved_tasks),
         update: Mutex::new(saved_update),
         tasks_changed: Notify::new(),
+        update_wake: Notify::new(),
+        path_now: Mutex::new(None),
         die_before_ack: opts.die_before_ack,
     });
     let tasks = tokio_util::task::TaskTracker::new();
@@ -315,7 +326,8 @@ pub fn start(data: &Path, opts: StartOptions) -> Result<AgentHandle, StartError>
         .instrument(span.clone()),
     );
     tasks.spawn(crate::grants::licence_clock(shared.clone()).instrument(span.clone()));
-    tasks.spawn(crate::tasks::runner(shared.clone()).instrument(span));
+    tasks.spawn(crate::tasks::runner(shared.clone()).instrument(span.clone()));
+    tasks.spawn(crate::install::run(shared.clone()).instrument(span));
     if !opts.no_status_file {
         tasks.spawn(status_writer(shared.clone()));
     }

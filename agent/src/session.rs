@@ -361,6 +361,10 @@ pub(crate) fn on_push(shared: &Shared, p: outpost_proto::pb::v1::Push, now: i64)
         };
         s.updated_at = now;
     });
+    // D2: look for a new revision's files now.
+    if p.kind == PushKind::UpdateAvailable as i32 {
+        shared.update_wake.notify_one();
+    }
     let _ = shared.events.send(AgentEvent::Push(p));
     true
 }

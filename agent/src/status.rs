@@ -65,6 +65,27 @@ pub struct AgentStatus {
     /// once one is accepted.
     #[serde(default)]
     pub update_error: String,
+    /// Newest revision whose files are all here (D2).
+    #[serde(default)]
+    pub update_fetched: u64,
+    /// Newest revision the update handler took.
+    #[serde(default)]
+    pub update_handled: u64,
+    /// Download progress of the revision being fetched: bytes held, bytes wanted.
+    #[serde(default)]
+    pub update_progress: u64,
+    /// See `update_progress`.
+    #[serde(default)]
+    pub update_total: u64,
+    /// Where the last download came from.
+    #[serde(default)]
+    pub update_source: String,
+    /// Why the last download stopped ("" once one completes).
+    #[serde(default)]
+    pub update_fetch_error: String,
+    /// The update handler's last result.
+    #[serde(default)]
+    pub update_handler_result: String,
 }
 
 /// Writes the status file.
@@ -154,7 +175,25 @@ pub fn human(s: &AgentStatus, running: bool) -> String {
         if s.update_revision == 0 {
             "no manifest yet".to_owned()
         } else {
-            format!("revision {}, {} file(s)", s.update_revision, s.update_files)
+            format!(
+                "revision {}, {} file(s); fetched {}, handled {}; {} of {} bytes{}{}",
+                s.update_revision,
+                s.update_files,
+                s.update_fetched,
+                s.update_handled,
+                s.update_progress,
+                s.update_total,
+                if s.update_source.is_empty() {
+                    String::new()
+                } else {
+                    format!(" from {}", s.update_source)
+                },
+                if s.update_fetch_error.is_empty() {
+                    String::new()
+                } else {
+                    format!(" (download: {})", s.update_fetch_error)
+                }
+            )
         },
         if s.update_error.is_empty() {
             String::new()
@@ -195,6 +234,49 @@ pub fn human(s: &AgentStatus, running: bool) -> String {
             String::new()
         } else {
             format!("last error  {}\n", s.last_error)
+        },
+    )
+}
+
+/// `outpost-agent update status` in human form.
+pub fn update_human(s: &AgentStatus, running: bool) -> String {
+    let pct = if s.update_total > 0 {
+        format!(
+            "{} of {} bytes ({}%)",
+            s.update_progress,
+            s.update_total,
+            s.update_progress * 100 / s.update_total
+        )
+    } else {
+        "-".into()
+    };
+    let or_dash = |v: &str| {
+        if v.is_empty() {
+            "-".to_owned()
+        } else {
+            v.to_owned()
+        }
+    };
+    format!(
+        "agent {} ({})\nrevision    {} held, {} file(s)\nfetched     {}\nhandled     {}\ndownload    {}{}\nlast error  {}\nhandler     {}\nmanifest    {}\n",
+        s.device_id,
+        if running { "running" } else { "not running" },
+        s.update_revision,
+        s.update_files,
+        s.update_fetched,
+        s.update_handled,
+        pct,
+        if s.update_source.is_empty() {
+            String::new()
+        } else {
+            format!(" from {}", s.update_source)
+        },
+        or_dash(&s.update_fetch_error),
+        or_dash(&s.update_handler_result),
+        if s.update_error.is_empty() {
+            "accepted".to_owned()
+        } else {
+            format!("last offer refused: {}", s.update_error)
         },
     )
 }

@@ -91,6 +91,7 @@ pub(crate) fn on_manifest(shared: &Shared, signed: SignedManifest, offered_key: 
             let _ = shared.events.send(AgentEvent::Manifest {
                 revision: m.revision,
             });
+            shared.update_wake.notify_one();
         }
         Err(e) => {
             let fresh = shared.status.borrow().update_error != e;

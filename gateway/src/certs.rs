@@ -35,7 +35,7 @@ pub fn build(identity: DeviceIdentity, config: &GatewayConfig) -> Result<Tls, St
     let mut office_tls = pki::server_config(
         &identity.identity,
         &identity.cas,
-        &[alpn::RELAY, alpn::ENROLL],
+        &[alpn::RELAY, alpn::ENROLL, alpn::FILES],
         ClientAuth::OptionalForEnrollment,
     )
     .map_err(|x| e(&x))?;

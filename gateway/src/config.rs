@@ -36,6 +36,8 @@ pub struct GatewayConfig {
     pub timing: Timing,
     /// UDP socket of the office listener (T10).
     pub socket: SocketOptions,
+    /// The update cache (D2).
+    pub cache: crate::cache::CacheConfig,
 }
 
 /// Waits and grace periods of the gateway.
@@ -130,6 +132,7 @@ impl Default for GatewayConfig {
             limits: Limits::default(),
             timing: Timing::default(),
             socket: SocketOptions::default(),
+            cache: Default::default(),
         }
     }
 }
@@ -181,6 +184,16 @@ impl Validate for GatewayConfig {
             self.uplink.reconnect_initial <= self.uplink.reconnect_max,
             || "uplink.reconnect_initial must not exceed uplink.reconnect_max".into(),
         )?;
+        ensure(
+            self.cache.max_mib > 0 && self.cache.revisions_kept > 0,
+            || "cache.max_mib and cache.revisions_kept must be at least 1".into(),
+        )?;
+        if let Some(p) = self.cache.sources.iter().find(|p| !p.is_absolute()) {
+            return Err(ConfigError::invalid(format!(
+                "cache.sources: {} is not an absolute path (give the directory's full path)",
+                p.display()
+            )));
+        }
         ensure(
             self.limits.max_sessions > 0 && self.limits.max_agents > 0,
             || "limits must be at least 1".into(),

@@ -4,6 +4,7 @@
 //! the server can reach every agent at any time (T7).
 #![forbid(unsafe_code)]
 
+pub mod cache;
 pub mod certs;
 pub mod config;
 pub mod fanout;

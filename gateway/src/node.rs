@@ -42,6 +42,10 @@ pub struct Node {
     status_changed: Notify,
     /// Address of the office listener.
     local_addr: std::net::SocketAddr,
+    /// The update cache (D2).
+    cache: crate::cache::Cache,
+    /// Wakes the prefetch of the newest revision.
+    prefetch: Notify,
 }
 
 impl std::fmt::Debug for Node {
@@ -104,6 +108,21 @@ impl Node {
         &self.office
     }
 
+    /// The update cache (D2).
+    pub fn cache(&self) -> &crate::cache::Cache {
+        &self.cache
+    }
+
+    /// Wakes the prefetch (a new manifest).
+    pub fn prefetch_wake(&self) {
+        self.prefetch.notify_one();
+    }
+
+    /// Waits for [`Node::prefetch_wake`].
+    pub async fn prefetch_notified(&self) {
+        self.prefetch.notified().await
+    }
+
     /// Tells the status writer something changed.
     pub fn status_changed(&self) {
         self.status_changed.notify_one();
@@ -125,6 +144,13 @@ impl Node {
             bytes_down: s.bytes_down,
             software: format!("outpost-gateway {}", outpost_proto::SOFTWARE_VERSION),
             trust_sha256: self.tls().trust_sha256.to_vec(),
+            cache_revision: s.cache_revision,
+            cache_bytes: s.cache_bytes,
+            cache_hits: s.cache_hits,
+            cache_misses: s.cache_misses,
+            cache_upstream_bytes: s.cache_upstream_bytes,
+            cache_refused_blocks: s.cache_refused_blocks,
+            cache_blocks: s.cache_blocks,
         }
     }
 
@@ -134,6 +160,8 @@ impl Node {
         let st = self.office.stats();
         let bytes = self.office.bytes();
         let fan = self.office.fanout();
+        let cs = self.cache.stats();
+        let stored = self.cache.stored();
         GatewayStatus {
             device_id: self.device_id.clone(),
             cert_expires_at: self.tls().identity.expires_at(),
@@ -171,6 +199,16 @@ impl Node {
             broadcast_acked: fan.acked.load(Ordering::Relaxed),
             broadcast_declined: fan.declined.load(Ordering::Relaxed),
             broadcast_failed: fan.failed.load(Ordering::Relaxed),
+            cache_revision: self.cache.manifests.newest(),
+            cache_bytes: stored.0,
+            cache_blocks: stored.1,
+            cache_hits: cs.hits.load(Ordering::Relaxed),
+            cache_misses: cs.misses.load(Ordering::Relaxed),
+            cache_upstream_bytes: cs.upstream_bytes.load(Ordering::Relaxed),
+            cache_source_blocks: cs.source_blocks.load(Ordering::Relaxed),
+            cache_refused_blocks: cs.refused.load(Ordering::Relaxed),
+            cache_evicted: cs.evicted.load(Ordering::Relaxed),
+            cache_error: self.cache.manifests.error(),
         }
     }
 }
@@ -210,6 +248,9 @@ pub enum StartError {
     /// TLS could not be set up from the stored certificates.
     #[error("TLS set-up: {0}")]
     Tls(String),
+    /// The update cache directory cannot be used.
+    #[error("update cache in {0}: {1} (check the data directory's permissions and free space)")]
+    Cache(String, std::io::Error),
 }
 
 /// A running gateway.
@@ -289,7 +330,11 @@ pub async fn start(data: &Path, opts: StartOptions) -> Result<GatewayHandle, Sta
     let server_cfg = tls.office.clone();
     let (ep, local_addr) = endpoint::listen(config.listen, &config.socket, server_cfg, data)?;
 
+    let cache = crate::cache::Cache::open(data, &config.cache)
+        .map_err(|e| StartError::Cache(data.join("cache").display().to_string(), e))?;
     let node = Arc::new(Node {
+        cache,
+        prefetch: Notify::new(),
         office: Office::new(&config.limits, opts.tap, opts.tamper_broadcasts),
         uplink: Uplink::new(),
         config: Arc::new(config),
@@ -307,6 +352,8 @@ pub async fn start(data: &Path, opts: StartOptions) -> Result<GatewayHandle, Sta
     node.runtime.spawn(crate::uplink::run(node.clone()));
     node.runtime
         .spawn(crate::relay::accept_loop(node.clone(), ep.clone()));
+    node.runtime
+        .spawn(crate::cache::serve::prefetch(node.clone()));
     if !opts.no_status_file {
         node.runtime.spawn(crate::status::writer(node.clone()));
     }

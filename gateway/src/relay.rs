@@ -66,7 +66,23 @@ async fn serve_agent(node: Arc<Node>, incoming: quinn::Incoming) {
         );
         return;
     };
-    let enroll = endpoint::alpn(&conn).as_deref() == Some(alpn::ENROLL);
+    let proto = endpoint::alpn(&conn);
+    // D2: update files from the cache, for devices with a certificate only.
+    if proto.as_deref() == Some(alpn::FILES) {
+        if endpoint::peer_leaf(&conn).is_none() {
+            refuse::close(
+                &conn,
+                &Refused::new(
+                    RefusalCode::Unauthenticated,
+                    "a client certificate is required: enroll this device first",
+                ),
+            );
+            return;
+        }
+        crate::cache::serve::connection(node.clone(), conn).await;
+        return;
+    }
+    let enroll = proto.as_deref() == Some(alpn::ENROLL);
     // Only the fingerprint is kept for the connection's life, not the certificate.
     let fp = match (endpoint::peer_leaf(&conn), enroll) {
         (Some(l), _) => {

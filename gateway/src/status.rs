@@ -68,6 +68,36 @@ pub struct GatewayStatus {
     /// See `broadcasts`.
     #[serde(default)]
     pub broadcast_failed: u64,
+    /// The update cache (D2): newest revision held, bytes and blocks stored.
+    #[serde(default)]
+    pub cache_revision: u64,
+    /// See `cache_revision`.
+    #[serde(default)]
+    pub cache_bytes: u64,
+    /// See `cache_revision`.
+    #[serde(default)]
+    pub cache_blocks: u64,
+    /// Blocks served from disk.
+    #[serde(default)]
+    pub cache_hits: u64,
+    /// Blocks served that had to be fetched first (joined or started).
+    #[serde(default)]
+    pub cache_misses: u64,
+    /// Bytes fetched from the server.
+    #[serde(default)]
+    pub cache_upstream_bytes: u64,
+    /// Blocks taken from a configured source.
+    #[serde(default)]
+    pub cache_source_blocks: u64,
+    /// Blocks refused because they did not match their hash.
+    #[serde(default)]
+    pub cache_refused_blocks: u64,
+    /// Blocks evicted to keep the bound.
+    #[serde(default)]
+    pub cache_evicted: u64,
+    /// Why the last manifest offered was refused ("" when accepted).
+    #[serde(default)]
+    pub cache_error: String,
 }
 
 /// Writes the status file until shutdown.
@@ -97,6 +127,29 @@ pub fn read(data: &Path) -> Result<(GatewayStatus, bool), StatusError> {
     Ok((s, running))
 }
 
+fn cache_line(s: &GatewayStatus) -> String {
+    let mut l = if s.cache_revision == 0 {
+        "no revision yet".to_owned()
+    } else {
+        format!(
+            "revision {}, cache {} MiB in {} blocks: {} hits, {} misses, {} MiB from the server, {} blocks from sources, {} refused (bad hash), {} evicted",
+            s.cache_revision,
+            s.cache_bytes >> 20,
+            s.cache_blocks,
+            s.cache_hits,
+            s.cache_misses,
+            s.cache_upstream_bytes >> 20,
+            s.cache_source_blocks,
+            s.cache_refused_blocks,
+            s.cache_evicted
+        )
+    };
+    if !s.cache_error.is_empty() {
+        l.push_str(&format!("; last manifest refused: {}", s.cache_error));
+    }
+    l
+}
+
 /// Human form.
 pub fn human(s: &GatewayStatus, running: bool) -> String {
     let when = |t: i64| {
@@ -107,7 +160,7 @@ pub fn human(s: &GatewayStatus, running: bool) -> String {
         }
     };
     format!(
-        "gateway {}  ({})\nserver      {}\nuplink      {}{}\nlisten      {}\nagents      {} connected, {} sessions relayed now, {} since start\nrefused     {} (uplink down), {} (limits)\nbytes       {} up, {} down\nbroadcasts  {} fanned out: {} delivered, {} refused by agents, {} failed\ncertificate {} (expiry; renewed by itself over the uplink)\nupdated     {}\n",
+        "gateway {}  ({})\nserver      {}\nuplink      {}{}\nlisten      {}\nagents      {} connected, {} sessions relayed now, {} since start\nrefused     {} (uplink down), {} (limits)\nbytes       {} up, {} down\nbroadcasts  {} fanned out: {} delivered, {} refused by agents, {} failed\nupdates     {}\ncertificate {} (expiry; renewed by itself over the uplink)\nupdated     {}\n",
         s.device_id,
         if running {
             format!("running, pid {}", s.pid)
@@ -142,6 +195,7 @@ pub fn human(s: &GatewayStatus, running: bool) -> String {
         s.broadcast_acked,
         s.broadcast_declined,
         s.broadcast_failed,
+        cache_line(s),
         when(s.cert_expires_at),
         when(s.updated_at),
     )

@@ -7,6 +7,7 @@
 //! drivers do not each carry their own copy of the same transport code.
 #![forbid(unsafe_code)]
 
+pub mod blocks;
 pub mod config;
 pub mod endpoint;
 pub mod fsutil;

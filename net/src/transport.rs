@@ -56,6 +56,15 @@ fn client_transport(keep_alive: Duration, idle_timeout: Duration) -> TransportCo
     t
 }
 
+/// Client side of an update download (D2): windows large enough for blocks of 1 MiB to
+/// stream at line rate over a LAN or a WAN link.
+pub fn files_client(keep_alive: Duration, idle_timeout: Duration) -> Arc<TransportConfig> {
+    let mut t = client_transport(keep_alive, idle_timeout);
+    t.stream_receive_window((8u32 << 20).into())
+        .receive_window((16u32 << 20).into());
+    Arc::new(t)
+}
+
 /// Broadcast streams a gateway may have open towards one agent at once (D4).
 pub const BROADCAST_STREAMS: u32 = 2;
 

@@ -17,6 +17,8 @@ pub const ADMIN: &[u8] = b"outpost-admin/1";
 pub const PEER: &[u8] = b"outpost-peer/1";
 /// Server to licence authority service (L11).
 pub const AUTHORITY: &[u8] = b"outpost-authority/1";
+/// Update files by block, from a gateway's cache or the server (D2); only enrolled devices.
+pub const FILES: &[u8] = b"outpost-files/1";
 /// Inner TLS between agent and server inside a relayed stream.
 pub const INNER_SESSION: &[u8] = b"outpost-session/1";
 

@@ -11,6 +11,7 @@ pub mod backoff;
 pub mod broadcast;
 pub mod control;
 pub mod error;
+pub mod files;
 pub mod frame;
 pub mod lease;
 pub mod licence;

@@ -173,6 +173,12 @@ impl Gateways {
                 connection_id: l.connection.stable_id() as u64,
                 bytes_down: l.connection.stats().udp_tx.bytes,
                 bytes_up: l.connection.stats().udp_rx.bytes,
+                cache_revision: l.report.cache_revision,
+                cache_bytes: l.report.cache_bytes,
+                cache_hits: l.report.cache_hits,
+                cache_misses: l.report.cache_misses,
+                cache_upstream_bytes: l.report.cache_upstream_bytes,
+                cache_refused_blocks: l.report.cache_refused_blocks,
             })
             .collect();
         v.sort_by(|a, b| a.device_id.cmp(&b.device_id));

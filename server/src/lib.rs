@@ -26,6 +26,7 @@ pub mod datadir;
 pub mod dmz;
 pub mod enroll;
 pub mod error;
+pub mod files;
 pub mod gateways;
 pub mod join;
 pub mod licence;

@@ -5,7 +5,9 @@
 use std::path::{Path, PathBuf};
 
 use outpost_proto::licence::GrantSigner;
-use outpost_proto::pb::v1::{SignedManifest, UpdateFile, UpdateManifest};
+use outpost_proto::pb::v1::{
+    GatewayDirective, SignedManifest, UpdateFile, UpdateManifest, envelope::Msg,
+};
 use outpost_proto::update::{self, BLOCK_SIZE};
 use tokio::io::AsyncReadExt;
 use tracing::{info, warn};
@@ -177,8 +179,14 @@ async fn record(
             &blocks,
         )
         .await?;
-    // Connected devices learn it at their next sync; make that now.
+    // Connected devices learn it at their next sync; make that now. Gateways get it on their
+    // uplink at once (D2: they fetch it ahead of their agents).
     node.sessions().registry().nudge_all();
+    if let Some(d) = gateway_directive(node, 0).await {
+        for id in node.gateways().ids() {
+            node.gateways().send(&id, d.clone());
+        }
+    }
     node.store().announce_sync("everyone").await;
     info!(revision = m.revision, files = m.files.len(), %source, "update revision recorded");
     Ok(m)
@@ -213,4 +221,21 @@ pub async fn refresher(node: std::sync::Arc<Node>) {
             _ = node.runtime().cancelled() => return,
         }
     }
+}
+
+/// The directive handing a gateway the newest manifest and the update key (D2), when the
+/// gateway reports holding another revision; `None` when it is current or there is none.
+pub async fn gateway_directive(node: &Node, held: u64) -> Option<Msg> {
+    let signed = node.store().update_manifest(None).await.ok()??;
+    let revision = update::verify(&signed, &node.updates().public_key())
+        .ok()?
+        .revision;
+    if revision == held {
+        return None;
+    }
+    Some(Msg::GatewayDirective(GatewayDirective {
+        manifest: Some(signed),
+        update_key: node.updates().public_key(),
+        ..Default::default()
+    }))
 }

@@ -116,6 +116,12 @@ pub async fn serve(
                         if r.trust_sha256.as_slice() != current.as_slice() {
                             let _ = sm.send(trust_directive(&node));
                         }
+                        // D2: a gateway behind on update revisions gets the newest manifest.
+                        if let Some(d) =
+                            crate::updates::gateway_directive(&node, r.cache_revision).await
+                        {
+                            let _ = sm.send(d);
+                        }
                         node.gateways().report(&gateway.id, r);
                     }
                     Msg::BroadcastAcks(a) => crate::broadcast::acked(&node, &gateway.id, a).await,
@@ -251,6 +257,11 @@ async fn serve_relayed(
     send: quinn::SendStream,
     recv: quinn::RecvStream,
 ) {
+    // D2: the gateway's cache fetching update blocks.
+    if open.kind == RelayKind::Files as i32 {
+        crate::files::serve_stream(node, send, recv).await;
+        return;
+    }
     let io = stream::bi(send, recv);
     let max_frame = node.config().limits.max_frame;
     match RelayKind::try_from(open.kind) {

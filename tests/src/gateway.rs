@@ -136,3 +136,32 @@ impl Gateway {
         self.handle = Some(h);
     }
 }
+
+impl Gateway {
+    /// Writes the gateway's configuration to its data directory and runs the real
+    /// `outpost-gateway` binary on it (the in-process gateway must be stopped first).
+    pub fn spawn_process(&self) -> crate::KillOnDrop {
+        let path = outpost_gateway::node::config_path(&self.data);
+        std::fs::write(
+            &path,
+            toml::to_string(&self.config).expect("config as TOML"),
+        )
+        .expect("write gateway.toml");
+        let child = std::process::Command::new(crate::bin("outpost-gateway"))
+            .args(["run", "--data-dir"])
+            .arg(&self.data)
+            .env("RUST_LOG", "warn")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::inherit())
+            .spawn()
+            .expect("spawn outpost-gateway");
+        crate::KillOnDrop(child)
+    }
+
+    /// The gateway's status file (written by a gateway process).
+    pub fn status_file(&self) -> Option<outpost_gateway::status::GatewayStatus> {
+        outpost_gateway::status::read(&self.data)
+            .ok()
+            .map(|(s, _)| s)
+    }
+}

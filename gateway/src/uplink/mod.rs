@@ -329,9 +329,12 @@ async fn serve(node: &Node, conn: quinn::Connection, backoff: &mut Backoff) -> O
                                 }
                                 None
                             }
-                            Msg::GatewayDirective(d) => d.trust.and_then(|t| {
-                                outpost_net::renewal::with_trust(&id.identity, node.data(), t)
-                            }),
+                            Msg::GatewayDirective(d) => {
+                                crate::cache::serve::on_directive(node, &d);
+                                d.trust.and_then(|t| {
+                                    outpost_net::renewal::with_trust(&id.identity, node.data(), t)
+                                })
+                            }
                             Msg::CertRenewed(r) => renewal.done(&id.identity, node.data(), r),
                             _ => None,
                         };

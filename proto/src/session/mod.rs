@@ -97,6 +97,7 @@ pub fn msg_name(msg: &Msg) -> &'static str {
         Msg::SeatNeeds(_) => "SeatNeeds",
         Msg::SignedBroadcast(_) => "SignedBroadcast",
         Msg::BroadcastAcks(_) => "BroadcastAcks",
+        Msg::BlockRequest(_) => "BlockRequest",
     }
 }
 

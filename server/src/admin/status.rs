@@ -41,5 +41,6 @@ pub(super) async fn status(node: &Node) -> Result<AdminResponse, StoreError> {
         gateways,
         instances,
         instance: node.client_address(),
+        files: Some(node.file_stats().snapshot()),
     })))
 }

@@ -489,6 +489,7 @@ fn build(
         &trusted,
         &[
             alpn::AGENT,
+            alpn::FILES,
             alpn::GATEWAY,
             alpn::ADMIN,
             alpn::ENROLL,

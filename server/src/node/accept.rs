@@ -67,6 +67,12 @@ async fn handle_incoming(node: Arc<Node>, incoming: quinn::Incoming) {
                 uplink::serve(node, conn, dev, crate::gateways::Direction::DialIn).await
             }
         }
+        // D2: update blocks for agents without a gateway.
+        Some(a) if a == alpn::FILES => {
+            if let Some(_dev) = authenticate(&node, &conn, "agent").await {
+                crate::files::serve_connection(node, conn).await
+            }
+        }
         Some(a) if a == alpn::PEER => crate::peers::accept(node, conn).await,
         Some(a) if a == alpn::ADMIN => {
             if let Some(dev) = authenticate(&node, &conn, "admin").await {

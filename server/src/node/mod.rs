@@ -46,6 +46,7 @@ pub struct Node {
     sessions: Sessions,
     gateways: Gateways,
     broadcasts: crate::broadcast::Stats,
+    files: crate::files::Stats,
     updates: crate::updates::Updates,
     dmz: Dmz,
     peers: crate::peers::Peers,
@@ -107,6 +108,11 @@ impl Node {
     /// The update repository's signing key (D1).
     pub fn updates(&self) -> &crate::updates::Updates {
         &self.updates
+    }
+
+    /// Update blocks served (D2).
+    pub fn file_stats(&self) -> &crate::files::Stats {
+        &self.files
     }
 
     /// The gateways in a DMZ this server dials (T4).

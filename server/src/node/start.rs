@@ -104,6 +104,7 @@ pub async fn start(data: DataDir) -> Result<ServerHandle, StartError> {
         sessions: Sessions::new(config.limits.max_sessions),
         gateways: Default::default(),
         broadcasts: Default::default(),
+        files: Default::default(),
         updates: crate::updates::Updates::new(update_key),
         enrollment: Enrollment::new(certs),
         runtime: Runtime::default(),
