@@ -9,6 +9,7 @@
 mod agents;
 mod child;
 mod fanout;
+mod update;
 mod latency;
 mod leases;
 mod seats;
@@ -17,6 +18,7 @@ mod uplinks;
 use agents::{connect_storm_and_push, connect_storm_two_instances, idle_memory};
 use child::{ChildCmd, run_child};
 use fanout::push_fanout_bytes;
+use update::update_fanout;
 use latency::connect_latency;
 use leases::leases_held;
 use seats::{seat_checks, seat_checks_pg};
@@ -43,12 +45,19 @@ struct Cli {
     /// Small sizes, for a smoke test.
     #[arg(long)]
     quick: bool,
-    /// Only these scenarios (comma-separated): connect_storm, connect_storm_2i, push_fanout, push_fanout_bytes, connect_latency, idle_memory, seat_checks, seat_checks_pg, uplinks, leases.
+    /// Only these scenarios (comma-separated): connect_storm, connect_storm_2i, push_fanout, push_fanout_bytes, update_fanout, connect_latency, idle_memory, seat_checks, seat_checks_pg, uplinks, leases.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// Agents for connect_storm and push_fanout.
     #[arg(long)]
     agents: Option<usize>,
+    /// Agents for update_fanout.
+    #[arg(long)]
+    update_agents: Option<usize>,
+    /// File size for update_fanout, MiB. Every agent writes its copy: agents × size must fit
+    /// on the temporary directory's disk (200 × 32 MiB = 6.4 GB by default).
+    #[arg(long)]
+    update_mib: Option<u64>,
     /// Idle agents for idle_memory.
     #[arg(long)]
     idle_agents: Option<usize>,
@@ -114,6 +123,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     if want("push_fanout_bytes") {
         let sizes: &[usize] = if q { &[10, 50] } else { &[10, 100, 1000] };
         let r = push_fanout_bytes(sizes).await?;
+        println!("{}", one(&r));
+        rows.push(r);
+    }
+    if want("update_fanout") {
+        let n = cli.update_agents.unwrap_or(if q { 10 } else { 200 });
+        let mib = cli.update_mib.unwrap_or(if q { 8 } else { 32 });
+        let r = update_fanout(n, mib).await?;
         println!("{}", one(&r));
         rows.push(r);
     }
