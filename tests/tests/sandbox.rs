@@ -24,6 +24,11 @@ fn o2_sandbox_runs_and_shows_unlicensed_agents_with_reason() {
         "{stdout}"
     );
     assert!(stdout.contains("seats used: DEMO-1 3/3"), "{stdout}");
+    // D2: the demo revision reached every agent through the gateway's cache.
+    assert!(
+        stdout.contains("updates: revision 1, 5/5 agents fetched"),
+        "{stdout}"
+    );
     assert!(stdout.contains("stopped cleanly"), "{stdout}");
 }
 

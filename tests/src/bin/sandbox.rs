@@ -72,6 +72,20 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }))
         .await?;
     let gw = Gateway::start(&server, |_, _| {}).await;
+    // A demo update revision (D1, D2): agents fetch it through the gateway's cache.
+    let updates = tempfile::tempdir()?;
+    std::fs::create_dir_all(updates.path().join("antivirus"))?;
+    std::fs::write(
+        updates.path().join("readme.txt"),
+        "Outpost sandbox demo update\n",
+    )?;
+    let bases: Vec<u8> = (0..3u32 << 20).map(|i| (i % 251) as u8).collect();
+    std::fs::write(updates.path().join("antivirus/bases.bin"), bases)?;
+    server
+        .try_admin(Op::UpdateImport(outpost_proto::pb::admin::UpdateImport {
+            dir: updates.path().display().to_string(),
+        }))
+        .await?;
     let token = server.token("agent", cli.agents as u32).await;
     println!("outpost sandbox");
     println!(
@@ -148,8 +162,14 @@ async fn summary(server: &Server, gw: &Gateway, agents: &[Agent]) -> (bool, Stri
     let mut unlicensed = vec![];
     let mut connected = 0;
     let mut checked = 0;
+    let mut fetched = 0;
+    let mut revision = 0;
     for a in agents {
         let s = a.h().status().borrow().clone();
+        revision = revision.max(s.update_revision);
+        if s.update_revision > 0 && s.update_fetched == s.update_revision {
+            fetched += 1;
+        }
         if s.state == "connected" {
             connected += 1;
         }
@@ -175,7 +195,7 @@ async fn summary(server: &Server, gw: &Gateway, agents: &[Agent]) -> (bool, Stri
     };
     let g = gw.h().status();
     let mut out = format!(
-        "[{}] gateway uplink {}, {} agent(s) connected, {} relayed session(s) | agents: {} connected, {} licensed, {} unlicensed | seats used: {}\n",
+        "[{}] gateway uplink {}, {} agent(s) connected, {} relayed session(s) | agents: {} connected, {} licensed, {} unlicensed | seats used: {} | updates: revision {}, {}/{} agents fetched, gateway cache {} hits {} misses\n",
         outpost_proto::licence::key::format_time(outpost_net::unix_now()),
         g.uplink,
         g.agents_connected,
@@ -184,6 +204,11 @@ async fn summary(server: &Server, gw: &Gateway, agents: &[Agent]) -> (bool, Stri
         licensed,
         unlicensed.len(),
         if keys.is_empty() { "no keys" } else { &keys },
+        revision,
+        fetched,
+        agents.len(),
+        g.cache_hits,
+        g.cache_misses,
     );
     for (id, reason) in unlicensed.iter().take(5) {
         out.push_str(&format!("    {id} unlicensed: {reason}\n"));
@@ -191,5 +216,5 @@ async fn summary(server: &Server, gw: &Gateway, agents: &[Agent]) -> (bool, Stri
     if unlicensed.len() > 5 {
         out.push_str(&format!("    … and {} more\n", unlicensed.len() - 5));
     }
-    (checked == agents.len(), out)
+    (checked == agents.len() && fetched == agents.len(), out)
 }

@@ -9,19 +9,19 @@
 mod agents;
 mod child;
 mod fanout;
-mod update;
 mod latency;
 mod leases;
 mod seats;
+mod update;
 mod uplinks;
 
 use agents::{connect_storm_and_push, connect_storm_two_instances, idle_memory};
 use child::{ChildCmd, run_child};
 use fanout::push_fanout_bytes;
-use update::update_fanout;
 use latency::connect_latency;
 use leases::leases_held;
 use seats::{seat_checks, seat_checks_pg};
+use update::update_fanout;
 use uplinks::uplinks_held;
 
 use std::path::{Path, PathBuf};
