@@ -69,6 +69,11 @@ enum AdminCmd {
         #[command(subcommand)]
         cmd: crate::updates::UpdateCmd,
     },
+    /// Hosts found by the gateways' network scans (D3).
+    Hosts {
+        #[command(subcommand)]
+        cmd: crate::updates::HostsCmd,
+    },
     /// Tasks for agents' local handlers (D5).
     Task {
         #[command(subcommand)]
@@ -498,6 +503,7 @@ pub async fn run(a: AdminArgs) -> Result<(), AdminError> {
         AdminCmd::Lease { cmd } => crate::hierarchy::lease_op(cmd)?,
         AdminCmd::Task { cmd } => crate::tasks::task_op(cmd)?,
         AdminCmd::Update { cmd } => crate::updates::update_op(cmd),
+        AdminCmd::Hosts { cmd } => crate::updates::hosts_op(cmd),
         AdminCmd::Report { server } => Op::Report(outpost_proto::pb::admin::ReportRequest {
             server: server.unwrap_or_default(),
         }),

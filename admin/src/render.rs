@@ -79,6 +79,7 @@ pub fn human(r: &R) -> String {
             crate::tasks::results(r),
         ),
         R::Updates(u) => crate::updates::render(u, table),
+        R::Hosts(h) => crate::updates::render_hosts(h, table),
         R::Error(e) => format!("error: {}\n", e.message),
         R::TokenCreated(t) => format!(
             "{}\n\ntoken {} for {} devices in group {}, {} use(s), expires {}\n\

@@ -29,6 +29,81 @@ pub enum UpdateCmd {
     },
 }
 
+/// `hosts …` (D3).
+#[derive(Subcommand)]
+pub enum HostsCmd {
+    /// Hosts the gateways' network scans found, with the device on each (if any).
+    List {
+        /// Only hosts without an agent or gateway.
+        #[arg(long, conflicts_with = "stale")]
+        unmanaged: bool,
+        /// Only hosts not seen by a scan for `--older` (default 1d).
+        #[arg(long)]
+        stale: bool,
+        /// With --stale: how long unseen (e.g. 12h, 7d).
+        #[arg(long, requires = "stale", value_parser = humantime::parse_duration)]
+        older: Option<std::time::Duration>,
+    },
+}
+
+/// The request for a `hosts` command.
+pub fn hosts_op(cmd: HostsCmd) -> Op {
+    match cmd {
+        HostsCmd::List {
+            unmanaged,
+            stale,
+            older,
+        } => Op::HostsList(outpost_proto::pb::admin::HostsList {
+            unmanaged,
+            stale,
+            older_secs: older.map_or(0, |d| d.as_secs()),
+        }),
+    }
+}
+
+/// Human output of `hosts list`.
+pub fn render_hosts(
+    h: &outpost_proto::pb::admin::HostsResult,
+    table: impl Fn(&[&str], Vec<Vec<String>>) -> String,
+) -> String {
+    if h.hosts.is_empty() {
+        return "no discovered hosts (set discovery.ranges in a gateway's gateway.toml)\n".into();
+    }
+    table(
+        &[
+            "GATEWAY",
+            "IP",
+            "MAC",
+            "METHODS",
+            "FIRST SEEN",
+            "LAST SEEN",
+            "DEVICE",
+        ],
+        h.hosts
+            .iter()
+            .map(|x| {
+                vec![
+                    x.gateway.clone(),
+                    x.ip.clone(),
+                    if x.mac.is_empty() {
+                        "-".into()
+                    } else {
+                        x.mac.clone()
+                    },
+                    x.methods.join(","),
+                    format_time(x.first_seen),
+                    format_time(x.last_seen),
+                    if x.device_id.is_empty() {
+                        "(unmanaged)".into()
+                    } else {
+                        x.device_id.clone()
+                    },
+                ]
+            })
+            .collect(),
+    )
+}
+
 /// The request for an `update` command.
 pub fn update_op(cmd: UpdateCmd) -> Op {
     match cmd {

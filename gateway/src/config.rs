@@ -38,6 +38,8 @@ pub struct GatewayConfig {
     pub socket: SocketOptions,
     /// The update cache (D2).
     pub cache: crate::cache::CacheConfig,
+    /// Network discovery of the office (D3).
+    pub discovery: crate::discovery::DiscoveryConfig,
 }
 
 /// Waits and grace periods of the gateway.
@@ -133,6 +135,7 @@ impl Default for GatewayConfig {
             timing: Timing::default(),
             socket: SocketOptions::default(),
             cache: Default::default(),
+            discovery: Default::default(),
         }
     }
 }

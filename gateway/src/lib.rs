@@ -7,6 +7,7 @@
 pub mod cache;
 pub mod certs;
 pub mod config;
+pub mod discovery;
 pub mod fanout;
 pub mod node;
 pub mod office;

@@ -46,6 +46,8 @@ pub struct Node {
     cache: crate::cache::Cache,
     /// Wakes the prefetch of the newest revision.
     prefetch: Notify,
+    /// Network discovery (D3).
+    discovery: crate::discovery::Discovery,
 }
 
 impl std::fmt::Debug for Node {
@@ -111,6 +113,11 @@ impl Node {
     /// The update cache (D2).
     pub fn cache(&self) -> &crate::cache::Cache {
         &self.cache
+    }
+
+    /// Network discovery (D3).
+    pub fn discovery(&self) -> &crate::discovery::Discovery {
+        &self.discovery
     }
 
     /// Wakes the prefetch (a new manifest).
@@ -209,6 +216,8 @@ impl Node {
             cache_refused_blocks: cs.refused.load(Ordering::Relaxed),
             cache_evicted: cs.evicted.load(Ordering::Relaxed),
             cache_error: self.cache.manifests.error(),
+            discovery_scans: self.discovery.scans.load(Ordering::Relaxed),
+            discovery_hosts: self.discovery.last_hosts.load(Ordering::Relaxed),
         }
     }
 }
@@ -335,6 +344,7 @@ pub async fn start(data: &Path, opts: StartOptions) -> Result<GatewayHandle, Sta
     let node = Arc::new(Node {
         cache,
         prefetch: Notify::new(),
+        discovery: crate::discovery::Discovery::open(data),
         office: Office::new(&config.limits, opts.tap, opts.tamper_broadcasts),
         uplink: Uplink::new(),
         config: Arc::new(config),
@@ -354,6 +364,7 @@ pub async fn start(data: &Path, opts: StartOptions) -> Result<GatewayHandle, Sta
         .spawn(crate::relay::accept_loop(node.clone(), ep.clone()));
     node.runtime
         .spawn(crate::cache::serve::prefetch(node.clone()));
+    node.runtime.spawn(crate::discovery::run(node.clone()));
     if !opts.no_status_file {
         node.runtime.spawn(crate::status::writer(node.clone()));
     }

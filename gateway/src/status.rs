@@ -98,6 +98,12 @@ pub struct GatewayStatus {
     /// Why the last manifest offered was refused ("" when accepted).
     #[serde(default)]
     pub cache_error: String,
+    /// Network scans done since start (D3).
+    #[serde(default)]
+    pub discovery_scans: u64,
+    /// Hosts that answered the last scan.
+    #[serde(default)]
+    pub discovery_hosts: u64,
 }
 
 /// Writes the status file until shutdown.
@@ -160,7 +166,7 @@ pub fn human(s: &GatewayStatus, running: bool) -> String {
         }
     };
     format!(
-        "gateway {}  ({})\nserver      {}\nuplink      {}{}\nlisten      {}\nagents      {} connected, {} sessions relayed now, {} since start\nrefused     {} (uplink down), {} (limits)\nbytes       {} up, {} down\nbroadcasts  {} fanned out: {} delivered, {} refused by agents, {} failed\nupdates     {}\ncertificate {} (expiry; renewed by itself over the uplink)\nupdated     {}\n",
+        "gateway {}  ({})\nserver      {}\nuplink      {}{}\nlisten      {}\nagents      {} connected, {} sessions relayed now, {} since start\nrefused     {} (uplink down), {} (limits)\nbytes       {} up, {} down\nbroadcasts  {} fanned out: {} delivered, {} refused by agents, {} failed\nupdates     {}\ndiscovery   {} scan(s), {} host(s) answered the last\ncertificate {} (expiry; renewed by itself over the uplink)\nupdated     {}\n",
         s.device_id,
         if running {
             format!("running, pid {}", s.pid)
@@ -196,6 +202,8 @@ pub fn human(s: &GatewayStatus, running: bool) -> String {
         s.broadcast_declined,
         s.broadcast_failed,
         cache_line(s),
+        s.discovery_scans,
+        s.discovery_hosts,
         when(s.cert_expires_at),
         when(s.updated_at),
     )

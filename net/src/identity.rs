@@ -501,8 +501,12 @@ pub fn inventory(
         hostname,
         os,
         machine_id,
-        addresses: vec![],
+        addresses: crate::hostinfo::local_ipv4()
+            .iter()
+            .map(|a| a.to_string())
+            .collect(),
         agent_version: software.to_owned(),
+        macs: crate::hostinfo::macs(),
     }
 }
 

@@ -11,6 +11,7 @@ pub mod blocks;
 pub mod config;
 pub mod endpoint;
 pub mod fsutil;
+pub mod hostinfo;
 pub mod identity;
 pub mod logging;
 pub mod refuse;

@@ -81,7 +81,10 @@ impl Channel {
             (self, msg),
             (
                 Channel::Uplink,
-                Msg::GatewayReport(_) | Msg::CertRenewal(_) | Msg::BroadcastAcks(_)
+                Msg::GatewayReport(_)
+                    | Msg::CertRenewal(_)
+                    | Msg::BroadcastAcks(_)
+                    | Msg::DiscoveryReport(_)
             ) | (Channel::Admin, Msg::AdminRequest(_))
                 | (
                     Channel::Peer,

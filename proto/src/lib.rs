@@ -10,6 +10,7 @@ pub mod alpn;
 pub mod backoff;
 pub mod broadcast;
 pub mod control;
+pub mod discovery;
 pub mod error;
 pub mod files;
 pub mod frame;

@@ -120,7 +120,7 @@ async fn enroll(node: &Node, req: EnrollRequest) -> Result<EnrollResponse, Refus
         hostname: inv.hostname.clone(),
         os: inv.os.clone(),
         agent_version: inv.agent_version.clone(),
-        addresses: inv.addresses.join(","),
+        addresses: outpost_proto::discovery::addresses_of(&inv),
     };
     let now = outpost_net::unix_now();
     let csr = req.csr_der;

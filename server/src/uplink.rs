@@ -125,6 +125,12 @@ pub async fn serve(
                         node.gateways().report(&gateway.id, r);
                     }
                     Msg::BroadcastAcks(a) => crate::broadcast::acked(&node, &gateway.id, a).await,
+                    // D3: what the gateway's scan of its office found.
+                    Msg::DiscoveryReport(r) => {
+                        if let Err(e) = node.store().record_discovery(&gateway.id, &r.hosts).await {
+                            warn!(error = %e, "discovery report not stored; the gateway sends it again after its next scan");
+                        }
+                    }
                     Msg::CertRenewal(r) => {
                         if let Some(done) =
                             crate::certs::renew_device(&node, &gateway, &r.csr_der).await

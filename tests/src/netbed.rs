@@ -41,6 +41,11 @@ pub struct BedOptions {
     pub dmz: bool,
     /// UDP conntrack timeout of the office NAT, seconds (both one-way and stream).
     pub nat_udp_timeout: u32,
+    /// Plain hosts on the office LAN (no agent; D3), `p0`, `p1`, … at 192.168.77.40, .41, …;
+    /// a last extra one, `px` at 192.168.77.60, when `outside_host`.
+    pub plain_hosts: usize,
+    /// See `plain_hosts`.
+    pub outside_host: bool,
 }
 
 impl Default for BedOptions {
@@ -49,6 +54,8 @@ impl Default for BedOptions {
             agent_hosts: 1,
             dmz: false,
             nat_udp_timeout: 20,
+            plain_hosts: 0,
+            outside_host: false,
         }
     }
 }
@@ -162,6 +169,11 @@ impl NetBed {
         Ok(ns)
     }
 
+    /// A shell script in a host's namespace.
+    pub fn shell(&self, host: &str, script: &str) -> anyhow::Result<Output> {
+        self.sh(host, script)
+    }
+
     /// Runs a command in a host's namespace.
     pub fn exec(&self, host: &str, args: &[&str]) -> anyhow::Result<Output> {
         let ns = self.ns(host);
@@ -201,6 +213,12 @@ impl NetBed {
         }
         for k in 0..self.opts.agent_hosts {
             self.add_ns(&format!("a{k}"))?;
+        }
+        for k in 0..self.opts.plain_hosts {
+            self.add_ns(&format!("p{k}"))?;
+        }
+        if self.opts.outside_host {
+            self.add_ns("px")?;
         }
         if self.opts.dmz {
             self.add_ns("dmz")?;
@@ -252,6 +270,12 @@ impl NetBed {
         let mut lan_hosts = vec![("gw".to_string(), GW_IP.to_string())];
         for k in 0..self.opts.agent_hosts {
             lan_hosts.push((format!("a{k}"), format!("192.168.77.{}", 20 + k)));
+        }
+        for k in 0..self.opts.plain_hosts {
+            lan_hosts.push((format!("p{k}"), format!("192.168.77.{}", 40 + k)));
+        }
+        if self.opts.outside_host {
+            lan_hosts.push(("px".into(), "192.168.77.60".into()));
         }
         for (n, (host, addr)) in lan_hosts.iter().enumerate() {
             let inner = format!("l{id}{n}a");

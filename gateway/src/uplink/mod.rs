@@ -288,6 +288,13 @@ async fn serve(node: &Node, conn: quinn::Connection, backoff: &mut Backoff) -> O
     node.status_changed();
 
     let mut report = tokio::time::interval(node.config().uplink.report_interval);
+    // D3: every host known goes up first, then what each scan sees.
+    let mut discovered = node.discovery().reports().lock().await;
+    let full = node.discovery().full_report();
+    if !full.hosts.is_empty() {
+        let _ = sm.send(Msg::DiscoveryReport(full));
+        let _ = stream::send_queued(&mut ctl, &mut sm).await;
+    }
     let mut renewal = outpost_net::renewal::Renewal::default();
     // D4: broadcasts being fanned out; their acknowledgements go up in batches.
     let mut fanouts = futures_util::stream::FuturesUnordered::new();
@@ -296,6 +303,10 @@ async fn serve(node: &Node, conn: quinn::Connection, backoff: &mut Backoff) -> O
         tokio::select! {
             e = conn.closed() => break Some(lost(&e)),
             Some(()) = fanouts.next(), if !fanouts.is_empty() => {}
+            Some(r) = discovered.recv() => {
+                let _ = sm.send(Msg::DiscoveryReport(r));
+                let _ = stream::send_queued(&mut ctl, &mut sm).await;
+            }
             Some(acks) = acks_rx.recv() => {
                 let _ = sm.send(Msg::BroadcastAcks(acks));
                 let _ = stream::send_queued(&mut ctl, &mut sm).await;

@@ -98,6 +98,7 @@ pub fn msg_name(msg: &Msg) -> &'static str {
         Msg::SignedBroadcast(_) => "SignedBroadcast",
         Msg::BroadcastAcks(_) => "BroadcastAcks",
         Msg::BlockRequest(_) => "BlockRequest",
+        Msg::DiscoveryReport(_) => "DiscoveryReport",
     }
 }
 

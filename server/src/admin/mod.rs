@@ -181,6 +181,7 @@ pub async fn handle(node: &Arc<Node>, admin: &str, req: AdminRequest) -> AdminRe
             Op::UpdateList(_) => updates::list(node).await,
             Op::UpdateShow(u) => updates::show(node, u).await,
             Op::UpdateRemove(u) => updates::remove(node, u).await,
+            Op::HostsList(q) => updates::hosts(node, q).await,
         }
     }
     .instrument(span)

@@ -118,3 +118,24 @@ pub(super) async fn remove(node: &Node, u: UpdateRef) -> Answer {
         revisions: vec![i],
     })))
 }
+
+/// `hosts list [--unmanaged | --stale [--older D]]` (D3).
+pub(super) async fn hosts(node: &Node, q: outpost_proto::pb::admin::HostsList) -> Answer {
+    let older = if q.older_secs > 0 {
+        q.older_secs as i64
+    } else {
+        86_400
+    };
+    let cutoff = outpost_net::unix_now() - older;
+    let hosts = node
+        .store()
+        .discovered_hosts()
+        .await?
+        .into_iter()
+        .filter(|h| !q.unmanaged || h.device_id.is_empty())
+        .filter(|h| !q.stale || h.last_seen < cutoff)
+        .collect();
+    Ok(ok(R::Hosts(outpost_proto::pb::admin::HostsResult {
+        hosts,
+    })))
+}

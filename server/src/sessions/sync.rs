@@ -35,7 +35,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Driver<S> {
         // Inventory: written when it changed; otherwise only last_seen, now and then.
         if let Some(inv) = &req.inventory {
             let d = &self.device;
-            let addresses = inv.addresses.join(",");
+            let addresses = outpost_proto::discovery::addresses_of(inv);
             let changed = d.hostname != inv.hostname
                 || d.os != inv.os
                 || d.agent_version != inv.agent_version

@@ -144,7 +144,7 @@ impl Store {
         .bind(&inv.hostname)
         .bind(&inv.os)
         .bind(&inv.agent_version)
-        .bind(inv.addresses.join(","))
+        .bind(outpost_proto::discovery::addresses_of(inv))
         .bind(now)
         .bind(path)
         .execute(&self.write)

@@ -21,6 +21,7 @@ const ORDER: &[&str] = &[
     "update_revisions",
     "update_blocks",
     "update_counter",
+    "discovered_hosts",
     "devices",
     "tokens",
     "licence_keys",

@@ -14,6 +14,7 @@
 pub mod backend;
 mod check;
 mod devices;
+pub mod discovery;
 mod dmz;
 mod enroll;
 mod events;

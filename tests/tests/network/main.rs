@@ -9,6 +9,7 @@
 //! `OUTPOST_BED_LOG=debug` for verbose process logs (kept in the bed's directory while it
 //! runs).
 
+mod discovery;
 mod hierarchy;
 mod lossy;
 mod nat;
