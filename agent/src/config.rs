@@ -215,3 +215,27 @@ impl AgentConfig {
 /// The comment at the top of `agent.toml`.
 pub const HEADER: &str = "outpost-agent configuration. Shown values are defaults unless set at first start.\n\
      Durations: \"5s\", \"1m\". See README \"Configuration\".";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn d2_d5_handlers_must_be_absolute_paths() {
+        let mut c = AgentConfig {
+            server: outpost_net::config::Addresses::one("hq:4700".to_owned()),
+            ..Default::default()
+        };
+        assert!(c.validate().is_ok());
+        c.updates.handler = "install.sh".into();
+        let e = c.validate().unwrap_err().to_string();
+        assert!(
+            e.contains("updates.handler") && e.contains("absolute"),
+            "{e}"
+        );
+        c.updates.handler = "/usr/local/bin/install.sh".into();
+        c.tasks.handler = "run.sh".into();
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("tasks.handler"), "{e}");
+    }
+}

@@ -187,6 +187,18 @@ impl Validate for GatewayConfig {
             self.uplink.reconnect_initial <= self.uplink.reconnect_max,
             || "uplink.reconnect_initial must not exceed uplink.reconnect_max".into(),
         )?;
+        self.discovery.parsed().map_err(ConfigError::invalid)?;
+        ensure(
+            self.discovery.concurrency > 0
+                && self.discovery.rate > 0
+                && self.discovery.interval >= Duration::from_secs(1)
+                && !self.discovery.timeout.is_zero(),
+            || {
+                "discovery.concurrency and discovery.rate must be at least 1, \
+                 discovery.interval at least 1s, discovery.timeout above 0"
+                    .into()
+            },
+        )?;
         ensure(
             self.cache.max_mib > 0 && self.cache.revisions_kept > 0,
             || "cache.max_mib and cache.revisions_kept must be at least 1".into(),
@@ -255,5 +267,35 @@ mod tests {
                 .contains("keep_alive")
         );
         assert!(toml::from_str::<GatewayConfig>("srever = \"x\"").is_err());
+    }
+
+    #[test]
+    fn d3_d2_bad_discovery_and_cache_settings_are_refused_naming_the_key() {
+        let base = GatewayConfig {
+            server: "hq:4700".into(),
+            ..Default::default()
+        };
+        let err = |f: &dyn Fn(&mut GatewayConfig)| {
+            let mut c = base.clone();
+            f(&mut c);
+            c.validate().unwrap_err().to_string()
+        };
+        let e = err(&|c| c.discovery.ranges = vec!["10.0.0.0/8".into()]);
+        assert!(
+            e.contains("discovery.ranges") && e.contains("allow_wide"),
+            "{e}"
+        );
+        let e = err(&|c| c.discovery.ranges = vec!["10.0.0/24".into()]);
+        assert!(e.contains("not an IPv4 range"), "{e}");
+        let e = err(&|c| c.discovery.rate = 0);
+        assert!(e.contains("discovery.rate"), "{e}");
+        let e = err(&|c| c.cache.sources = vec!["mirror".into()]);
+        assert!(e.contains("cache.sources") && e.contains("absolute"), "{e}");
+        let e = err(&|c| c.cache.max_mib = 0);
+        assert!(e.contains("cache.max_mib"), "{e}");
+        let mut wide = base.clone();
+        wide.discovery.ranges = vec!["10.0.0.0/8".into()];
+        wide.discovery.allow_wide = true;
+        assert!(wide.validate().is_ok());
     }
 }
