@@ -139,10 +139,10 @@ impl ClientSession {
 
     /// Asks for a sync as soon as possible (new local events, a push).
     pub fn request_sync(&mut self, now: Instant) {
-        if self.phase != ClientPhase::Ready {
-            return;
-        }
-        if self.outstanding.is_some() {
+        // Before the session is ready the hello's sync may already be built without what
+        // prompted this request (an event queued meanwhile): sync again once it is answered.
+        // Dropping the request would leave the event for the next periodic sync, minutes away.
+        if self.phase != ClientPhase::Ready || self.outstanding.is_some() {
             self.sync_again = true;
         } else if self.sync_due.is_none_or(|d| d > now) {
             self.sync_due = Some(now);

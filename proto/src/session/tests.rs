@@ -339,6 +339,32 @@ fn s3_sync_in_the_hello_is_answered_only_after_the_licence_check() {
 }
 
 #[test]
+fn s5_an_event_queued_while_the_hello_is_answered_is_synced_right_after_it() {
+    let mut p = first_sync_pair();
+    p.drive().unwrap();
+    // The hello (with its sync) is out; a new event is queued locally and a sync asked for
+    // before the licence check is answered.
+    p.client.request_sync(p.now);
+    assert!(!p.client.is_ready());
+    p.server.poll_action();
+    p.server.licence_checked(LicenceStatus::default());
+    let Some(ServerAction::Sync(req)) = p.server.poll_action() else {
+        panic!("the hello's sync")
+    };
+    p.server.sync_done(SyncResponse {
+        seq: req.seq,
+        next_sync_secs: 300,
+        ..Default::default()
+    });
+    p.drive().unwrap();
+    while p.client.poll_event().is_some() {}
+    // Not five minutes later: now.
+    assert_eq!(p.client.poll_timeout(), Some(p.now));
+    p.client.handle_timeout(p.now).unwrap();
+    assert_eq!(p.client.poll_event(), Some(ClientEvent::SyncDue));
+}
+
+#[test]
 fn s2_a_server_without_sync_in_hello_gets_the_sync_after_the_check() {
     let mut p = first_sync_pair();
     // An older server: it ignores the field and announces no capability.
