@@ -335,7 +335,10 @@ async fn d2_eviction_keeps_the_bound_and_d1_the_gateway_refuses_a_rollback() {
     assert_eq!(import(&server, src.path()).await, 2);
     until("revision 2 cached", || async {
         let s = gw.h().status();
-        s.cache_revision == 2 && s.cache_upstream_bytes == 8 * MIB
+        // Every fetched block stored or evicted (its bytes count before it is stored).
+        s.cache_revision == 2
+            && s.cache_upstream_bytes == 8 * MIB
+            && s.cache_blocks + s.cache_evicted == 8
     })
     .await;
     let s = gw.h().status();

@@ -10,6 +10,7 @@
 //! runs).
 
 mod discovery;
+mod downloads;
 mod hierarchy;
 mod lossy;
 mod nat;
