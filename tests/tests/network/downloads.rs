@@ -41,30 +41,8 @@ fn d2_a_download_cut_by_a_wan_outage_resumes_and_verifies_and_survives_loss() {
     ) else {
         return;
     };
-    // 10 % loss and 20 ms each way on the WAN for the whole test: tc netem where the kernel
-    // has it, else the userspace relay on the internet router (as in t7).
-    let server = if o.bed.netem("loss 10% delay 20ms").is_ok() {
-        SERVER.to_owned()
-    } else {
-        o.bed
-            .spawn(
-                "wanem",
-                "inet",
-                &bin("outpost-wanem"),
-                &[
-                    "--listen",
-                    "198.18.0.1:4700",
-                    "--to",
-                    SERVER,
-                    "--loss",
-                    "10",
-                    "--delay",
-                    "20ms",
-                ],
-            )
-            .unwrap();
-        "198.18.0.1:4700".to_owned()
-    };
+    // 10 % loss and 20 ms each way on the WAN for the whole test.
+    let server = o.impair_wan(10, "20ms");
     let gw = o.start_gateway(|c| c.server = server.clone().into());
     o.wait_uplink_up(&gw);
     let agent = o.start_agent(0, 0, &format!("{GW_IP}:4701"), |_| {});

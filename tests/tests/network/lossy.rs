@@ -15,32 +15,8 @@ fn t7_push_and_licence_check_over_lossy_delayed_wan() {
         return;
     };
     // The WAN between the office and HQ drops 10 % of datagrams and delays each by 100 ms,
-    // both ways. With sch_netem in the kernel the link itself is impaired; without it (some
-    // VMs ship without the module) a userspace relay on the internet router does the same.
-    let server = if o.bed.netem("loss 10% delay 100ms").is_ok() {
-        println!("WAN impaired with tc netem");
-        SERVER.to_owned()
-    } else {
-        o.bed
-            .spawn(
-                "wanem",
-                "inet",
-                &bin("outpost-wanem"),
-                &[
-                    "--listen",
-                    "198.18.0.1:4700",
-                    "--to",
-                    SERVER,
-                    "--loss",
-                    "10",
-                    "--delay",
-                    "100ms",
-                ],
-            )
-            .unwrap();
-        println!("sch_netem not available: WAN impaired by outpost-wanem on the internet router");
-        "198.18.0.1:4700".to_owned()
-    };
+    // both ways.
+    let server = o.impair_wan(10, "100ms");
     let gw = o.start_gateway(|c| c.server = server.clone().into());
     o.wait_uplink_up(&gw);
     let started = Instant::now();

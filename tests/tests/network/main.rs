@@ -147,6 +147,40 @@ impl Office {
         })
     }
 
+    /// Impairs the WAN between the office and HQ (both ways): with `sch_netem` in the kernel
+    /// the link itself; without it (some VMs ship without the module) a userspace relay on
+    /// the internet router does the same. Returns the server address the office must dial.
+    fn impair_wan(&self, loss_percent: u32, delay: &str) -> String {
+        if self
+            .bed
+            .netem(&format!("loss {loss_percent}% delay {delay}"))
+            .is_ok()
+        {
+            println!("WAN impaired with tc netem");
+            return SERVER.to_owned();
+        }
+        let loss = loss_percent.to_string();
+        self.bed
+            .spawn(
+                "wanem",
+                "inet",
+                &bin("outpost-wanem"),
+                &[
+                    "--listen",
+                    "198.18.0.1:4700",
+                    "--to",
+                    SERVER,
+                    "--loss",
+                    &loss,
+                    "--delay",
+                    delay,
+                ],
+            )
+            .unwrap();
+        println!("sch_netem not available: WAN impaired by outpost-wanem on the internet router");
+        "198.18.0.1:4700".to_owned()
+    }
+
     /// Starts the gateway on the office LAN (or in the DMZ); returns its data directory.
     fn start_gateway(&self, tweak: impl FnOnce(&mut GatewayConfig)) -> PathBuf {
         let data = self.bed.data("gateway");
