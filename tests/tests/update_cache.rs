@@ -163,7 +163,7 @@ async fn d2_a_block_corrupted_in_the_servers_store_is_refused_by_the_gateway_and
     let auth = Authority::new();
     let server = Server::start(&auth, |_| {}).await;
     let gw = Gateway::start(&server, |_, c| c.cache.prefetch = false).await;
-    let agent = Agent::start(
+    let mut agent = Agent::start(
         test_agent_config(vec![gw.addr().to_string()], None, "d2-c"),
         &server.token("agent", 1).await,
     )
@@ -183,12 +183,13 @@ async fn d2_a_block_corrupted_in_the_servers_store_is_refused_by_the_gateway_and
         }
         alter_block(&server, hex.clone(), block)
     };
-    // Blocks go in at import, the manifest last: alter right after the import, before the
-    // agent's sync (the import nudges it; the corruption races only the agent's first request,
-    // and the assertion below holds either way: a corrupt block is never served).
+    // The agent is away while the revision is imported and the block altered (a connected
+    // agent would start fetching at the import's nudge, before the alteration); it fetches
+    // when it comes back. The gateway does not prefetch.
+    agent.stop().await;
     assert_eq!(import(&server, src.path()).await, 1);
     corrupt(false).await;
-    push_update(&server, agent.h().device_id()).await;
+    agent.boot();
     let s = within(
         "the agent reports the corrupt block",
         agent
