@@ -26,6 +26,33 @@ pub(crate) struct Source {
     pub label: String,
 }
 
+impl Source {
+    /// A source on the path `via` at `addr`.
+    pub fn new(
+        ep: quinn::Endpoint,
+        addr: SocketAddr,
+        via: crate::connect::Via,
+        client: quinn::ClientConfig,
+    ) -> Source {
+        let (name, label) = match via {
+            crate::connect::Via::Gateway => {
+                (outpost_proto::pki::GATEWAY_NAME, format!("gateway {addr}"))
+            }
+            crate::connect::Via::Server => (
+                outpost_proto::pki::SERVER_NAME,
+                format!("server {addr} (direct)"),
+            ),
+        };
+        Source {
+            ep,
+            addr,
+            client,
+            name,
+            label,
+        }
+    }
+}
+
 /// Why a download stopped.
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum FetchError {

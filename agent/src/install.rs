@@ -13,7 +13,6 @@ use std::time::Duration;
 
 use outpost_proto::backoff::{Backoff, BackoffConfig};
 use outpost_proto::pb::v1::UpdateManifest;
-use outpost_proto::pki;
 use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
@@ -56,17 +55,12 @@ fn source(shared: &Shared) -> Option<Source> {
         Some(e) => e.clone(),
         None => outpost_net::endpoint::client_endpoint(addr).ok()?,
     };
-    let (name, label) = match via {
-        Via::Gateway => (pki::GATEWAY_NAME, format!("gateway {addr}")),
-        Via::Server => (pki::SERVER_NAME, format!("server {addr} (direct)")),
-    };
-    Some(Source {
+    Some(Source::new(
         ep,
         addr,
-        client: shared.tls().files_client.clone(),
-        name,
-        label,
-    })
+        via,
+        shared.tls().files_client.clone(),
+    ))
 }
 
 /// Runs until shutdown.
@@ -266,17 +260,9 @@ pub async fn fetch_now(
                 continue;
             }
         };
-        let (name, label) = match via {
-            Via::Gateway => (pki::GATEWAY_NAME, format!("gateway {addr}")),
-            Via::Server => (pki::SERVER_NAME, format!("server {addr} (direct)")),
-        };
-        let src = Source {
-            ep: outpost_net::endpoint::client_endpoint(addr).map_err(|e| e.to_string())?,
-            addr,
-            client: tls.files_client.clone(),
-            name,
-            label: label.clone(),
-        };
+        let ep = outpost_net::endpoint::client_endpoint(addr).map_err(|e| e.to_string())?;
+        let src = Source::new(ep, addr, via, tls.files_client.clone());
+        let label = src.label.clone();
         match fetch::fetch(data, &m, &wanted, &src, progress).await {
             Ok(bytes) => {
                 let mut state: InstallState = crate::kept::load(data, STATE);

@@ -252,10 +252,9 @@ async fn scan(
         }
     }
     let neighbours = neighbours();
-    for (ip, mac) in &neighbours {
+    for ip in neighbours.keys() {
         if ranges.iter().any(|r| r.contains(*ip)) && !own.contains(ip) {
             answered.entry(*ip).or_insert_with(|| vec!["arp".into()]);
-            let _ = mac;
         }
     }
     answered
