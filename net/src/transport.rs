@@ -91,6 +91,22 @@ pub fn uplink(keep_alive: Duration, idle_timeout: Duration) -> Arc<TransportConf
     Arc::new(t)
 }
 
+/// The dialling side of a server link (H1): as an uplink, but the neighbour may open a few
+/// streams towards it (block requests of a secondary, H4), and a stream window that lets 1 MiB
+/// update blocks flow over a WAN.
+pub fn peer(keep_alive: Duration, idle_timeout: Duration) -> Arc<TransportConfig> {
+    let mut t = TransportConfig::default();
+    t.max_concurrent_bidi_streams(AGENT_STREAMS.into())
+        .max_concurrent_uni_streams(0u32.into())
+        .stream_receive_window((8u32 << 20).into())
+        .receive_window((32u32 << 20).into())
+        .send_window(32 << 20)
+        .datagram_receive_buffer_size(None)
+        .keep_alive_interval(Some(keep_alive))
+        .max_idle_timeout(idle(idle_timeout));
+    Arc::new(t)
+}
+
 /// Streams a gateway uplink may open at first (control stream + relayed sessions).
 pub const UPLINK_STREAMS_INITIAL: u32 = 128;
 

@@ -95,6 +95,7 @@ impl Channel {
                         | Msg::NoticesUp(_)
                         | Msg::NoticesAck(_)
                         | Msg::SeatNeeds(_)
+                        | Msg::HandDown(_)
                 )
         )
     }
@@ -118,6 +119,7 @@ impl Channel {
                         | Msg::NoticesUp(_)
                         | Msg::NoticesAck(_)
                         | Msg::SeatNeeds(_)
+                        | Msg::HandDown(_)
                 )
         )
     }

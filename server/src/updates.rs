@@ -14,7 +14,7 @@ use tracing::{info, warn};
 
 use crate::node::Node;
 use crate::store::StoreError;
-use crate::store::updates::hex;
+use crate::store::updates::{Upstream, hex};
 
 /// Blocks stored per transaction during an import.
 const BLOCKS_PER_COMMIT: usize = 16;
@@ -146,7 +146,18 @@ pub async fn import_dir(node: &Node, dir: &Path) -> Result<UpdateManifest, Store
         });
     }
     let source = dir.display().to_string();
-    record(node, entries, &source).await
+    record(node, entries, &source, None).await
+}
+
+/// Records the files of a primary's revision (H4) whose blocks are all stored here as a new
+/// revision of this server, signed with its own key.
+pub async fn record_upstream(
+    node: &Node,
+    files: Vec<UpdateFile>,
+    source: &str,
+    up: Upstream<'_>,
+) -> Result<UpdateManifest, StoreError> {
+    record(node, files, source, Some(up)).await
 }
 
 /// Signs and records a new revision of `files`.
@@ -154,6 +165,7 @@ async fn record(
     node: &Node,
     files: Vec<UpdateFile>,
     source: &str,
+    upstream: Option<Upstream<'_>>,
 ) -> Result<UpdateManifest, StoreError> {
     let now = outpost_net::unix_now();
     let expires_at = now + node.config().timing.manifest_ttl.as_secs() as i64;
@@ -177,6 +189,7 @@ async fn record(
             },
             source,
             &blocks,
+            upstream,
         )
         .await?;
     // Connected devices learn it at their next sync; make that now. Gateways get it on their
@@ -188,6 +201,7 @@ async fn record(
         }
     }
     node.store().announce_sync("everyone").await;
+    node.peers().hand_down_changed();
     info!(revision = m.revision, files = m.files.len(), %source, "update revision recorded");
     Ok(m)
 }
@@ -204,7 +218,7 @@ pub async fn refresh_if_due(node: &Node) -> Result<Option<u64>, StoreError> {
     if m.expires_at - outpost_net::unix_now() > ttl / 2 {
         return Ok(None);
     }
-    let r = record(node, m.files, &format!("refresh of {}", m.revision)).await?;
+    let r = record(node, m.files, &format!("refresh of {}", m.revision), None).await?;
     Ok(Some(r.revision))
 }
 

@@ -99,6 +99,7 @@ pub fn msg_name(msg: &Msg) -> &'static str {
         Msg::BroadcastAcks(_) => "BroadcastAcks",
         Msg::BlockRequest(_) => "BlockRequest",
         Msg::DiscoveryReport(_) => "DiscoveryReport",
+        Msg::HandDown(_) => "HandDown",
     }
 }
 

@@ -102,6 +102,12 @@ pub(super) async fn remove(node: &Arc<Node>, r: ServerRef) -> Answer {
         .remove_server(&r.name, outpost_net::unix_now())
         .await?;
     node.peers().reload(node).await?;
+    // A primary's policy layer and tasks went with it: devices sync now (H4).
+    node.sessions().registry().nudge_all();
+    node.store()
+        .announce_sync(crate::store::inherit::ROOT)
+        .await;
+    node.peers().hand_down_changed();
     info!(server = %r.name, "server relation removed");
     Ok(done(format!("server relation {} removed", r.name)))
 }

@@ -19,6 +19,8 @@ pub(super) async fn set(node: &Node, p: PolicySet) -> Answer {
     let devices = node.store().devices_under(&group).await?;
     let nudged = node.sessions().registry().nudge(&devices);
     node.store().announce_sync(&group).await;
+    // The root's document goes down to secondaries (H4).
+    node.peers().hand_down_changed();
     info!(%group, revision, nudged, "policy set");
     Ok(done(format!(
         "policy of {group} set (revision {revision}); {nudged} connected device(s) of the group \

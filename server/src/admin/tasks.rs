@@ -70,6 +70,7 @@ pub(super) async fn create(node: &Node, t: TaskCreate) -> Answer {
         .map(info)
         .ok_or_else(|| StoreError::NotFound(format!("task {id} was removed as it was created")))?;
     let nudged = nudge_targets(node, &task).await?;
+    node.peers().hand_down_changed();
     info!(task = %id, kind = %task.kind, nudged, "task created");
     Ok(ok(R::Tasks(TaskListResult {
         tasks: vec![task],
@@ -90,6 +91,7 @@ pub(super) async fn list(node: &Node) -> Answer {
 pub(super) async fn remove(node: &Node, t: TaskRef) -> Answer {
     let task = info(node.store().remove_task(&t.id).await?);
     let nudged = nudge_targets(node, &task).await?;
+    node.peers().hand_down_changed();
     info!(task = %t.id, nudged, "task removed");
     Ok(ok(R::Tasks(TaskListResult {
         tasks: vec![task],

@@ -108,6 +108,7 @@ pub(super) async fn remove(node: &Node, u: UpdateRef) -> Answer {
     let i = row(node, u.revision).await?;
     node.store().remove_update_revision(u.revision).await?;
     let blocks = node.store().collect_update_blocks().await?;
+    node.peers().hand_down_changed();
     Ok(ok(R::Updates(UpdateListResult {
         message: format!(
             "revision {} removed ({blocks} block(s) no other revision uses deleted); devices \

@@ -199,9 +199,17 @@ async fn run(
             )
             .await;
     }
+    node.runtime().spawn(
+        super::hand_down::serve_streams(node.clone(), conn.clone(), r.kind == "secondary")
+            .in_current_span(),
+    );
+    let (fetch_done, mut fetch_results) = super::hand_down::channel();
     let mut link = Link {
         node: node.clone(),
         r: r.clone(),
+        conn: conn.clone(),
+        taking: Default::default(),
+        fetch_done,
         files: HashMap::new(),
         asked: HashSet::new(),
         asked_ever: HashSet::new(),
@@ -221,11 +229,15 @@ async fn run(
         // The next contact may be far: ask now for every lease held from the neighbour.
         link.ask_all(&mut ctl).await;
     }
+    // Before the sync: a periodic secondary's exchange is done at the sync unless a fetch of
+    // what this hands down has begun by then.
+    link.hand_down(&mut ctl, true).await;
     link.sync(&mut ctl).await;
     // A periodic exchange ends once the neighbour's figures and the answers to this side's
     // requests are in (its own requests, sent before its sync, were answered by then).
     let exchange_deadline = Instant::now() + setup;
-    let exchange_done = |l: &Link| periodic && opener && l.peer_synced && l.asked.is_empty();
+    let exchange_done =
+        |l: &Link| periodic && opener && l.peer_synced && l.asked.is_empty() && !l.taking.fetching;
     for m in pending {
         link.on_message(&mut ctl, m).await;
     }
@@ -243,6 +255,8 @@ async fn run(
     let mut next_report = Instant::now() + link.report_every;
     let mut report_changes = node.peers().report_watch();
     report_changes.mark_unchanged();
+    let mut hand_down_changes = node.peers().hand_down_watch();
+    hand_down_changes.mark_unchanged();
     let mut ticker = tokio::time::interval(tick(node));
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let sync_every = node.config().hierarchy.sync_period;
@@ -260,6 +274,10 @@ async fn run(
                 None => return Ok(()),
             },
             Some(m) = outbox.recv() => ctl.send(m),
+            Some(r) = fetch_results.recv() => link.fetched(r).await,
+            Ok(()) = hand_down_changes.changed(), if r.kind == "secondary" => {
+                link.hand_down(&mut ctl, false).await;
+            }
             Ok(()) = report_changes.changed(), if r.kind == "primary" => link.report_due = true,
             _ = ticker.tick() => {
                 let now = outpost_net::unix_now();
@@ -274,19 +292,22 @@ async fn run(
                 if Instant::now() >= next_sync {
                     next_sync = Instant::now() + sync_every;
                     link.sync(&mut ctl).await;
+                    // Changes made on another instance of this server arrive this way.
+                    link.hand_down(&mut ctl, false).await;
                     let _ = node.store().touch_server(&r.name, now).await;
                 }
                 if r.kind == "primary" && Instant::now() >= next_report {
                     link.report_due = true;
                 }
                 link.relay_notices(&mut ctl).await;
+                link.take_offer().await;
                 if Instant::now() >= next_demand {
                     next_demand = Instant::now() + demand_every;
                     link.demand(&mut ctl).await;
                 }
             }
             Ok(()) = demand_changes.changed() => link.demand(&mut ctl).await,
-            _ = tokio::time::sleep_until(exchange_deadline), if periodic && opener => {
+            _ = tokio::time::sleep_until(exchange_deadline), if periodic && opener && !link.taking.fetching => {
                 return Err("the periodic exchange did not finish in time".into());
             }
             _ = node.runtime().cancelled() => return Ok(()),
@@ -313,6 +334,11 @@ async fn run(
 pub(super) struct Link {
     pub(super) node: Arc<Node>,
     pub(super) r: ServerRow,
+    pub(super) conn: quinn::Connection,
+    /// Update revisions taken from the primary, and what was last handed down (H4).
+    pub(super) taking: super::hand_down::Taking,
+    /// Where a fetch of the primary's revision reports.
+    pub(super) fetch_done: tokio::sync::mpsc::Sender<super::hand_down::Fetched>,
     /// Key files sent on this link, by key id.
     pub(super) files: HashMap<String, String>,
     /// Leases this side asked to renew and has no answer for yet.
@@ -429,6 +455,7 @@ impl Link {
                 }
             }
             Msg::SeatNeeds(n) => self.on_needs(ctl, n, now).await,
+            Msg::HandDown(m) => self.on_hand_down(m).await,
             Msg::NoticesUp(batch) => self.on_notices_up(ctl, batch).await,
             Msg::NoticesAck(ack) => self.on_notices_ack(ctl, ack).await,
             Msg::UsageReport(rep) => {

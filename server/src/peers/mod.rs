@@ -10,9 +10,11 @@
 //!
 //! Files: `link` (the link loop, leases both ways), `sync` (H8), `renewal` (L11 across the
 //! tree), `demand` (leases that follow demand: L4, L8, L9), `up` (what goes up to the
-//! main server: reports, notifications), `report` (H9 reports and the tree for `admin report`).
+//! main server: reports, notifications), `hand_down` (what goes down to secondaries: policy,
+//! tasks, update revisions), `report` (H9 reports and the tree for `admin report`).
 
 mod demand;
+mod hand_down;
 mod link;
 mod renewal;
 pub mod report;
@@ -69,6 +71,9 @@ pub struct Peers {
     /// Moves when an administrator changed what follows demand (a key assigned to or taken
     /// from `server:<name>`, automatic distribution switched): links re-check at once.
     demand: tokio::sync::watch::Sender<u64>,
+    /// Moves when what this server hands down changed (root policy, root tasks, newest update
+    /// revision): links to secondaries send it again (H4).
+    hand_down: tokio::sync::watch::Sender<u64>,
 }
 
 impl std::fmt::Debug for Peers {
@@ -88,6 +93,7 @@ impl Peers {
             dropped: Default::default(),
             reports: tokio::sync::watch::Sender::new(0),
             demand: tokio::sync::watch::Sender::new(0),
+            hand_down: tokio::sync::watch::Sender::new(0),
         }
     }
 
@@ -107,6 +113,15 @@ impl Peers {
 
     fn demand_watch(&self) -> tokio::sync::watch::Receiver<u64> {
         self.demand.subscribe()
+    }
+
+    /// What this server hands down changed: links to secondaries send it now (H4).
+    pub fn hand_down_changed(&self) {
+        self.hand_down.send_modify(|n| *n += 1);
+    }
+
+    fn hand_down_watch(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.hand_down.subscribe()
     }
 
     /// Brings the listener's pins and the diallers in line with the relations in the store.
@@ -290,7 +305,7 @@ fn client_config(node: &Node, r: &ServerRow) -> Result<quinn::ClientConfig, Stri
     let quic = quinn::crypto::rustls::QuicClientConfig::try_from(Arc::new(tls))
         .map_err(|e| e.to_string())?;
     let mut c = quinn::ClientConfig::new(Arc::new(quic));
-    c.transport_config(transport::uplink(
+    c.transport_config(transport::peer(
         Duration::from_secs(15),
         Duration::from_secs(45),
     ));

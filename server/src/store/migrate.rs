@@ -18,6 +18,8 @@ const ORDER: &[&str] = &[
     "policies",
     "tasks",
     "task_results",
+    "inherited_policy",
+    "upstream_updates",
     "update_revisions",
     "update_blocks",
     "update_counter",

@@ -20,6 +20,7 @@ mod enroll;
 mod events;
 mod groups;
 mod holds;
+pub mod inherit;
 pub mod instances;
 mod keys;
 mod leases;

@@ -87,7 +87,8 @@ impl Store {
             .collect()
     }
 
-    /// The effective policy of a device (its group's document merged with those above it).
+    /// The effective policy of a device (its group's document merged with those above it, and
+    /// with the layer inherited from a primary under them all).
     pub async fn effective_policy(&self, device_id: &str) -> Result<Effective, StoreError> {
         // The group's own document and its ancestors', root first (a path is longer than its
         // parent's). SUBSTR rather than LIKE: a group name may hold `_` or `%`.
@@ -103,6 +104,11 @@ impl Store {
         .await?;
         let mut docs = vec![];
         let mut from = vec![];
+        // The layer inherited from a primary lies under everything (H4).
+        if let Some((source, doc)) = self.inherited_policy().await? {
+            docs.push(doc);
+            from.push(format!("server {source}"));
+        }
         for (g, doc) in rows {
             docs.push(stored(&g, &doc)?);
             from.push(g);

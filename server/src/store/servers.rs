@@ -199,6 +199,15 @@ impl Store {
         for (key,) in &keys {
             super::leases::settle_received_key(&mut tx, key, now).await?;
         }
+        // What it handed down goes with it (H4); revisions taken from it stay, as this
+        // server's own.
+        for sql in [
+            "DELETE FROM inherited_policy WHERE source = $1",
+            "DELETE FROM tasks WHERE origin = $1",
+            "DELETE FROM upstream_updates WHERE source = $1",
+        ] {
+            sqlx::query(sql).bind(name).execute(&mut *tx).await?;
+        }
         let n = sqlx::query("DELETE FROM servers WHERE name = $1")
             .bind(name)
             .execute(&mut *tx)

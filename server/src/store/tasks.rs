@@ -48,6 +48,8 @@ pub struct TaskRow {
     pub every_secs: i64,
     /// Unix seconds.
     pub created_at: i64,
+    /// The primary it was passed down from (H4); `None`: created here.
+    pub origin: Option<String>,
     /// Results with outcome `ok`.
     pub ok: i64,
     /// Other results.
@@ -77,7 +79,7 @@ pub struct ResultRow {
 
 /// A task row with its result counts.
 const SELECT_TASK: &str = "SELECT t.id, t.kind, t.arguments, t.target_group, t.target_device,
-        t.not_before, t.every_secs, t.created_at,
+        t.not_before, t.every_secs, t.created_at, t.origin,
         (SELECT COUNT(*) FROM task_results r WHERE r.task_id = t.id AND r.outcome = 'ok') AS ok,
         (SELECT COUNT(*) FROM task_results r WHERE r.task_id = t.id AND r.outcome <> 'ok')
           AS not_ok
@@ -159,6 +161,11 @@ impl Store {
         let row = self.task(id).await?.ok_or_else(|| {
             StoreError::NotFound(format!("no task {id} (admin task list shows them)"))
         })?;
+        if let Some(source) = &row.origin {
+            return Err(StoreError::Invalid(format!(
+                "task {id} comes from server {source} (this server's primary); remove it there"
+            )));
+        }
         sqlx::query("DELETE FROM tasks WHERE id = $1")
             .bind(id)
             .execute(&self.write)

@@ -11,6 +11,20 @@ use prost::Message;
 
 use super::{Store, StoreError};
 
+/// A revision taken from the primary (H4): recorded with the local revision, in its
+/// transaction, so a revision is taken once and an older one never.
+#[derive(Debug, Clone, Copy)]
+pub struct Upstream<'a> {
+    /// The primary's name.
+    pub source: &'a str,
+    /// Its update key (pinned at the first revision taken).
+    pub key: &'a [u8],
+    /// Its revision number.
+    pub revision: u64,
+    /// Unix seconds.
+    pub now: i64,
+}
+
 /// One revision as listed.
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct RevisionRow {
@@ -46,6 +60,15 @@ impl Store {
         Ok(())
     }
 
+    /// Whether a block is stored.
+    pub async fn has_update_block(&self, sha256_hex: &str) -> Result<bool, StoreError> {
+        let row: Option<(i64,)> = sqlx::query_as("SELECT 1 FROM update_blocks WHERE sha256 = $1")
+            .bind(sha256_hex)
+            .fetch_optional(&self.read)
+            .await?;
+        Ok(row.is_some())
+    }
+
     /// One block's bytes.
     pub async fn update_block(&self, sha256_hex: &str) -> Result<Option<Vec<u8>>, StoreError> {
         let row: Option<(Vec<u8>,)> =
@@ -72,8 +95,43 @@ impl Store {
         build: impl FnOnce(u64) -> (UpdateManifest, SignedManifest),
         source: &str,
         block_hashes: &[Vec<u8>],
+        upstream: Option<Upstream<'_>>,
     ) -> Result<UpdateManifest, StoreError> {
         let mut tx = self.write.begin().await?;
+        if let Some(up) = upstream {
+            let held: Option<(Vec<u8>, i64)> = sqlx::query_as(
+                "SELECT update_key, revision FROM upstream_updates WHERE source = $1",
+            )
+            .bind(up.source)
+            .fetch_optional(&mut *tx)
+            .await?;
+            if let Some((key, revision)) = held {
+                if key != up.key {
+                    return Err(StoreError::Conflict(format!(
+                        "{}'s update key is not the one pinned here",
+                        up.source
+                    )));
+                }
+                if revision as u64 >= up.revision {
+                    return Err(StoreError::Conflict(format!(
+                        "revision {} of {} is not newer than revision {revision} taken already",
+                        up.revision, up.source
+                    )));
+                }
+            }
+            sqlx::query(
+                "INSERT INTO upstream_updates (source, update_key, revision, taken_at)
+                 VALUES ($1, $2, $3, $4)
+                 ON CONFLICT (source) DO UPDATE SET update_key = excluded.update_key,
+                   revision = excluded.revision, taken_at = excluded.taken_at",
+            )
+            .bind(up.source)
+            .bind(up.key)
+            .bind(up.revision as i64)
+            .bind(up.now)
+            .execute(&mut *tx)
+            .await?;
+        }
         // Every block must be there (a removal's collection may have run meanwhile).
         for b in block_hashes {
             let found: Option<(i64,)> =
