@@ -40,6 +40,8 @@ pub struct GatewayConfig {
     pub cache: crate::cache::CacheConfig,
     /// Network discovery of the office (D3).
     pub discovery: crate::discovery::DiscoveryConfig,
+    /// Prometheus metrics (O7).
+    pub metrics: outpost_net::metrics::MetricsConfig,
 }
 
 /// Waits and grace periods of the gateway.
@@ -136,6 +138,7 @@ impl Default for GatewayConfig {
             socket: SocketOptions::default(),
             cache: Default::default(),
             discovery: Default::default(),
+            metrics: Default::default(),
         }
     }
 }

@@ -9,6 +9,7 @@ pub mod certs;
 pub mod config;
 pub mod discovery;
 pub mod fanout;
+pub mod metrics;
 pub mod node;
 pub mod office;
 pub mod relay;

@@ -40,6 +40,8 @@ pub struct Node {
     office: Office,
     /// Wakes the status writer.
     status_changed: Notify,
+    /// Where `/metrics` is served, once bound (O7).
+    metrics_addr: std::sync::OnceLock<std::net::SocketAddr>,
     /// Address of the office listener.
     local_addr: std::net::SocketAddr,
     /// The update cache (D2).
@@ -257,6 +259,9 @@ pub enum StartError {
     /// TLS could not be set up from the stored certificates.
     #[error("TLS set-up: {0}")]
     Tls(String),
+    /// The metrics address could not be bound (the message names `metrics.listen`).
+    #[error("{0}")]
+    Metrics(std::io::Error),
     /// The update cache directory cannot be used.
     #[error("update cache in {0}: {1} (check the data directory's permissions and free space)")]
     Cache(String, std::io::Error),
@@ -285,6 +290,11 @@ impl GatewayHandle {
     /// The current status (what `status.json` holds).
     pub fn status(&self) -> GatewayStatus {
         self.node.status()
+    }
+
+    /// Where `/metrics` is served (`None`: not configured).
+    pub fn metrics_addr(&self) -> Option<std::net::SocketAddr> {
+        self.node.metrics_addr.get().copied()
     }
 
     /// Where a listen-mode (DMZ) gateway waits for the server, once bound.
@@ -355,6 +365,7 @@ pub async fn start(data: &Path, opts: StartOptions) -> Result<GatewayHandle, Sta
         listen_ep: std::sync::Mutex::new(None),
         runtime: Runtime::default(),
         status_changed: Notify::new(),
+        metrics_addr: Default::default(),
         local_addr,
     });
     *node.office_ep.lock().expect("office lock") = Some(ep.clone());
@@ -367,6 +378,18 @@ pub async fn start(data: &Path, opts: StartOptions) -> Result<GatewayHandle, Sta
     node.runtime.spawn(crate::discovery::run(node.clone()));
     if !opts.no_status_file {
         node.runtime.spawn(crate::status::writer(node.clone()));
+    }
+    if let Some(addr) = node.config.metrics.listen {
+        let metrics = Arc::new(outpost_net::metrics::Metrics::default());
+        let bound = outpost_net::metrics::serve(
+            addr,
+            metrics,
+            crate::metrics::gather(node.clone()),
+            node.runtime.child_token(),
+        )
+        .await
+        .map_err(StartError::Metrics)?;
+        let _ = node.metrics_addr.set(bound);
     }
     Ok(GatewayHandle { node, endpoint: ep })
 }

@@ -14,6 +14,7 @@ pub mod fsutil;
 pub mod hostinfo;
 pub mod identity;
 pub mod logging;
+pub mod metrics;
 pub mod refuse;
 pub mod renewal;
 pub mod runtime;

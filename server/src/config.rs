@@ -55,6 +55,8 @@ pub struct ServerConfig {
     pub socket: SocketOptions,
     /// Server hierarchy and leases (H1–H9).
     pub hierarchy: Hierarchy,
+    /// Prometheus metrics (O7).
+    pub metrics: outpost_net::metrics::MetricsConfig,
 }
 
 /// Server hierarchy settings (H6–H8). Relations themselves are added with `admin server
@@ -275,6 +277,7 @@ impl Default for ServerConfig {
             certificates: Certificates::default(),
             socket: SocketOptions::default(),
             hierarchy: Hierarchy::default(),
+            metrics: Default::default(),
         }
     }
 }

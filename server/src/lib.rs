@@ -30,6 +30,7 @@ pub mod files;
 pub mod gateways;
 pub mod join;
 pub mod licence;
+pub mod metrics;
 pub mod node;
 pub mod notify;
 pub mod peers;

@@ -142,6 +142,9 @@ pub(super) async fn push(
             if lat.is_none() && fanned {
                 let _ = registry.send(&dev, push);
             }
+            if let Some(d) = lat {
+                node.instruments().push_latency.observe(d.as_secs_f64());
+            }
             PushOutcome {
                 device_id: dev,
                 state: if lat.is_some() { "acked" } else { "sent" }.into(),

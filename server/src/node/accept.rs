@@ -173,7 +173,7 @@ pub async fn authenticate_agent(
 ) -> Option<sessions::driver::Peer> {
     use sessions::driver::Peer;
     let refused = |r: Refused| {
-        node.sessions().refused_connection();
+        node.sessions().refused_connection(r.code());
         warn!(refusal = %r, "connection refused");
         refuse::close(conn, &r);
         None
@@ -195,16 +195,22 @@ pub async fn authenticate_agent(
             RefusalCode::WrongRole,
             format!("device {} is a {}, not an agent", d.id, d.role),
         )),
-        Ok(Identified::Revoked(d)) => Some(Peer::Refused {
-            refusal: revoked(&d.id),
-            device_id: d.id,
-            cert_sha256: fp,
-        }),
-        Ok(Identified::Removed) => Some(Peer::Refused {
-            device_id: String::new(),
-            cert_sha256: fp,
-            refusal: removed(),
-        }),
+        Ok(Identified::Revoked(d)) => {
+            node.sessions().refused_session(RefusalCode::Revoked);
+            Some(Peer::Refused {
+                refusal: revoked(&d.id),
+                device_id: d.id,
+                cert_sha256: fp,
+            })
+        }
+        Ok(Identified::Removed) => {
+            node.sessions().refused_session(RefusalCode::Removed);
+            Some(Peer::Refused {
+                device_id: String::new(),
+                cert_sha256: fp,
+                refusal: removed(),
+            })
+        }
         Ok(Identified::Unknown) => refused(not_registered()),
     }
 }
@@ -213,7 +219,7 @@ pub async fn authenticate_agent(
 /// connection with a readable refusal otherwise.
 pub async fn authenticate(node: &Node, conn: &quinn::Connection, role: &str) -> Option<DeviceRow> {
     let refused = |r: Refused| {
-        node.sessions().refused_connection();
+        node.sessions().refused_connection(r.code());
         warn!(refusal = %r, "connection refused");
         refuse::close(conn, &r);
         None

@@ -54,6 +54,11 @@ pub struct Node {
     local_addr: SocketAddr,
     /// The running instances' addresses on a shared store (P2), refreshed at each heartbeat.
     instances: std::sync::Mutex<Vec<String>>,
+    /// Prometheus metrics (O7) and the instruments filled as things happen.
+    metrics: Arc<outpost_net::metrics::Metrics>,
+    instruments: crate::metrics::Instruments,
+    /// Where metrics are served, once bound.
+    metrics_addr: std::sync::OnceLock<SocketAddr>,
 }
 
 impl std::fmt::Debug for Node {
@@ -65,6 +70,16 @@ impl std::fmt::Debug for Node {
 }
 
 impl Node {
+    /// The instruments filled as things happen (O7).
+    pub fn instruments(&self) -> &crate::metrics::Instruments {
+        &self.instruments
+    }
+
+    /// Where `/metrics` is served (`None`: not configured).
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_addr.get().copied()
+    }
+
     /// Configuration (read-only).
     pub fn config(&self) -> &ServerConfig {
         &self.config
@@ -191,6 +206,11 @@ impl ServerHandle {
     /// The address the server listens on.
     pub fn addr(&self) -> SocketAddr {
         self.node.local_addr
+    }
+
+    /// Where `/metrics` is served (`None`: `metrics.listen` not set).
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.node.metrics_addr()
     }
 
     /// The store.

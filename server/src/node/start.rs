@@ -41,6 +41,9 @@ pub enum StartError {
     /// unusable.
     #[error(transparent)]
     Certs(#[from] crate::certs::CertError),
+    /// The metrics address could not be bound (the message names `metrics.listen`).
+    #[error("{0}")]
+    Metrics(#[from] std::io::Error),
 }
 
 /// Starts a server on an initialised data directory.
@@ -97,7 +100,12 @@ pub async fn start(data: DataDir) -> Result<ServerHandle, StartError> {
     }
 
     let dmz_added = store.dmz_targets().await?;
+    let metrics = Arc::new(outpost_net::metrics::Metrics::default());
+    let instruments = crate::metrics::Instruments::register(&metrics, store.commit_seconds());
     let node = Arc::new(Node {
+        metrics,
+        instruments,
+        metrics_addr: Default::default(),
         dmz: crate::dmz::Dmz::new(ep.clone()),
         peers: crate::peers::Peers::new(ep.clone()),
         licensing: Licensing::new(store, grants, authority_public, &config, data.keys()),
@@ -130,6 +138,16 @@ pub async fn start(data: DataDir) -> Result<ServerHandle, StartError> {
     }
     node.runtime.spawn(crate::certs::renew_own(node.clone()));
     node.runtime.spawn(crate::updates::refresher(node.clone()));
+    if let Some(addr) = node.config.metrics.listen {
+        let bound = outpost_net::metrics::serve(
+            addr,
+            node.metrics.clone(),
+            crate::metrics::gather(node.clone()),
+            node.runtime.child_token(),
+        )
+        .await?;
+        let _ = node.metrics_addr.set(bound);
+    }
     // Pins first: a neighbour dialling in right away must find its certificate accepted.
     node.peers.reload(&node).await?;
     node.runtime.spawn(crate::peers::refresh_loop(node.clone()));

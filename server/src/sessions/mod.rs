@@ -52,6 +52,8 @@ pub struct Sessions {
     limit: u32,
     registry: Registry,
     stats: Stats,
+    /// Connections and sessions refused at authentication, by refusal code (metrics).
+    refusals: std::sync::Mutex<std::collections::BTreeMap<String, u64>>,
 }
 
 impl Sessions {
@@ -62,6 +64,7 @@ impl Sessions {
             limit,
             registry: Registry::default(),
             stats: Stats::default(),
+            refusals: Default::default(),
         }
     }
 
@@ -94,9 +97,31 @@ impl Sessions {
         &self.stats
     }
 
-    /// Counts a connection refused at authentication.
-    pub fn refused_connection(&self) {
+    /// Counts a connection refused at authentication, by its refusal code.
+    pub fn refused_connection(&self, code: outpost_proto::error::RefusalCode) {
         Stats::bump(&self.stats.connections_refused);
+        self.refused_session(code);
+    }
+
+    /// Counts a session refused on its stream (a revoked or removed agent, told why), by code.
+    pub fn refused_session(&self, code: outpost_proto::error::RefusalCode) {
+        let name = code
+            .as_str_name()
+            .trim_start_matches("REFUSAL_CODE_")
+            .to_ascii_lowercase()
+            .replace('_', "-");
+        *self
+            .refusals
+            .lock()
+            .expect("refusals lock")
+            .entry(name)
+            .or_default() += 1;
+    }
+
+    /// Refusals at authentication so far, by reason.
+    pub fn refusals(&self) -> Vec<(String, u64)> {
+        let m = self.refusals.lock().expect("refusals lock");
+        m.iter().map(|(k, v)| (k.clone(), *v)).collect()
     }
 
     /// Counts a relayed session's completed inner handshake.

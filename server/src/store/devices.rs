@@ -95,6 +95,16 @@ impl Store {
         Ok(row)
     }
 
+    /// Devices by role and state (`active`, `revoked`), counted (metrics).
+    pub async fn device_counts(&self) -> Result<Vec<(String, String, i64)>, StoreError> {
+        Ok(sqlx::query_as(
+            "SELECT role, CASE WHEN revoked_at IS NULL THEN 'active' ELSE 'revoked' END AS state,
+                    COUNT(*) FROM devices GROUP BY 1, 2 ORDER BY 1, 2",
+        )
+        .fetch_all(&self.read)
+        .await?)
+    }
+
     /// All devices, optionally of one role, ordered by id.
     pub async fn devices(&self, role: Option<&str>) -> Result<Vec<DeviceRow>, StoreError> {
         let rows = sqlx::query_as::<_, DeviceRow>(sqlx::AssertSqlSafe(format!(

@@ -184,9 +184,16 @@ pub struct Store {
     instance: Arc<str>,
     /// Which connections this instance holds, to the held writer.
     held: instances::HeldQueue,
+    /// Commit time of the licence-check writer's transactions (metrics, O7).
+    commit_seconds: prometheus_client::metrics::histogram::Histogram,
 }
 
 impl Store {
+    /// Commit time of the licence-check writer's transactions (O7).
+    pub fn commit_seconds(&self) -> prometheus_client::metrics::histogram::Histogram {
+        self.commit_seconds.clone()
+    }
+
     /// Opens (creating if needed) the embedded database at `path` and applies migrations.
     pub async fn open(path: &std::path::Path, durability: Durability) -> Result<Store, StoreError> {
         Store::with_pools(backend::open_sqlite(path, durability).await?, None)
@@ -214,10 +221,14 @@ impl Store {
         let held = instances::HeldQueue::start(pools.write.clone(), instance.to_string());
         let (notices, notices_rx) = notices::NoticeQueue::new(1024);
         let (checks, jobs) = mpsc::channel(4096);
+        let commit_seconds = prometheus_client::metrics::histogram::Histogram::new(
+            outpost_net::metrics::seconds_buckets(),
+        );
         tokio::spawn(writer::check_writer(
             pools.write.clone(),
             jobs,
             notices.clone(),
+            commit_seconds.clone(),
         ));
         let (acks, ack_rx) = mpsc::channel(4096);
         tokio::spawn(pushes::ack_writer(pools.write.clone(), ack_rx));
@@ -227,6 +238,7 @@ impl Store {
             backend: pools.backend,
             checks,
             acks,
+            commit_seconds,
             notices,
             notices_rx: Arc::new(Mutex::new(Some(notices_rx))),
             epoch,

@@ -36,10 +36,11 @@ pub(crate) async fn check_writer(
     pool: Pool,
     mut jobs: mpsc::Receiver<CheckJob>,
     notices: NoticeQueue,
+    commit_seconds: prometheus_client::metrics::histogram::Histogram,
 ) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
     while jobs.recv_many(&mut batch, MAX_BATCH).await > 0 {
-        match run_batch(&pool, &batch).await {
+        match run_batch(&pool, &batch, &commit_seconds).await {
             Ok((results, sent)) => {
                 for (job, r) in batch.drain(..).zip(results) {
                     let _ = job.reply.send(r);
@@ -48,13 +49,14 @@ pub(crate) async fn check_writer(
             }
             Err(_) if batch.len() > 1 => {
                 for job in batch.drain(..) {
-                    let r = match run_batch(&pool, std::slice::from_ref(&job)).await {
-                        Ok((mut v, sent)) => {
-                            sent.into_iter().for_each(|n| notices.deliver(n));
-                            v.remove(0)
-                        }
-                        Err(e) => Err(e),
-                    };
+                    let r =
+                        match run_batch(&pool, std::slice::from_ref(&job), &commit_seconds).await {
+                            Ok((mut v, sent)) => {
+                                sent.into_iter().for_each(|n| notices.deliver(n));
+                                v.remove(0)
+                            }
+                            Err(e) => Err(e),
+                        };
                     let _ = job.reply.send(r);
                 }
             }
@@ -68,7 +70,11 @@ pub(crate) async fn check_writer(
 
 type BatchResult = (Vec<Result<CheckOutcome, StoreError>>, Vec<Notice>);
 
-async fn run_batch(pool: &Pool, jobs: &[CheckJob]) -> Result<BatchResult, StoreError> {
+async fn run_batch(
+    pool: &Pool,
+    jobs: &[CheckJob],
+    commit_seconds: &prometheus_client::metrics::histogram::Histogram,
+) -> Result<BatchResult, StoreError> {
     let mut tx = pool.begin().await?;
     let mut out = Vec::with_capacity(jobs.len());
     let mut touched = BTreeSet::new();
@@ -92,7 +98,9 @@ async fn run_batch(pool: &Pool, jobs: &[CheckJob]) -> Result<BatchResult, StoreE
     for key in &touched {
         notices.extend(usage_notices(&mut tx, key, now_ms).await?);
     }
+    let started = std::time::Instant::now();
     tx.commit().await?;
+    commit_seconds.observe(started.elapsed().as_secs_f64());
     Ok((out, notices))
 }
 
