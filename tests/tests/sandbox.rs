@@ -30,143 +30,45 @@ fn o2_sandbox_runs_and_shows_unlicensed_agents_with_reason() {
         "{stdout}"
     );
     assert!(stdout.contains("stopped cleanly"), "{stdout}");
+    // Not a terminal: plain lines, no cursor movement; the metrics address is printed.
+    assert!(!stdout.contains('\x1b'), "{stdout}");
+    assert!(stdout.contains("/metrics (Prometheus"), "{stdout}");
 }
 
-/// O2 + issue "licence manager": the README's licence workflow, run line by line as written
-/// against a running sandbox (import, group, assign, usage, revoke, renew, notifications,
-/// export).
+/// On a terminal (a pseudo-terminal from util-linux `script`), the view is a table of agents
+/// redrawn in place: each redraw moves the cursor up over the previous one and clears it.
 #[test]
-fn o2_readme_licence_workflow_runs_against_the_sandbox() {
-    use std::io::{BufRead, BufReader};
-    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md"))
-        .expect("README.md");
-    let section = &readme[readme
-        .find("### Licence workflow")
-        .expect("workflow section")..];
-    let block = &section[section.find("```sh\n").expect("sh block") + 6..];
-    let block = &block[..block.find("```").expect("end of block")];
-
-    let mut sandbox = Command::new(env!("CARGO_BIN_EXE_outpost-sandbox"))
-        .args(["--agents", "3", "--seats", "2"])
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .expect("run sandbox");
-    let mut lines = BufReader::new(sandbox.stdout.take().unwrap()).lines();
-    let (d, a) = loop {
-        let line = lines.next().expect("sandbox output").unwrap();
-        if let Some(rest) = line.trim().strip_prefix("(README \"Licence workflow\": D=") {
-            let (d, a) = rest.trim_end_matches(')').split_once(" A=").unwrap();
-            break (d.to_owned(), a.to_owned());
-        }
-    };
-    // Keep draining the status view so the sandbox never blocks on a full pipe.
-    let drain = std::thread::spawn(move || lines.map_while(Result::ok).collect::<Vec<_>>());
-    let server = outpost_tests::bin("outpost-server");
-    let work = tempfile::tempdir().unwrap();
-    let run = |cmd: &str| -> String {
-        let out = Command::new("sh")
-            .arg("-c")
-            .arg(cmd)
-            .current_dir(work.path())
-            .env("A", &a)
-            .env("D", &d)
-            .env("OUTPOST_SERVER_DATA", &d)
-            .output()
-            .expect("sh");
-        assert!(
-            out.status.success(),
-            "`{cmd}` failed:\n{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    };
-    let json = |args: &str| -> serde_json::Value {
-        serde_json::from_str(&run(&format!("{} admin --json {args}", server.display())))
-            .expect("admin --json")
-    };
-    // The workflow needs agents that have been checked (step 3 revokes one).
-    let agents = loop {
-        let v = json("device list --role agent");
-        let list = v["devices"].as_array().cloned().unwrap_or_default();
-        if list.len() == 3 && list.iter().all(|d| d["licence_state"] != "unknown") {
-            break list;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(200));
-    };
-    let device = agents[0]["device_id"].as_str().unwrap().to_owned();
-    let mut ran = 0;
-    for line in block.lines().map(str::trim) {
-        // Comments and the shell set-up lines (the test sets the same environment itself).
-        if line.is_empty()
-            || line.starts_with('#')
-            || line.starts_with("export ")
-            || line.starts_with("alias ")
-        {
-            continue;
-        }
-        let cmd = line
-            .strip_prefix("os ")
-            .unwrap_or_else(|| panic!("README workflow line not understood: {line}"));
-        run(&format!(
-            "{} {}",
-            server.display(),
-            cmd.replace("<device id>", &device)
-        ));
-        ran += 1;
-    }
-    assert!(ran >= 12, "ran {ran} commands");
-
-    // What the administrator expects to see afterwards.
-    let keys = json("key list");
-    let ids: Vec<&str> = keys["keys"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|k| k["key_id"].as_str().unwrap())
-        .collect();
-    assert!(ids.contains(&"K-3") && !ids.contains(&"K-2"), "{keys}");
-    let k3 = keys["keys"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|k| k["key_id"] == "K-3")
-        .unwrap();
-    let objects: Vec<&str> = k3["objects"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|o| o.as_str().unwrap())
-        .collect();
-    assert!(
-        objects.contains(&"everyone") && objects.contains(&"group:everyone/berlin"),
-        "{k3}"
+fn o2_sandbox_redraws_a_table_of_agents_in_place_on_a_terminal() {
+    let cmd = format!(
+        "{} --agents 3 --seats 2 --until-ready",
+        env!("CARGO_BIN_EXE_outpost-sandbox")
     );
+    let out = Command::new("script")
+        .args(["-qec", &cmd, "/dev/null"])
+        .output()
+        .expect("run script (util-linux)");
+    let tty = String::from_utf8_lossy(&out.stdout).replace('\r', "");
+    assert!(out.status.success(), "{tty}");
+    let views: Vec<&str> = tty.split("\x1b[J").skip(1).collect();
+    assert!(!views.is_empty(), "{tty}");
+    let last = views.last().unwrap();
+    assert!(
+        last.contains("agent ") && last.contains("licence"),
+        "{last}"
+    );
+    let rows: Vec<&str> = last.lines().filter(|l| l.starts_with("  a-")).collect();
+    assert_eq!(rows.len(), 3, "a row per agent: {last}");
     assert_eq!(
-        std::fs::read(work.path().join("K-3-copy.key")).unwrap(),
-        std::fs::read(work.path().join("K-3.key")).unwrap(),
-        "export is byte-identical"
+        rows.iter().filter(|r| r.contains(" licensed ")).count(),
+        2,
+        "{last}"
     );
-    let n = json("notifications --kind key-renewed");
-    assert_eq!(n["notifications"].as_array().unwrap().len(), 1, "{n}");
-    let revoked = json("device list --role agent");
-    assert!(
-        revoked["devices"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|x| x["device_id"] == device.as_str() && x["revoked"] == true),
-        "{revoked}"
-    );
-
-    Command::new("kill")
-        .args(["-INT", &sandbox.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(sandbox.wait().unwrap().success());
-    let rest = drain.join().unwrap();
-    assert!(
-        rest.iter().any(|l| l.contains("stopped cleanly")),
-        "{rest:?}"
-    );
+    assert!(last.contains("no free seat on key DEMO-1"), "{last}");
+    // Every view but the last is followed by the cursor moving up over all its lines.
+    for view in &views[..views.len() - 1] {
+        let (body, up) = view
+            .rsplit_once("\x1b[")
+            .expect("a cursor move after a view");
+        assert_eq!(up, format!("{}A", body.lines().count()), "{view:?}");
+    }
 }

@@ -1,8 +1,10 @@
 //! `outpost-sandbox`: a whole Outpost deployment on loopback in one command (O2) — a licence
 //! authority, a server, one gateway and N agents behind it, a demo key with S seats — with a
-//! live status view. With more agents than seats, the unlicensed ones show why.
+//! live status view: on a terminal a table of agents redrawn in place, otherwise a line per
+//! tick. With more agents than seats, the unlicensed ones show why.
 //! Ctrl-C stops everything cleanly; the data lives in a temporary directory removed at exit.
 
+use std::io::{IsTerminal, Write};
 use std::time::Duration;
 
 use clap::Parser;
@@ -44,6 +46,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         outpost_server::authority::serve(auth.dir.path(), "127.0.0.1:0".parse()?).await?;
     let server = Server::start(&auth, |c| {
         c.timing.sync_interval = Duration::from_secs(30);
+        c.metrics.listen = Some(([127, 0, 0, 1], 0).into());
         c.licensing.authority = authority.addr.to_string();
         c.licensing.authority_tls_sha256 = authority.tls_sha256.clone();
     })
@@ -94,6 +97,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         server.data.display()
     );
     println!("  gateway  {}", gw.addr());
+    if let Some(m) = server.h().metrics_addr() {
+        println!("  metrics  http://{m}/metrics (Prometheus; metrics.listen in server.toml)");
+    }
     println!(
         "  demo key DEMO-1 with {} seat(s), assigned to everyone",
         cli.seats
@@ -127,14 +133,28 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         a.boot();
     }
 
+    // On a terminal the view is redrawn in place (a table of agents); otherwise a line per tick.
+    let terminal = std::io::stdout().is_terminal();
+    let mut drawn = 0;
     let mut tick = tokio::time::interval(Duration::from_secs(2));
     let ctrl_c = tokio::signal::ctrl_c();
     tokio::pin!(ctrl_c);
     loop {
         tokio::select! {
             _ = tick.tick() => {
-                let (ready, table) = summary(&server, &gw, &agents).await;
-                print!("{table}");
+                let (ready, line) = summary(&server, &gw, &agents).await;
+                if terminal {
+                    let view = table(&line, &agents);
+                    // Up over the previous view, clear to the end of the screen, draw.
+                    if drawn > 0 {
+                        print!("\x1b[{drawn}A");
+                    }
+                    print!("\x1b[J{view}");
+                    drawn = view.lines().count();
+                    std::io::stdout().flush()?;
+                } else {
+                    print!("{line}");
+                }
                 if cli.until_ready && ready {
                     break;
                 }
@@ -155,6 +175,45 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     authority.shutdown().await;
     println!("stopped cleanly");
     Ok(())
+}
+
+/// Agent rows shown on a terminal; the rest are counted.
+const ROWS: usize = 20;
+
+/// The terminal view: the summary, then a row per agent (state, licence, update).
+fn table(summary: &str, agents: &[Agent]) -> String {
+    let mut out = String::new();
+    for l in summary.lines() {
+        out.push_str(l);
+        out.push_str("\x1b[K\n");
+    }
+    out.push_str(&format!(
+        "\n  {:<16} {:<12} {:<11} {:<8} {:<9} {}\x1b[K\n",
+        "agent", "session", "licence", "key", "update", "why"
+    ));
+    for a in agents.iter().take(ROWS) {
+        let s = a.h().status().borrow().clone();
+        let update = if s.update_revision == 0 {
+            "-".to_owned()
+        } else if s.update_fetched == s.update_revision {
+            format!("rev {}", s.update_revision)
+        } else {
+            format!("{}%", s.update_progress * 100 / s.update_total.max(1))
+        };
+        let why = if s.licence.state == "licensed" {
+            String::new()
+        } else {
+            s.licence.reason.chars().take(60).collect()
+        };
+        out.push_str(&format!(
+            "  {:<16} {:<12} {:<11} {:<8} {:<9} {}\x1b[K\n",
+            s.device_id, s.state, s.licence.state, s.licence.key, update, why
+        ));
+    }
+    if agents.len() > ROWS {
+        out.push_str(&format!("  … and {} more\x1b[K\n", agents.len() - ROWS));
+    }
+    out
 }
 
 async fn summary(server: &Server, gw: &Gateway, agents: &[Agent]) -> (bool, String) {
