@@ -317,3 +317,71 @@ async fn h4_a_hand_down_with_a_bad_policy_or_task_changes_nothing() {
         json!({ "scan": { "hour": 4 } })
     );
 }
+
+/// In a chain (hq → region → office) each server passes on what it inherited: the head
+/// office's policy, root task and update revision reach an agent of the office, two links down.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h4_a_chain_passes_policy_tasks_and_revisions_two_links_down() {
+    init_logs();
+    let _serial = one_at_a_time().await;
+    let auth = Authority::new();
+    let hq = ServerProc::start(&auth, "hq", fast).await;
+    let region = ServerProc::start(&auth, "region", fast).await;
+    let office = ServerProc::start(&auth, "office", fast).await;
+    relate(&hq, &region).await;
+    relate(&region, &office).await;
+    set_policy(&hq, json!({ "scan": { "hour": 2 }, "owner": "hq" })).await;
+    set_policy(&region, json!({ "scan": { "depth": "quick" } })).await;
+    let task = match hq
+        .admin(Op::TaskCreate(TaskCreate {
+            kind: "inventory".into(),
+            group: "everyone".into(),
+            ..Default::default()
+        }))
+        .await
+    {
+        R::Tasks(t) => t.created,
+        other => panic!("{other:?}"),
+    };
+    let dir = tempfile::tempdir().unwrap();
+    content(dir.path(), 5);
+    let rev = updates(
+        &hq,
+        Op::UpdateImport(UpdateImport {
+            dir: dir.path().display().to_string(),
+        }),
+    )
+    .await
+    .revisions[0]
+        .revision;
+    let agents = agents(&office, 1).await;
+    let agent = agents[0].h();
+    let want = json!({ "scan": { "hour": 2, "depth": "quick" }, "owner": "hq" });
+    within(
+        "the office's agent holds hq's and the region's settings merged",
+        agent.wait_for(|s| s.policy == want),
+    )
+    .await;
+    let twice = format!("up.up.{task}");
+    until(
+        "hq's task reached the office through the region",
+        || async { task_ids(&office).await.contains(&twice) },
+    )
+    .await;
+    let region_label = format!("server hq revision {rev}");
+    until("the region took hq's revision", || async {
+        newest_source(&region).await == region_label
+    })
+    .await;
+    let region_rev = updates(&region, Op::UpdateList(Empty {})).await.revisions[0].revision;
+    let office_label = format!("server region revision {region_rev}");
+    until("the office took it from the region", || async {
+        newest_source(&office).await == office_label
+    })
+    .await;
+    within(
+        "the office's agent fetched it",
+        agent.wait_for(|s| s.update_fetched > 0 && s.update_fetched == s.update_revision),
+    )
+    .await;
+}
