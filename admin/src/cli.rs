@@ -97,6 +97,9 @@ enum AdminCmd {
     },
     /// Server status.
     Status,
+    /// Print a one-time sign-in link for the web console (O8): valid for `console.login_ttl`
+    /// (10 minutes), once; the session it opens belongs to this admin certificate.
+    ConsoleLogin,
     /// Gateways: the ones in a DMZ the server dials (T4).
     Gateway {
         #[command(subcommand)]
@@ -466,6 +469,7 @@ pub async fn run(a: AdminArgs) -> Result<(), AdminError> {
             wait_ms: Duration::from(p.wait).as_millis().min(u32::MAX as u128) as u32,
         }),
         AdminCmd::Status => Op::ServerStatus(Empty {}),
+        AdminCmd::ConsoleLogin => Op::ConsoleLogin(Empty {}),
         AdminCmd::Cert {
             cmd: CertCmd::RotateServer,
         } => Op::CertRotateServer(Empty {}),

@@ -57,6 +57,49 @@ pub struct ServerConfig {
     pub hierarchy: Hierarchy,
     /// Prometheus metrics (O7).
     pub metrics: outpost_net::metrics::MetricsConfig,
+    /// The web console (O8).
+    pub console: Console,
+}
+
+/// The web console (O8): HTTPS on its own TCP port.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Console {
+    /// TCP address of the console, e.g. `0.0.0.0:4443`. Not set: no console.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub listen: Option<SocketAddr>,
+    /// PEM certificate chain (leaf first) and PKCS#8 key of an organisation's certificate for
+    /// the console; empty: the server's certificate from the deployment CA (browsers then need
+    /// that CA, `ca.crt` in the data directory, imported once).
+    pub cert_file: String,
+    /// See `cert_file`.
+    pub key_file: String,
+    /// The address put in login links (`https://console.example.com:4443`); empty: `https://`
+    /// and the host of the server's public address with the console's port.
+    pub public_url: String,
+    /// How long a login link printed by `admin console-login` stays valid (it works once).
+    #[serde(with = "humantime_serde")]
+    pub login_ttl: Duration,
+    /// A session unused this long ends.
+    #[serde(with = "humantime_serde")]
+    pub session_idle: Duration,
+    /// A session ends this long after sign-in however it is used.
+    #[serde(with = "humantime_serde")]
+    pub session_max: Duration,
+}
+
+impl Default for Console {
+    fn default() -> Self {
+        Console {
+            listen: None,
+            cert_file: String::new(),
+            key_file: String::new(),
+            public_url: String::new(),
+            login_ttl: Duration::from_secs(600),
+            session_idle: Duration::from_secs(1800),
+            session_max: Duration::from_secs(12 * 3600),
+        }
+    }
 }
 
 /// Server hierarchy settings (H6–H8). Relations themselves are added with `admin server
@@ -278,6 +321,7 @@ impl Default for ServerConfig {
             socket: SocketOptions::default(),
             hierarchy: Hierarchy::default(),
             metrics: Default::default(),
+            console: Default::default(),
         }
     }
 }

@@ -22,6 +22,7 @@ pub mod authority;
 pub mod broadcast;
 pub mod certs;
 pub mod config;
+pub mod console;
 pub mod datadir;
 pub mod dmz;
 pub mod enroll;

@@ -182,6 +182,12 @@ pub async fn handle(node: &Arc<Node>, admin: &str, req: AdminRequest) -> AdminRe
             Op::UpdateShow(u) => updates::show(node, u).await,
             Op::UpdateRemove(u) => updates::remove(node, u).await,
             Op::HostsList(q) => updates::hosts(node, q).await,
+            Op::ConsoleLogin(_) => crate::console::login_link(node, admin).await.map(|url| {
+                done(format!(
+                    "open within {}, once: {url}",
+                    humantime::format_duration(node.config().console.login_ttl)
+                ))
+            }),
         }
     }
     .instrument(span)

@@ -59,6 +59,8 @@ pub struct Node {
     instruments: crate::metrics::Instruments,
     /// Where metrics are served, once bound.
     metrics_addr: std::sync::OnceLock<SocketAddr>,
+    /// Where the web console is served, once bound.
+    console_addr: std::sync::OnceLock<SocketAddr>,
 }
 
 impl std::fmt::Debug for Node {
@@ -78,6 +80,11 @@ impl Node {
     /// Where `/metrics` is served (`None`: not configured).
     pub fn metrics_addr(&self) -> Option<SocketAddr> {
         self.metrics_addr.get().copied()
+    }
+
+    /// Where the web console is served (`None`: `console.listen` not set).
+    pub fn console_addr(&self) -> Option<SocketAddr> {
+        self.console_addr.get().copied()
     }
 
     /// Configuration (read-only).
@@ -211,6 +218,11 @@ impl ServerHandle {
     /// Where `/metrics` is served (`None`: `metrics.listen` not set).
     pub fn metrics_addr(&self) -> Option<SocketAddr> {
         self.node.metrics_addr()
+    }
+
+    /// Where the web console is served (`None`: `console.listen` not set).
+    pub fn console_addr(&self) -> Option<SocketAddr> {
+        self.node.console_addr()
     }
 
     /// The store.

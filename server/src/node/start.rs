@@ -106,6 +106,7 @@ pub async fn start(data: DataDir) -> Result<ServerHandle, StartError> {
         metrics,
         instruments,
         metrics_addr: Default::default(),
+        console_addr: Default::default(),
         dmz: crate::dmz::Dmz::new(ep.clone()),
         peers: crate::peers::Peers::new(ep.clone()),
         licensing: Licensing::new(store, grants, authority_public, &config, data.keys()),
@@ -147,6 +148,9 @@ pub async fn start(data: DataDir) -> Result<ServerHandle, StartError> {
         )
         .await?;
         let _ = node.metrics_addr.set(bound);
+    }
+    if let Some(bound) = crate::console::serve(node.clone()).await? {
+        let _ = node.console_addr.set(bound);
     }
     // Pins first: a neighbour dialling in right away must find its certificate accepted.
     node.peers.reload(&node).await?;

@@ -65,7 +65,8 @@ pub struct DeviceRow {
 
 /// A device row with the instance holding it (`held` is written by running instances only;
 /// rows of an instance gone for good are purged by the others' heartbeats).
-const SELECT_DEVICE: &str = "SELECT d.id, d.role, d.cert_sha256, d.group_path, d.machine_id,
+pub(super) const SELECT_DEVICE: &str =
+    "SELECT d.id, d.role, d.cert_sha256, d.group_path, d.machine_id,
         d.hostname, d.os, d.agent_version, d.addresses, d.enrolled_at, d.last_seen, d.revoked_at,
         d.licence_state, d.licence_key, d.licence_reason, d.last_check_at, d.path,
         COALESCE(i.name, '') AS held_by

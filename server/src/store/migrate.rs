@@ -40,11 +40,13 @@ const ORDER: &[&str] = &[
     "leases_given",
     "leases_received",
     "usage_reports",
+    "console_audit",
 ];
 
 /// Tables of live state that are not copied: which instance holds which connection (the server
-/// being moved is stopped, so it holds none).
-const LIVE: &[&str] = &["instances", "held"];
+/// being moved is stopped, so it holds none), and console login links and sessions (signing in
+/// again after a move is the safe default).
+const LIVE: &[&str] = &["instances", "held", "console_logins", "console_sessions"];
 
 /// One table copied: its name and rows.
 pub type Copied = Vec<(String, i64)>;

@@ -13,6 +13,7 @@
 
 pub mod backend;
 mod check;
+pub mod console;
 mod devices;
 pub mod discovery;
 mod dmz;
