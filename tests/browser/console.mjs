@@ -1,0 +1,101 @@
+// Drives the web console (O8) in headless Chromium with playwright-core. Run by
+// tests/tests/console_browser.rs, which starts a real server with real agents and passes:
+//   CONSOLE_URL  https://127.0.0.1:PORT     LOGIN  /login?token=… (one-time link)
+//   SPKI         base64 SHA-256 of the console certificate's public key: Chromium accepts that
+//                key only (--ignore-certificate-errors-spki-list), verification stays on for
+//                everything else
+//   TARGET       the device id to revoke     AGENTS  how many agents   SEATS  seats on the key
+//   SHOTS        directory for screenshots  CHROMIUM  the browser binary
+// Exits non-zero with the reason on the first expectation that fails.
+import { chromium } from 'playwright-core';
+import { mkdirSync, mkdtempSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+
+const env = (k) => {
+  const v = process.env[k];
+  if (!v) throw new Error(`${k} not set`);
+  return v;
+};
+const url = env('CONSOLE_URL');
+const shots = env('SHOTS');
+const target = env('TARGET');
+const agents = Number(env('AGENTS'));
+const seats = Number(env('SEATS'));
+mkdirSync(shots, { recursive: true });
+
+function expect(cond, what) {
+  if (!cond) throw new Error(`expected: ${what}`);
+  console.log(`ok: ${what}`);
+}
+
+const profile = mkdtempSync(join(tmpdir(), 'outpost-chromium-'));
+const browser = await chromium.launchPersistentContext(profile, {
+  executablePath: env('CHROMIUM'),
+  headless: true,
+  args: [
+    '--no-sandbox', '--disable-gpu', '--no-first-run', '--disable-background-networking',
+    '--disable-component-update', '--disable-sync',
+    `--ignore-certificate-errors-spki-list=${env('SPKI')}`,
+  ],
+});
+try {
+  const page = browser.pages()[0] ?? await browser.newPage();
+
+  // Not signed in: refused, and told how to sign in.
+  let r = await page.goto(`${url}/devices`);
+  expect(r.status() === 401, 'the devices page without a session is refused (401)');
+  expect((await page.content()).includes('console-login'), 'the refusal names admin console-login');
+
+  // A wrong link is refused.
+  r = await page.goto(`${url}/login?token=not-a-token`);
+  expect(r.status() === 403, 'a wrong sign-in link is refused (403)');
+
+  // The one-time link signs in and lands on the overview.
+  r = await page.goto(`${url}${env('LOGIN')}`);
+  expect(r.status() === 200 && new URL(page.url()).pathname === '/', 'the sign-in link opens the overview');
+  expect(await page.textContent('#sessions') === String(agents), `the overview shows ${agents} agent sessions`);
+  expect(await page.locator('meter').count() >= 1, 'seats are shown with a usage bar');
+  r = await page.request.get(`${url}${env('LOGIN')}`);
+  expect(r.status() === 403, 'the sign-in link works once');
+  await page.screenshot({ path: join(shots, 'overview.png'), fullPage: true });
+
+  // Devices: every agent with its licence state.
+  await page.goto(`${url}/devices`);
+  const licensed = await page.locator('#devices td.licensed').count();
+  const unlicensed = await page.locator('#devices td.unlicensed').count();
+  expect(licensed === seats && unlicensed === agents - seats,
+    `${seats} agents licensed and ${agents - seats} unlicensed on the devices page (saw ${licensed}/${unlicensed})`);
+  await page.screenshot({ path: join(shots, 'devices.png'), fullPage: true });
+
+  // Search narrows to one device.
+  await page.fill('input[name=q]', target.slice(2));
+  await page.click('form[action="/devices"] button');
+  expect((await page.textContent('#count')).startsWith('1 device'), 'search finds exactly the device');
+
+  // An action without the CSRF token is refused, and changes nothing.
+  r = await page.request.post(`${url}/devices/${target}/revoke`, { form: { free_seat_now: 'on' } });
+  expect(r.status() === 403, 'a revoke without the CSRF token is refused (403)');
+
+  // Revoke through the device page; the page then shows it revoked.
+  await page.click(`#devices a[href="/devices/${target}"]`);
+  await page.check('input[name=free_seat_now]');
+  await Promise.all([page.waitForNavigation(), page.click('#revoke')]);
+  expect((await page.textContent('#outcome')).startsWith('done'), 'the revoke is done');
+  expect((await page.textContent('#licence')).startsWith('revoked'), 'the device shows as revoked');
+  await page.screenshot({ path: join(shots, 'device.png'), fullPage: true });
+
+  // The audit log holds the refused and the done actions.
+  await page.goto(`${url}/audit`);
+  const log = await page.textContent('#audit');
+  expect(log.includes('missing or wrong CSRF token') && log.includes('done'), 'the audit log records refused and done actions');
+  await page.screenshot({ path: join(shots, 'audit.png'), fullPage: true });
+
+  // An idle session expires (the test server's console.session_idle is short).
+  await page.waitForTimeout(Number(env('IDLE_MS')) + 1500);
+  r = await page.goto(`${url}/`);
+  expect(r.status() === 401, 'an expired session is refused');
+  console.log('console browser test passed');
+} finally {
+  await browser.close();
+}
