@@ -7,6 +7,7 @@
 #![forbid(unsafe_code)]
 
 pub mod bench;
+pub mod console;
 pub mod fleet;
 pub mod fuzz;
 mod gateway;

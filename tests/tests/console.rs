@@ -2,86 +2,13 @@
 //! agents: sign-in with a one-time link, the overview and device pages, a revoke through a form
 //! that turns the agent unlicensed, and the refusals — a used or wrong link, a POST without or
 //! with a wrong CSRF token, no session, an expired session — each in the audit log.
-//! (Browser-driven tests with Chromium are still to come; this drives the same HTTP a browser
-//! sends.)
+//! (`console_browser.rs` drives the same pages in headless Chromium.)
 
-use std::sync::Arc;
 use std::time::Duration;
 
-use outpost_proto::pb::admin::{Empty, admin_request::Op, admin_response::Result as R};
-use outpost_proto::pki::{Trust, certs_from_pem, client_config};
+use outpost_proto::pb::admin::{Empty, admin_request::Op};
+use outpost_tests::console::{ConsoleClient, login_path};
 use outpost_tests::*;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-struct Browser {
-    addr: std::net::SocketAddr,
-    tls: tokio_rustls::TlsConnector,
-    cookie: Option<String>,
-}
-
-struct Answer {
-    status: u16,
-    head: String,
-    body: String,
-}
-
-impl Browser {
-    fn new(server: &Server) -> Browser {
-        let ca = std::fs::read_to_string(server.data.join("ca.crt")).expect("ca.crt");
-        let trust = Trust::Ca(certs_from_pem(&ca, "CA").unwrap());
-        let cfg = client_config(None, &trust, &[b"http/1.1"]).unwrap();
-        Browser {
-            addr: server.h().console_addr().expect("console served"),
-            tls: tokio_rustls::TlsConnector::from(Arc::new(cfg)),
-            cookie: None,
-        }
-    }
-
-    async fn send(&mut self, method: &str, path: &str, form: Option<&str>) -> Answer {
-        let tcp = tokio::net::TcpStream::connect(self.addr).await.unwrap();
-        let name = rustls_pki_types::ServerName::try_from("outpost-server").unwrap();
-        let mut s = self
-            .tls
-            .connect(name, tcp)
-            .await
-            .expect("TLS to the console");
-        let mut req = format!("{method} {path} HTTP/1.1\r\nHost: console\r\nConnection: close\r\n");
-        if let Some(c) = &self.cookie {
-            req.push_str(&format!("Cookie: {c}\r\n"));
-        }
-        let body = form.unwrap_or("");
-        if form.is_some() {
-            req.push_str(&format!(
-                "Content-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n",
-                body.len()
-            ));
-        }
-        req.push_str("\r\n");
-        req.push_str(body);
-        s.write_all(req.as_bytes()).await.unwrap();
-        let mut out = vec![];
-        let _ = s.read_to_end(&mut out).await;
-        let out = String::from_utf8_lossy(&out).into_owned();
-        let (head, body) = out.split_once("\r\n\r\n").expect("an HTTP answer");
-        let status = head.split(' ').nth(1).unwrap().parse().unwrap();
-        if let Some(set) = head.lines().find_map(|l| {
-            l.strip_prefix("set-cookie: ")
-                .or(l.strip_prefix("Set-Cookie: "))
-        }) {
-            let c = set.split(';').next().unwrap().to_owned();
-            self.cookie = (!c.ends_with('=')).then_some(c);
-        }
-        Answer {
-            status,
-            head: head.to_owned(),
-            body: body.to_owned(),
-        }
-    }
-
-    async fn get(&mut self, path: &str) -> Answer {
-        self.send("GET", path, None).await
-    }
-}
 
 /// The CSRF token in a page's forms.
 fn csrf(body: &str) -> String {
@@ -92,19 +19,7 @@ fn csrf(body: &str) -> String {
     body[at..].split('"').next().unwrap().to_owned()
 }
 
-async fn login_link(server: &Server) -> String {
-    match server.admin(Op::ConsoleLogin(Empty {})).await {
-        R::Done(d) => {
-            let url = d.message.split_whitespace().last().unwrap().to_owned();
-            url.split_once("/login")
-                .map(|(_, p)| format!("/login{p}"))
-                .unwrap()
-        }
-        other => panic!("{other:?}"),
-    }
-}
-
-async fn audit_has(b: &mut Browser, needle: &str) -> bool {
+async fn audit_has(b: &mut ConsoleClient, needle: &str) -> bool {
     b.get("/audit").await.body.contains(needle)
 }
 
@@ -135,7 +50,7 @@ async fn o8_console_signs_in_lists_devices_revokes_with_csrf_and_audits_every_ac
     }
 
     // Not signed in: no page, the way in is named.
-    let mut b = Browser::new(&server);
+    let mut b = ConsoleClient::new(&server);
     let a = b.get("/devices").await;
     assert_eq!(a.status, 401, "{}", a.body);
     assert!(a.body.contains("console-login"), "{}", a.body);
@@ -146,7 +61,7 @@ async fn o8_console_signs_in_lists_devices_revokes_with_csrf_and_audits_every_ac
     );
 
     // A one-time link signs in once.
-    let link = login_link(&server).await;
+    let link = login_path(&server).await;
     let a = b.get(&link).await;
     assert_eq!(a.status, 303, "{}", a.head);
     assert!(
@@ -154,7 +69,7 @@ async fn o8_console_signs_in_lists_devices_revokes_with_csrf_and_audits_every_ac
             && a.head.contains("HttpOnly")
             && a.head.contains("SameSite=Strict")
     );
-    let mut other = Browser::new(&server);
+    let mut other = ConsoleClient::new(&server);
     assert_eq!(other.get(&link).await.status, 403, "a used link is refused");
     assert_eq!(other.get("/login?token=forged").await.status, 403);
 
@@ -244,8 +159,8 @@ async fn o8_console_signs_in_lists_devices_revokes_with_csrf_and_audits_every_ac
     // An unused session ends after console.session_idle.
     tokio::time::sleep(Duration::from_secs(4)).await;
     assert_eq!(b.get("/").await.status, 401, "idle session expired");
-    let mut c = Browser::new(&server);
-    c.get(&login_link(&server).await).await;
+    let mut c = ConsoleClient::new(&server);
+    c.get(&login_path(&server).await).await;
     assert!(audit_has(&mut c, "sign-in").await);
 }
 

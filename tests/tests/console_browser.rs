@@ -10,7 +10,6 @@ use std::path::Path;
 use std::time::Duration;
 
 use base64::Engine;
-use outpost_proto::pb::admin::{Empty, admin_request::Op, admin_response::Result as R};
 use outpost_tests::*;
 use rcgen::PublicKeyData;
 
@@ -78,13 +77,7 @@ async fn o8_console_in_headless_chromium_signs_in_shows_agents_revokes_and_refus
         .iter()
         .find(|a| a.h().status().borrow().licence.state == "licensed")
         .unwrap();
-    let login = match server.admin(Op::ConsoleLogin(Empty {})).await {
-        R::Done(d) => {
-            let url = d.message.split_whitespace().last().unwrap().to_owned();
-            format!("/login{}", url.split_once("/login").unwrap().1)
-        }
-        other => panic!("{other:?}"),
-    };
+    let login = outpost_tests::console::login_path(&server).await;
     let shots = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/console-shots");
     let port = server.h().console_addr().unwrap().port();
     let out = tokio::process::Command::new("node")

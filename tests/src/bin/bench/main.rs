@@ -8,6 +8,7 @@
 
 mod agents;
 mod child;
+mod console;
 mod fanout;
 mod latency;
 mod leases;
@@ -17,6 +18,7 @@ mod uplinks;
 
 use agents::{connect_storm_and_push, connect_storm_two_instances, idle_memory};
 use child::{ChildCmd, run_child};
+use console::console_devices;
 use fanout::push_fanout_bytes;
 use latency::connect_latency;
 use leases::leases_held;
@@ -45,7 +47,7 @@ struct Cli {
     /// Small sizes, for a smoke test.
     #[arg(long)]
     quick: bool,
-    /// Only these scenarios (comma-separated): connect_storm, connect_storm_2i, push_fanout, push_fanout_bytes, update_fanout, connect_latency, idle_memory, seat_checks, seat_checks_pg, uplinks, leases.
+    /// Only these scenarios (comma-separated): connect_storm, connect_storm_2i, push_fanout, push_fanout_bytes, update_fanout, connect_latency, idle_memory, seat_checks, seat_checks_pg, uplinks, leases, console_devices.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// Agents for connect_storm and push_fanout.
@@ -185,6 +187,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     }
     if want("leases") {
         let r = leases_held(secondaries, if q { 12 } else { 30 }).await?;
+        println!("{}", one(&r));
+        rows.push(r);
+    }
+    if want("console_devices") {
+        let r = console_devices(if q { 10_000 } else { 100_000 }).await?;
         println!("{}", one(&r));
         rows.push(r);
     }
