@@ -5,6 +5,7 @@
 //                key only (--ignore-certificate-errors-spki-list), verification stays on for
 //                everything else
 //   TARGET       the device id to revoke     AGENTS  how many agents   SEATS  seats on the key
+//   SPARE        an agent without a seat     SPARE_KEY  an unassigned key to give it
 //   SHOTS        directory for screenshots  CHROMIUM  the browser binary
 // Exits non-zero with the reason on the first expectation that fails.
 import { chromium } from 'playwright-core';
@@ -73,11 +74,32 @@ try {
   await page.click('form[action="/devices"] button');
   expect((await page.textContent('#count')).startsWith('1 device'), 'search finds exactly the device');
 
+  // Assign the second key to the agent that has no seat (the test then sees it licensed).
+  await page.goto(`${url}/keys`);
+  const row = page.locator('#keys tr', { hasText: env('SPARE_KEY') });
+  await row.locator('input[name=object]').fill(`device:${env('SPARE')}`);
+  await Promise.all([page.waitForNavigation(), row.locator('form[action$="/assign"] button').click()]);
+  expect((await page.textContent('#outcome')).startsWith('done'), 'the key is assigned to the device');
+  await page.screenshot({ path: join(shots, 'keys.png'), fullPage: true });
+
+  // Create an enrollment token; it is shown once (the test enrolls an agent with it).
+  await page.goto(`${url}/tokens`);
+  await page.selectOption('#create-token select[name=role]', 'agent');
+  await page.fill('#create-token input[name=uses]', '1');
+  await Promise.all([page.waitForNavigation(), page.click('#create-token button')]);
+  const token = (await page.textContent('#new-token')).trim();
+  expect(token.length > 20, 'a new token is shown');
+  await page.screenshot({ path: join(shots, 'tokens.png'), fullPage: true });
+  await page.goto(`${url}/tokens`);
+  expect((await page.locator('#new-token').count()) === 0, 'the token is shown once');
+  console.log(`token: ${token}`);
+
   // An action without the CSRF token is refused, and changes nothing.
   r = await page.request.post(`${url}/devices/${target}/revoke`, { form: { free_seat_now: 'on' } });
   expect(r.status() === 403, 'a revoke without the CSRF token is refused (403)');
 
-  // Revoke through the device page; the page then shows it revoked.
+  // Revoke through the device page (found by search); the page then shows it revoked.
+  await page.goto(`${url}/devices?q=${target.slice(2)}`);
   await page.click(`#devices a[href="/devices/${target}"]`);
   await page.check('input[name=free_seat_now]');
   await Promise.all([page.waitForNavigation(), page.click('#revoke')]);

@@ -111,6 +111,87 @@ async fn o8_console_signs_in_lists_devices_revokes_with_csrf_and_audits_every_ac
         s.body
     );
 
+    // Keys: a second key assigned to the agent without a seat licenses it; a wrong object is
+    // refused with the CLI's sentence.
+    let spare = agents
+        .iter()
+        .find(|a| a.h().status().borrow().licence.state != "licensed")
+        .unwrap();
+    let spare_id = spare.h().device_id().to_owned();
+    server
+        .import_key(
+            &auth.key("K-TWO", 2, Duration::from_secs(86_400 * 30)),
+            false,
+        )
+        .await
+        .unwrap();
+    let page = b.get("/keys").await;
+    assert!(
+        page.body.contains("K-TWO") && page.body.contains("everyone"),
+        "{}",
+        page.body
+    );
+    let token = csrf(&page.body);
+    let r = b
+        .send(
+            "POST",
+            "/keys/K-TWO/assign",
+            Some(&format!("csrf={token}&object=group%3Anowhere")),
+        )
+        .await;
+    assert!(r.body.contains("id=\"outcome\">refused:"), "{}", r.body);
+    let r = b
+        .send(
+            "POST",
+            "/keys/K-TWO/assign",
+            Some(&format!("csrf={token}&object=device%3A{spare_id}")),
+        )
+        .await;
+    assert!(r.body.contains("id=\"outcome\">done"), "{}", r.body);
+    within(
+        "the agent without a seat is licensed by the key assigned to it",
+        spare
+            .h()
+            .wait_for(|s| s.licence.state == "licensed" && s.licence.key == "K-TWO"),
+    )
+    .await;
+
+    // Tokens: created, shown once, usable; the audit log names its id, never the token.
+    let page = b.get("/tokens").await;
+    let r = b
+        .send(
+            "POST",
+            "/tokens",
+            Some(&format!(
+                "csrf={}&role=agent&group=everyone&uses=1&ttl=1d&comment=web",
+                csrf(&page.body)
+            )),
+        )
+        .await;
+    let needle = "id=\"new-token\">";
+    let at = r.body.find(needle).expect("the new token shown") + needle.len();
+    let new_token = r.body[at..].split('<').next().unwrap().to_owned();
+    let again = b.get("/tokens").await;
+    assert!(!again.body.contains(&new_token), "shown once");
+    let late = Agent::start(
+        test_agent_config(vec![], Some(server.addr()), "con-late"),
+        &new_token,
+    )
+    .await;
+    late.wait_checked().await;
+    let r = b
+        .send(
+            "POST",
+            "/tokens",
+            Some(&format!(
+                "csrf={}&role=agent&uses=1&ttl=soon",
+                csrf(&page.body)
+            )),
+        )
+        .await;
+    assert!(r.body.contains("refused: valid for"), "{}", r.body);
+    assert!(!b.get("/audit").await.body.contains(&new_token));
+
     // Revoke through the device page's form: the agent turns unlicensed.
     let page = b.get(&format!("/devices/{one}")).await;
     let token = csrf(&page.body);
@@ -152,6 +233,8 @@ async fn o8_console_signs_in_lists_devices_revokes_with_csrf_and_audits_every_ac
         "refused: link unknown, used or expired",
         "refused: missing or wrong CSRF token",
         &format!("revoke</td><td>{one}</td><td>done"),
+        &format!("key-assign</td><td>K-TWO device:{spare_id}</td><td>done"),
+        "token-create</td><td></td><td>done: token",
     ] {
         assert!(log.contains(needle), "{needle} in {log}");
     }

@@ -77,6 +77,18 @@ async fn o8_console_in_headless_chromium_signs_in_shows_agents_revokes_and_refus
         .iter()
         .find(|a| a.h().status().borrow().licence.state == "licensed")
         .unwrap();
+    // The one without a seat gets a second key in the browser.
+    let spare = agents
+        .iter()
+        .find(|a| a.h().status().borrow().licence.state != "licensed")
+        .unwrap();
+    server
+        .import_key(
+            &auth.key("K-WEB2", 2, Duration::from_secs(86_400 * 30)),
+            false,
+        )
+        .await
+        .unwrap();
     let login = outpost_tests::console::login_path(&server).await;
     let shots = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/console-shots");
     let port = server.h().console_addr().unwrap().port();
@@ -89,6 +101,8 @@ async fn o8_console_in_headless_chromium_signs_in_shows_agents_revokes_and_refus
         // same certificate as a CA of its own.
         .env("NODE_EXTRA_CA_CERTS", &cert_file)
         .env("TARGET", target.h().device_id())
+        .env("SPARE", spare.h().device_id())
+        .env("SPARE_KEY", "K-WEB2")
         .env("AGENTS", "20")
         .env("SEATS", "19")
         .env("SHOTS", &shots)
@@ -111,7 +125,25 @@ async fn o8_console_in_headless_chromium_signs_in_shows_agents_revokes_and_refus
         target.h().wait_for(|s| s.licence.state != "licensed"),
     )
     .await;
-    for page in ["overview", "devices", "device", "audit"] {
+    within(
+        "the agent given the second key in the browser is licensed by it",
+        spare
+            .h()
+            .wait_for(|s| s.licence.state == "licensed" && s.licence.key == "K-WEB2"),
+    )
+    .await;
+    // The token created in the browser enrolls a new agent.
+    let token = said
+        .lines()
+        .find_map(|l| l.strip_prefix("token: "))
+        .expect("the script printed the token");
+    let late = Agent::start(
+        test_agent_config(vec![], Some(server.addr()), "web-late"),
+        token,
+    )
+    .await;
+    late.wait_checked().await;
+    for page in ["overview", "devices", "device", "keys", "tokens", "audit"] {
         let png = std::fs::read(shots.join(format!("{page}.png"))).expect("screenshot");
         assert!(
             png.starts_with(b"\x89PNG") && png.len() > 2_000,

@@ -9,6 +9,7 @@
 //! CLI (`admin::handle`), so the console can do nothing the CLI cannot, and refuse nothing
 //! differently; each one, done or refused, is written to the audit log shown in the console.
 
+mod manage;
 mod pages;
 mod tls;
 
@@ -20,7 +21,9 @@ use axum::extract::{ConnectInfo, Form, Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
-use outpost_proto::pb::admin::{AdminRequest, DeviceRef, admin_request::Op};
+use outpost_proto::pb::admin::{
+    AdminRequest, DeviceRef, admin_request::Op, admin_response::Result as R,
+};
 use tracing::{info, warn};
 
 use crate::node::Node;
@@ -100,6 +103,10 @@ pub async fn serve(node: Arc<Node>) -> std::io::Result<Option<SocketAddr>> {
         .route("/devices", get(devices))
         .route("/devices/{id}", get(device))
         .route("/devices/{id}/revoke", post(revoke))
+        .route("/keys", get(keys))
+        .route("/keys/{id}/assign", post(key_assign))
+        .route("/keys/{id}/unassign", post(key_unassign))
+        .route("/tokens", get(tokens).post(token_create))
         .route("/audit", get(audit))
         .route("/console.css", get(pages::css))
         .fallback(|| async { pages::not_found() })
@@ -376,6 +383,88 @@ async fn revoke(
     };
     record(&node, &s.admin, peer, "revoke", &id, &outcome).await;
     pages::device(&node, &s, &id, Some(&outcome)).await
+}
+
+async fn keys(State(node): State<Arc<Node>>, headers: HeaderMap) -> Response {
+    let s = signed_in!(node, headers);
+    manage::keys(&node, &s, None).await
+}
+
+async fn key_assign(
+    State(node): State<Arc<Node>>,
+    ConnectInfo(peer): ConnectInfo<Peer>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    Form(f): Form<HashMap<String, String>>,
+) -> Response {
+    key_change(node, peer, headers, id, f, true).await
+}
+
+async fn key_unassign(
+    State(node): State<Arc<Node>>,
+    ConnectInfo(peer): ConnectInfo<Peer>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    Form(f): Form<HashMap<String, String>>,
+) -> Response {
+    key_change(node, peer, headers, id, f, false).await
+}
+
+async fn key_change(
+    node: Arc<Node>,
+    peer: Peer,
+    headers: HeaderMap,
+    id: String,
+    f: HashMap<String, String>,
+    assign: bool,
+) -> Response {
+    let action = if assign { "key-assign" } else { "key-unassign" };
+    let object = f.get("object").cloned().unwrap_or_default();
+    let target = format!("{id} {object}");
+    let Some((_, s)) = checked(&node, &headers, &f, peer, action, &target).await else {
+        return pages::csrf_refused();
+    };
+    let outcome = match manage::run(&node, &s, manage::key_op(&id, assign, &f)).await {
+        Ok(R::Done(d)) => format!("done: {}", d.message),
+        Ok(_) => "done".to_owned(),
+        Err(e) => format!("refused: {e}"),
+    };
+    record(&node, &s.admin, peer, action, &target, &outcome).await;
+    manage::keys(&node, &s, Some(&outcome)).await
+}
+
+async fn tokens(State(node): State<Arc<Node>>, headers: HeaderMap) -> Response {
+    let s = signed_in!(node, headers);
+    manage::tokens(&node, &s, None, None).await
+}
+
+async fn token_create(
+    State(node): State<Arc<Node>>,
+    ConnectInfo(peer): ConnectInfo<Peer>,
+    headers: HeaderMap,
+    Form(f): Form<HashMap<String, String>>,
+) -> Response {
+    let Some((_, s)) = checked(&node, &headers, &f, peer, "token-create", "").await else {
+        return pages::csrf_refused();
+    };
+    let answer = match manage::token_op(&f) {
+        Ok(op) => manage::run(&node, &s, op).await,
+        Err(e) => Err(e),
+    };
+    let (outcome, token) = match answer {
+        Ok(R::TokenCreated(t)) => (
+            format!(
+                "done: token {} for {} in {}, {} use(s)",
+                t.token_id, t.role, t.group, t.uses
+            ),
+            Some(t.token),
+        ),
+        Ok(_) => ("done".to_owned(), None),
+        Err(e) => (format!("refused: {e}"), None),
+    };
+    // The audit log names the token's id, never the token.
+    record(&node, &s.admin, peer, "token-create", "", &outcome).await;
+    manage::tokens(&node, &s, Some(&outcome), token.as_deref()).await
 }
 
 async fn audit(State(node): State<Arc<Node>>, headers: HeaderMap) -> Response {

@@ -46,7 +46,7 @@ pub fn esc(s: &str) -> String {
 }
 
 /// Percent-encodes a query value.
-fn enc(s: &str) -> String {
+pub fn enc(s: &str) -> String {
     s.bytes()
         .map(|b| match b {
             b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
@@ -57,7 +57,8 @@ fn enc(s: &str) -> String {
         .collect()
 }
 
-fn time(t: i64) -> String {
+/// A unix time for people (`-` for none).
+pub fn time(t: i64) -> String {
     if t > 0 {
         outpost_proto::licence::key::format_time(t)
     } else {
@@ -65,10 +66,11 @@ fn time(t: i64) -> String {
     }
 }
 
-fn page(s: Option<&ConsoleSession>, title: &str, body: &str) -> String {
+/// A whole page around `body`.
+pub fn page(s: Option<&ConsoleSession>, title: &str, body: &str) -> String {
     let nav = match s {
         Some(s) => format!(
-            "<a href=\"/\">Overview</a><a href=\"/devices\">Devices</a><a href=\"/audit\">Audit log</a>\
+            "<a href=\"/\">Overview</a><a href=\"/devices\">Devices</a><a href=\"/keys\">Keys</a><a href=\"/tokens\">Tokens</a><a href=\"/audit\">Audit log</a>\
              <form method=\"post\" action=\"/logout\"><input type=\"hidden\" name=\"csrf\" value=\"{}\">\
              <span>{}</span> <button>Sign out</button></form>",
             esc(&s.csrf),
