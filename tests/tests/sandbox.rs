@@ -33,6 +33,10 @@ fn o2_sandbox_runs_and_shows_unlicensed_agents_with_reason() {
     // Not a terminal: plain lines, no cursor movement; the metrics address is printed.
     assert!(!stdout.contains('\x1b'), "{stdout}");
     assert!(stdout.contains("/metrics (Prometheus"), "{stdout}");
+    assert!(
+        stdout.contains("console  https://127.0.0.1:") && stdout.contains("/login?token="),
+        "the console's address and a sign-in link: {stdout}"
+    );
 }
 
 /// On a terminal (a pseudo-terminal from util-linux `script`), the view is a table of agents

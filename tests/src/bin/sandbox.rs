@@ -47,6 +47,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let server = Server::start(&auth, |c| {
         c.timing.sync_interval = Duration::from_secs(30);
         c.metrics.listen = Some(([127, 0, 0, 1], 0).into());
+        c.console.listen = Some(([127, 0, 0, 1], 0).into());
         c.licensing.authority = authority.addr.to_string();
         c.licensing.authority_tls_sha256 = authority.tls_sha256.clone();
     })
@@ -97,6 +98,19 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         server.data.display()
     );
     println!("  gateway  {}", gw.addr());
+    if let Ok(R::Done(d)) = server.try_admin(Op::ConsoleLogin(Empty {})).await {
+        let link = d
+            .message
+            .split_whitespace()
+            .last()
+            .unwrap_or_default()
+            .to_owned();
+        println!("  console  {link}");
+        println!(
+            "           (one-time sign-in link; the certificate is the sandbox CA's: {}/ca.crt)",
+            server.data.display()
+        );
+    }
     if let Some(m) = server.h().metrics_addr() {
         println!("  metrics  http://{m}/metrics (Prometheus; metrics.listen in server.toml)");
     }
