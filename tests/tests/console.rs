@@ -226,6 +226,53 @@ async fn o8_console_signs_in_lists_devices_revokes_with_csrf_and_audits_every_ac
         page.body
     );
 
+    // Notifications (the key's usage thresholds were crossed) and discovered hosts (none: no
+    // gateway scans here) are listed.
+    let n = b.get("/notifications?kind=usage-100").await;
+    assert!(
+        n.body.contains("key K-CON: every seat is used"),
+        "{}",
+        n.body
+    );
+    assert!(
+        !n.body.contains("usage-90</td>"),
+        "filtered by kind: {}",
+        n.body
+    );
+    let h = b.get("/hosts?unmanaged=1").await;
+    assert!(
+        h.status == 200 && h.body.contains("0 host(s)"),
+        "{}",
+        h.body
+    );
+    // A host a gateway's scan reported (recorded as the uplink would), with no agent on it.
+    let now = outpost_net::unix_now();
+    server
+        .h()
+        .store()
+        .record_discovery(
+            "g-office",
+            &[outpost_proto::pb::v1::DiscoveredHost {
+                ip: "10.9.0.40".into(),
+                mac: "02:00:00:00:00:40".into(),
+                methods: vec!["icmp".into(), "tcp:22".into()],
+                first_seen: now,
+                last_seen: now,
+            }],
+        )
+        .await
+        .unwrap();
+    let h = b.get("/hosts?unmanaged=1").await;
+    assert!(
+        h.body.contains("1 host(s)")
+            && h.body.contains("10.9.0.40")
+            && h.body.contains("02:00:00:00:00:40")
+            && h.body.contains("icmp, tcp:22")
+            && h.body.contains("no agent"),
+        "{}",
+        h.body
+    );
+
     // The audit log holds every action, done or refused.
     let log = b.get("/audit").await.body;
     for needle in [

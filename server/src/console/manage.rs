@@ -179,3 +179,92 @@ pub fn token_op(f: &HashMap<String, String>) -> Result<Op, String> {
         no_takeover: false,
     }))
 }
+
+/// Notifications, newest first (the `notifications` admin command's list), by kind if asked.
+pub async fn notifications(
+    node: &std::sync::Arc<Node>,
+    s: &ConsoleSession,
+    kind: &str,
+) -> Response {
+    let op = Op::NotificationList(outpost_proto::pb::admin::NotificationList {
+        kind: kind.to_owned(),
+        limit: 200,
+    });
+    let list = match run(node, s, op).await {
+        Ok(R::Notifications(n)) => n.notifications,
+        Ok(_) => vec![],
+        Err(e) => {
+            return Html(page(
+                Some(s),
+                "Notifications",
+                &format!("<p class=\"note\">{}</p>", esc(&e)),
+            ))
+            .into_response();
+        }
+    };
+    let mut b = format!(
+        "<form method=\"get\" action=\"/notifications\">kind <input name=\"kind\" value=\"{}\"> <button>Show</button></form>\
+         <table id=\"notifications\"><tr><th>when</th><th>kind</th><th>key</th><th>message</th></tr>",
+        esc(kind)
+    );
+    for n in &list {
+        let _ = write!(
+            b,
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            time(n.at_ms / 1000),
+            esc(&n.kind),
+            esc(&n.key_id),
+            esc(&n.message)
+        );
+    }
+    b.push_str("</table>");
+    Html(page(Some(s), "Notifications", &b)).into_response()
+}
+
+/// Hosts found by the gateways' network discovery (D3); `unmanaged`: only those without an agent.
+pub async fn hosts(node: &std::sync::Arc<Node>, s: &ConsoleSession, unmanaged: bool) -> Response {
+    let op = Op::HostsList(outpost_proto::pb::admin::HostsList {
+        unmanaged,
+        ..Default::default()
+    });
+    let hosts = match run(node, s, op).await {
+        Ok(R::Hosts(h)) => h.hosts,
+        Ok(_) => vec![],
+        Err(e) => {
+            return Html(page(
+                Some(s),
+                "Discovered hosts",
+                &format!("<p class=\"note\">{}</p>", esc(&e)),
+            ))
+            .into_response();
+        }
+    };
+    let mut b = format!(
+        "<p><a href=\"/hosts\">all</a> · <a href=\"/hosts?unmanaged=1\">without an agent</a></p>\
+         <p id=\"count\">{} host(s)</p><table id=\"hosts\"><tr><th>IP</th><th>MAC</th><th>found by</th><th>answered</th><th>first seen</th><th>last seen</th><th>device</th></tr>",
+        hosts.len()
+    );
+    for h in &hosts {
+        let device = if h.device_id.is_empty() {
+            "<span class=\"unlicensed\">no agent</span>".to_owned()
+        } else {
+            format!(
+                "<a href=\"/devices/{}\">{}</a>",
+                enc(&h.device_id),
+                esc(&h.device_id)
+            )
+        };
+        let _ = write!(
+            b,
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{device}</td></tr>",
+            esc(&h.ip),
+            esc(&h.mac),
+            esc(&h.gateway),
+            esc(&h.methods.join(", ")),
+            time(h.first_seen),
+            time(h.last_seen)
+        );
+    }
+    b.push_str("</table>");
+    Html(page(Some(s), "Discovered hosts", &b)).into_response()
+}

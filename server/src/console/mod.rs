@@ -107,6 +107,8 @@ pub async fn serve(node: Arc<Node>) -> std::io::Result<Option<SocketAddr>> {
         .route("/keys/{id}/assign", post(key_assign))
         .route("/keys/{id}/unassign", post(key_unassign))
         .route("/tokens", get(tokens).post(token_create))
+        .route("/notifications", get(notifications))
+        .route("/hosts", get(hosts))
         .route("/audit", get(audit))
         .route("/console.css", get(pages::css))
         .fallback(|| async { pages::not_found() })
@@ -465,6 +467,25 @@ async fn token_create(
     // The audit log names the token's id, never the token.
     record(&node, &s.admin, peer, "token-create", "", &outcome).await;
     manage::tokens(&node, &s, Some(&outcome), token.as_deref()).await
+}
+
+async fn notifications(
+    State(node): State<Arc<Node>>,
+    headers: HeaderMap,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
+    let s = signed_in!(node, headers);
+    let kind = q.get("kind").map(|k| k.trim()).unwrap_or_default();
+    manage::notifications(&node, &s, kind).await
+}
+
+async fn hosts(
+    State(node): State<Arc<Node>>,
+    headers: HeaderMap,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
+    let s = signed_in!(node, headers);
+    manage::hosts(&node, &s, q.contains_key("unmanaged")).await
 }
 
 async fn audit(State(node): State<Arc<Node>>, headers: HeaderMap) -> Response {

@@ -70,7 +70,7 @@ pub fn time(t: i64) -> String {
 pub fn page(s: Option<&ConsoleSession>, title: &str, body: &str) -> String {
     let nav = match s {
         Some(s) => format!(
-            "<a href=\"/\">Overview</a><a href=\"/devices\">Devices</a><a href=\"/keys\">Keys</a><a href=\"/tokens\">Tokens</a><a href=\"/audit\">Audit log</a>\
+            "<a href=\"/\">Overview</a><a href=\"/devices\">Devices</a><a href=\"/keys\">Keys</a><a href=\"/tokens\">Tokens</a><a href=\"/hosts\">Hosts</a><a href=\"/notifications\">Notifications</a><a href=\"/audit\">Audit log</a>\
              <form method=\"post\" action=\"/logout\"><input type=\"hidden\" name=\"csrf\" value=\"{}\">\
              <span>{}</span> <button>Sign out</button></form>",
             esc(&s.csrf),
