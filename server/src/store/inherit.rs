@@ -65,16 +65,7 @@ impl Store {
         .bind(ROOT)
         .fetch_all(&self.read)
         .await?;
-        Ok(rows
-            .into_iter()
-            .map(|(id, kind, arguments, not_before, every)| Task {
-                id,
-                kind,
-                payload: arguments.into_bytes(),
-                not_before,
-                every_secs: every.max(0) as u64,
-            })
-            .collect())
+        Ok(rows.into_iter().map(super::tasks::task_of).collect())
     }
 
     /// Stores what the primary `source` hands down: its root policy as the inherited layer,

@@ -77,6 +77,19 @@ pub struct ResultRow {
     pub finished_at_ms: i64,
 }
 
+/// A task as sent to devices, from its stored (id, kind, arguments, not_before, every_secs).
+pub(super) fn task_of(
+    (id, kind, arguments, not_before, every): (String, String, String, i64, i64),
+) -> Task {
+    Task {
+        id,
+        kind,
+        payload: arguments.into_bytes(),
+        not_before,
+        every_secs: every.max(0) as u64,
+    }
+}
+
 /// A task row with its result counts.
 const SELECT_TASK: &str = "SELECT t.id, t.kind, t.arguments, t.target_group, t.target_device,
         t.not_before, t.every_secs, t.created_at, t.origin,
@@ -196,16 +209,7 @@ impl Store {
         .bind(device_id)
         .fetch_all(&self.read)
         .await?;
-        let tasks: Vec<Task> = rows
-            .into_iter()
-            .map(|(id, kind, arguments, not_before, every)| Task {
-                id,
-                kind,
-                payload: arguments.into_bytes(),
-                not_before,
-                every_secs: every.max(0) as u64,
-            })
-            .collect();
+        let tasks: Vec<Task> = rows.into_iter().map(task_of).collect();
         let revision = task::list_revision(&tasks);
         Ok((tasks, revision))
     }
