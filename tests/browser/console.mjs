@@ -7,42 +7,15 @@
 //   TARGET       the device id to revoke     AGENTS  how many agents   SEATS  seats on the key
 //   SPARE        an agent without a seat     SPARE_KEY  an unassigned key to give it
 //   SHOTS        directory for screenshots  CHROMIUM  the browser binary
+// (lib.mjs launches the browser.)
 // Exits non-zero with the reason on the first expectation that fails.
-import { chromium } from 'playwright-core';
-import { mkdirSync, mkdtempSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { env, expect, shot, url, withBrowser } from './lib.mjs';
 
-const env = (k) => {
-  const v = process.env[k];
-  if (!v) throw new Error(`${k} not set`);
-  return v;
-};
-const url = env('CONSOLE_URL');
-const shots = env('SHOTS');
 const target = env('TARGET');
 const agents = Number(env('AGENTS'));
 const seats = Number(env('SEATS'));
-mkdirSync(shots, { recursive: true });
 
-function expect(cond, what) {
-  if (!cond) throw new Error(`expected: ${what}`);
-  console.log(`ok: ${what}`);
-}
-
-const profile = mkdtempSync(join(tmpdir(), 'outpost-chromium-'));
-const browser = await chromium.launchPersistentContext(profile, {
-  executablePath: env('CHROMIUM'),
-  headless: true,
-  args: [
-    '--no-sandbox', '--disable-gpu', '--no-first-run', '--disable-background-networking',
-    '--disable-component-update', '--disable-sync',
-    `--ignore-certificate-errors-spki-list=${env('SPKI')}`,
-  ],
-});
-try {
-  const page = browser.pages()[0] ?? await browser.newPage();
-
+await withBrowser(async (page) => {
   // Not signed in: refused, and told how to sign in.
   let r = await page.goto(`${url}/devices`);
   expect(r.status() === 401, 'the devices page without a session is refused (401)');
@@ -59,7 +32,7 @@ try {
   expect(await page.locator('meter').count() >= 1, 'seats are shown with a usage bar');
   r = await page.request.get(`${url}${env('LOGIN')}`);
   expect(r.status() === 403, 'the sign-in link works once');
-  await page.screenshot({ path: join(shots, 'overview.png'), fullPage: true });
+  await shot(page, 'overview');
 
   // Devices: every agent with its licence state.
   await page.goto(`${url}/devices`);
@@ -67,7 +40,7 @@ try {
   const unlicensed = await page.locator('#devices td.unlicensed').count();
   expect(licensed === seats && unlicensed === agents - seats,
     `${seats} agents licensed and ${agents - seats} unlicensed on the devices page (saw ${licensed}/${unlicensed})`);
-  await page.screenshot({ path: join(shots, 'devices.png'), fullPage: true });
+  await shot(page, 'devices');
 
   // Search narrows to one device.
   await page.fill('input[name=q]', target.slice(2));
@@ -80,7 +53,7 @@ try {
   await row.locator('input[name=object]').fill(`device:${env('SPARE')}`);
   await Promise.all([page.waitForNavigation(), row.locator('form[action$="/assign"] button').click()]);
   expect((await page.textContent('#outcome')).startsWith('done'), 'the key is assigned to the device');
-  await page.screenshot({ path: join(shots, 'keys.png'), fullPage: true });
+  await shot(page, 'keys');
 
   // Create an enrollment token; it is shown once (the test enrolls an agent with it).
   await page.goto(`${url}/tokens`);
@@ -89,7 +62,7 @@ try {
   await Promise.all([page.waitForNavigation(), page.click('#create-token button')]);
   const token = (await page.textContent('#new-token')).trim();
   expect(token.length > 20, 'a new token is shown');
-  await page.screenshot({ path: join(shots, 'tokens.png'), fullPage: true });
+  await shot(page, 'tokens');
   await page.goto(`${url}/tokens`);
   expect((await page.locator('#new-token').count()) === 0, 'the token is shown once');
   console.log(`token: ${token}`);
@@ -101,23 +74,21 @@ try {
   // Revoke through the device page (found by search); the page then shows it revoked.
   await page.goto(`${url}/devices?q=${target.slice(2)}`);
   await page.click(`#devices a[href="/devices/${target}"]`);
-  await page.check('input[name=free_seat_now]');
+  await page.check('#revoke-form input[name=free_seat_now]');
   await Promise.all([page.waitForNavigation(), page.click('#revoke')]);
   expect((await page.textContent('#outcome')).startsWith('done'), 'the revoke is done');
   expect((await page.textContent('#licence')).startsWith('revoked'), 'the device shows as revoked');
-  await page.screenshot({ path: join(shots, 'device.png'), fullPage: true });
+  await shot(page, 'device');
 
   // The audit log holds the refused and the done actions.
   await page.goto(`${url}/audit`);
   const log = await page.textContent('#audit');
   expect(log.includes('missing or wrong CSRF token') && log.includes('done'), 'the audit log records refused and done actions');
-  await page.screenshot({ path: join(shots, 'audit.png'), fullPage: true });
+  await shot(page, 'audit');
 
   // An idle session expires (the test server's console.session_idle is short).
   await page.waitForTimeout(Number(env('IDLE_MS')) + 1500);
   r = await page.goto(`${url}/`);
   expect(r.status() === 401, 'an expired session is refused');
-  console.log('console browser test passed');
-} finally {
-  await browser.close();
-}
+});
+console.log('console browser test passed');

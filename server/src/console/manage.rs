@@ -11,7 +11,7 @@ use outpost_proto::pb::admin::{
     admin_response::Result as R,
 };
 
-use super::pages::{enc, esc, page, time};
+use super::pages::{enc, esc, outcome_box, page, time};
 use crate::node::Node;
 use crate::store::console::ConsoleSession;
 
@@ -23,12 +23,6 @@ pub async fn run(node: &std::sync::Arc<Node>, s: &ConsoleSession, op: Op) -> Res
         Some(r) => Ok(r),
         None => Err("no answer".into()),
     }
-}
-
-fn outcome_box(outcome: Option<&str>) -> String {
-    outcome
-        .map(|o| format!("<p class=\"note\" id=\"outcome\">{}</p>", esc(o)))
-        .unwrap_or_default()
 }
 
 /// Keys and seats, with assignment forms.

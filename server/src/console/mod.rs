@@ -9,8 +9,11 @@
 //! CLI (`admin::handle`), so the console can do nothing the CLI cannot, and refuse nothing
 //! differently; each one, done or refused, is written to the audit log shown in the console.
 
+mod act;
+mod fleet;
 mod manage;
 mod pages;
+mod servers;
 mod tls;
 
 use std::collections::HashMap;
@@ -21,9 +24,7 @@ use axum::extract::{ConnectInfo, Form, Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
-use outpost_proto::pb::admin::{
-    AdminRequest, DeviceRef, admin_request::Op, admin_response::Result as R,
-};
+use outpost_proto::pb::admin::admin_response::Result as R;
 use tracing::{info, warn};
 
 use crate::node::Node;
@@ -102,16 +103,19 @@ pub async fn serve(node: Arc<Node>) -> std::io::Result<Option<SocketAddr>> {
         .route("/", get(overview))
         .route("/devices", get(devices))
         .route("/devices/{id}", get(device))
-        .route("/devices/{id}/revoke", post(revoke))
         .route("/keys", get(keys))
-        .route("/keys/{id}/assign", post(key_assign))
-        .route("/keys/{id}/unassign", post(key_unassign))
+        .route("/groups", get(groups))
+        .route("/servers", get(servers))
+        .route("/updates", get(updates))
         .route("/tokens", get(tokens).post(token_create))
         .route("/notifications", get(notifications))
         .route("/hosts", get(hosts))
         .route("/audit", get(audit))
         .route("/console.css", get(pages::css))
-        .fallback(|| async { pages::not_found() })
+        .fallback(|| async { pages::not_found() });
+    let app = act::ROUTES
+        .iter()
+        .fold(app, |app, r| app.route(r, post(act::act)))
         .layer(axum::middleware::map_response(security_headers))
         .with_state(node.clone());
     let stop = node.runtime().child_token();
@@ -191,7 +195,14 @@ async fn session(node: &Node, headers: &HeaderMap) -> Option<(String, ConsoleSes
     Some((id, s))
 }
 
-async fn record(node: &Node, admin: &str, peer: Peer, action: &str, target: &str, outcome: &str) {
+pub(super) async fn record(
+    node: &Node,
+    admin: &str,
+    peer: Peer,
+    action: &str,
+    target: &str,
+    outcome: &str,
+) {
     let r = AuditRow {
         at_ms: outpost_net::unix_now_ms(),
         admin: admin.to_owned(),
@@ -279,7 +290,7 @@ async fn sign_out(
 }
 
 /// A POST's session, when its CSRF token is the session's; refusals are audited.
-async fn checked(
+pub(super) async fn checked(
     node: &Node,
     headers: &HeaderMap,
     form: &HashMap<String, String>,
@@ -348,7 +359,7 @@ async fn devices(
     Query(q): Query<HashMap<String, String>>,
 ) -> Response {
     let s = signed_in!(node, headers);
-    pages::devices(&node, &s, &q).await
+    pages::devices(&node, &s, &q, None).await
 }
 
 async fn device(
@@ -360,79 +371,24 @@ async fn device(
     pages::device(&node, &s, &id, None).await
 }
 
-async fn revoke(
-    State(node): State<Arc<Node>>,
-    ConnectInfo(peer): ConnectInfo<Peer>,
-    headers: HeaderMap,
-    Path(id): Path<String>,
-    Form(f): Form<HashMap<String, String>>,
-) -> Response {
-    let Some((_, s)) = checked(&node, &headers, &f, peer, "revoke", &id).await else {
-        return pages::csrf_refused();
-    };
-    let req = AdminRequest {
-        op: Some(Op::DeviceRevoke(DeviceRef {
-            device_id: id.clone(),
-            free_seat_now: f.get("free_seat_now").is_some_and(|v| v == "on"),
-        })),
-    };
-    let answer = crate::admin::handle(&node, &s.admin, req).await;
-    let outcome = match answer.result {
-        Some(outpost_proto::pb::admin::admin_response::Result::Error(e)) => {
-            format!("refused: {}", e.message)
-        }
-        _ => "done".to_owned(),
-    };
-    record(&node, &s.admin, peer, "revoke", &id, &outcome).await;
-    pages::device(&node, &s, &id, Some(&outcome)).await
-}
-
 async fn keys(State(node): State<Arc<Node>>, headers: HeaderMap) -> Response {
     let s = signed_in!(node, headers);
     manage::keys(&node, &s, None).await
 }
 
-async fn key_assign(
-    State(node): State<Arc<Node>>,
-    ConnectInfo(peer): ConnectInfo<Peer>,
-    headers: HeaderMap,
-    Path(id): Path<String>,
-    Form(f): Form<HashMap<String, String>>,
-) -> Response {
-    key_change(node, peer, headers, id, f, true).await
+async fn groups(State(node): State<Arc<Node>>, headers: HeaderMap) -> Response {
+    let s = signed_in!(node, headers);
+    fleet::groups(&node, &s, None).await
 }
 
-async fn key_unassign(
-    State(node): State<Arc<Node>>,
-    ConnectInfo(peer): ConnectInfo<Peer>,
-    headers: HeaderMap,
-    Path(id): Path<String>,
-    Form(f): Form<HashMap<String, String>>,
-) -> Response {
-    key_change(node, peer, headers, id, f, false).await
+async fn servers(State(node): State<Arc<Node>>, headers: HeaderMap) -> Response {
+    let s = signed_in!(node, headers);
+    servers::page(&node, &s, None).await
 }
 
-async fn key_change(
-    node: Arc<Node>,
-    peer: Peer,
-    headers: HeaderMap,
-    id: String,
-    f: HashMap<String, String>,
-    assign: bool,
-) -> Response {
-    let action = if assign { "key-assign" } else { "key-unassign" };
-    let object = f.get("object").cloned().unwrap_or_default();
-    let target = format!("{id} {object}");
-    let Some((_, s)) = checked(&node, &headers, &f, peer, action, &target).await else {
-        return pages::csrf_refused();
-    };
-    let outcome = match manage::run(&node, &s, manage::key_op(&id, assign, &f)).await {
-        Ok(R::Done(d)) => format!("done: {}", d.message),
-        Ok(_) => "done".to_owned(),
-        Err(e) => format!("refused: {e}"),
-    };
-    record(&node, &s.admin, peer, action, &target, &outcome).await;
-    manage::keys(&node, &s, Some(&outcome)).await
+async fn updates(State(node): State<Arc<Node>>, headers: HeaderMap) -> Response {
+    let s = signed_in!(node, headers);
+    fleet::updates(&node, &s).await
 }
 
 async fn tokens(State(node): State<Arc<Node>>, headers: HeaderMap) -> Response {

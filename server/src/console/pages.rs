@@ -22,7 +22,7 @@ table{border-collapse:collapse;width:100%;background:#fff}th,td{text-align:left;
 th{background:#eef1f5}.tiles{display:flex;gap:12px;flex-wrap:wrap;margin-bottom:16px}
 .tile{background:#fff;padding:12px 16px;border:1px solid #e3e6eb;min-width:140px}.tile b{font-size:22px;display:block}
 .licensed{color:#16794c}.unlicensed,.revoked{color:#b42318}.note{background:#fff7e0;padding:8px;border:1px solid #f0d48a;margin:8px 0}
-meter{width:160px}form.inline{display:inline}button{cursor:pointer}.pages{margin:8px 0}";
+meter{width:160px}main form{margin:6px 0}form.inline{display:inline}button{cursor:pointer}.pages{margin:8px 0}";
 
 /// The stylesheet.
 pub async fn css() -> Response {
@@ -70,7 +70,7 @@ pub fn time(t: i64) -> String {
 pub fn page(s: Option<&ConsoleSession>, title: &str, body: &str) -> String {
     let nav = match s {
         Some(s) => format!(
-            "<a href=\"/\">Overview</a><a href=\"/devices\">Devices</a><a href=\"/keys\">Keys</a><a href=\"/tokens\">Tokens</a><a href=\"/hosts\">Hosts</a><a href=\"/notifications\">Notifications</a><a href=\"/audit\">Audit log</a>\
+            "<a href=\"/\">Overview</a><a href=\"/devices\">Devices</a><a href=\"/keys\">Keys</a><a href=\"/groups\">Groups</a><a href=\"/tokens\">Tokens</a><a href=\"/servers\">Servers</a><a href=\"/updates\">Updates</a><a href=\"/hosts\">Hosts</a><a href=\"/notifications\">Notifications</a><a href=\"/audit\">Audit log</a>\
              <form method=\"post\" action=\"/logout\"><input type=\"hidden\" name=\"csrf\" value=\"{}\">\
              <span>{}</span> <button>Sign out</button></form>",
             esc(&s.csrf),
@@ -85,6 +85,13 @@ pub fn page(s: Option<&ConsoleSession>, title: &str, body: &str) -> String {
         esc(title),
         esc(title)
     )
+}
+
+/// The outcome of an action just taken, if any.
+pub fn outcome_box(outcome: Option<&str>) -> String {
+    outcome
+        .map(|o| format!("<p class=\"note\" id=\"outcome\">{}</p>", esc(o)))
+        .unwrap_or_default()
 }
 
 /// A page for someone not signed in.
@@ -211,7 +218,12 @@ fn state_of(d: &DeviceRow) -> (&'static str, String) {
 }
 
 /// Devices: search, filters, server-side pages.
-pub async fn devices(node: &Node, s: &ConsoleSession, q: &HashMap<String, String>) -> Response {
+pub async fn devices(
+    node: &Node,
+    s: &ConsoleSession,
+    q: &HashMap<String, String>,
+    outcome: Option<&str>,
+) -> Response {
     let search = q.get("q").map(String::as_str).unwrap_or_default().trim();
     let (filter, fname) = filter_of(q);
     let pageno: i64 = q
@@ -227,7 +239,9 @@ pub async fn devices(node: &Node, s: &ConsoleSession, q: &HashMap<String, String
         Ok(r) => r,
         Err(e) => return failed(&e),
     };
-    let mut b = format!(
+    let mut b = outcome_box(outcome);
+    let _ = write!(
+        b,
         "<form method=\"get\" action=\"/devices\"><input name=\"q\" value=\"{}\" placeholder=\"id, host name or group\"> \
          <select name=\"filter\"><option value=\"\">all</option>",
         esc(search)
@@ -274,7 +288,7 @@ pub async fn devices(node: &Node, s: &ConsoleSession, q: &HashMap<String, String
     Html(page(Some(s), "Devices", &b)).into_response()
 }
 
-/// One device, with its revoke action; `outcome` is the result of an action just taken.
+/// One device with its recent events and actions (push, move, revoke, remove); `outcome` is the result of an action just taken.
 pub async fn device(node: &Node, s: &ConsoleSession, id: &str, outcome: Option<&str>) -> Response {
     let d = match node.store().device(id).await {
         Ok(Some(d)) => d,
@@ -282,10 +296,7 @@ pub async fn device(node: &Node, s: &ConsoleSession, id: &str, outcome: Option<&
         Err(e) => return failed(&e),
     };
     let (class, state) = state_of(&d);
-    let mut b = String::new();
-    if let Some(o) = outcome {
-        let _ = write!(b, "<p class=\"note\" id=\"outcome\">{}</p>", esc(o));
-    }
+    let mut b = outcome_box(outcome);
     let _ = write!(
         b,
         "<table><tr><th>device</th><td>{}</td></tr><tr><th>role</th><td>{}</td></tr>\
@@ -304,17 +315,60 @@ pub async fn device(node: &Node, s: &ConsoleSession, id: &str, outcome: Option<&
         time(d.last_check_at),
         time(d.enrolled_at)
     );
+    let csrf = esc(&s.csrf);
+    let base = format!("/devices/{}", enc(&d.id));
+    b.push_str("<h2>Actions</h2>");
     if d.revoked_at.is_none() {
+        if d.role == "agent" {
+            let _ = write!(
+                b,
+                "<form method=\"post\" action=\"{base}/push\" id=\"push\"><input type=\"hidden\" name=\"csrf\" value=\"{csrf}\">\
+                 <select name=\"kind\"><option>sync-now</option><option>message</option><option>update-available</option></select> \
+                 <input name=\"message\" placeholder=\"message (for kind message)\"> <button>Push</button></form>"
+            );
+        }
+        let groups = node.store().groups().await.unwrap_or_default();
         let _ = write!(
             b,
-            "<h2>Actions</h2><form method=\"post\" action=\"/devices/{}/revoke\">\
-             <input type=\"hidden\" name=\"csrf\" value=\"{}\">\
+            "<form method=\"post\" action=\"{base}/move\" id=\"move\"><input type=\"hidden\" name=\"csrf\" value=\"{csrf}\">\
+             <select name=\"group\">"
+        );
+        for (g, _) in &groups {
+            let sel = if *g == d.group_path { " selected" } else { "" };
+            let _ = write!(b, "<option{sel}>{}</option>", esc(g));
+        }
+        let _ = write!(
+            b,
+            "</select> <button>Move to group</button></form>\
+             <form method=\"post\" action=\"{base}/revoke\" id=\"revoke-form\"><input type=\"hidden\" name=\"csrf\" value=\"{csrf}\">\
              <label><input type=\"checkbox\" name=\"free_seat_now\"> free its seat now</label> \
-             <button id=\"revoke\">Revoke</button></form>",
-            enc(&d.id),
-            esc(&s.csrf)
+             <button id=\"revoke\">Revoke</button></form>"
         );
     }
+    let _ = write!(
+        b,
+        "<form method=\"post\" action=\"{base}/remove\" id=\"remove\"><input type=\"hidden\" name=\"csrf\" value=\"{csrf}\">\
+         <label><input type=\"checkbox\" name=\"free_seat_now\"> free its seat now</label> \
+         <button>Remove from the deployment</button></form>"
+    );
+    let events = node
+        .store()
+        .recent_events(&d.id, 20)
+        .await
+        .unwrap_or_default();
+    b.push_str("<h2>Recent events</h2><table id=\"events\"><tr><th>when</th><th>kind</th><th>detail</th></tr>");
+    for e in &events {
+        let text = String::from_utf8_lossy(&e.payload);
+        let detail: String = text.chars().take(200).collect();
+        let _ = write!(
+            b,
+            "<tr><td>{}</td><td>{}</td><td>{}</td></tr>",
+            time(e.created_at_ms / 1000),
+            esc(&e.kind),
+            esc(&detail)
+        );
+    }
+    b.push_str("</table>");
     Html(page(Some(s), &format!("Device {}", d.id), &b)).into_response()
 }
 

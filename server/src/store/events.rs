@@ -70,6 +70,22 @@ impl Store {
         .await?)
     }
 
+    /// The newest `limit` events of one device, newest first (the console's device page).
+    pub async fn recent_events(
+        &self,
+        device_id: &str,
+        limit: i64,
+    ) -> Result<Vec<StoredEvent>, StoreError> {
+        Ok(sqlx::query_as::<_, StoredEvent>(
+            "SELECT device_id, id, kind, payload, created_at_ms, received_at FROM events
+             WHERE device_id = $1 ORDER BY created_at_ms DESC, id DESC LIMIT $2",
+        )
+        .bind(device_id)
+        .bind(limit)
+        .fetch_all(&self.read)
+        .await?)
+    }
+
     /// Number of events stored for a device.
     pub async fn event_count(&self, device_id: &str) -> Result<i64, StoreError> {
         let (n,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM events WHERE device_id = $1")
