@@ -100,6 +100,11 @@ enum AdminCmd {
     /// Print a one-time sign-in link for the web console (O8): valid for `console.login_ttl`
     /// (10 minutes), once; the session it opens belongs to this admin certificate.
     ConsoleLogin,
+    /// Named accounts for the web console (O8): sign in with a name and password.
+    ConsoleAccount {
+        #[command(subcommand)]
+        cmd: crate::console::AccountCmd,
+    },
     /// Gateways: the ones in a DMZ the server dials (T4).
     Gateway {
         #[command(subcommand)]
@@ -470,6 +475,7 @@ pub async fn run(a: AdminArgs) -> Result<(), AdminError> {
         }),
         AdminCmd::Status => Op::ServerStatus(Empty {}),
         AdminCmd::ConsoleLogin => Op::ConsoleLogin(Empty {}),
+        AdminCmd::ConsoleAccount { cmd } => crate::console::account_op(cmd)?,
         AdminCmd::Cert {
             cmd: CertCmd::RotateServer,
         } => Op::CertRotateServer(Empty {}),

@@ -8,6 +8,7 @@
 pub mod bundle;
 pub mod cli;
 pub mod client;
+pub mod console;
 pub mod hierarchy;
 pub mod render;
 pub mod tasks;

@@ -80,6 +80,7 @@ pub fn human(r: &R) -> String {
         ),
         R::Updates(u) => crate::updates::render(u, table),
         R::Hosts(h) => crate::updates::render_hosts(h, table),
+        R::ConsoleAccounts(a) => crate::console::render(a, table),
         R::Error(e) => format!("error: {}\n", e.message),
         R::TokenCreated(t) => format!(
             "{}\n\ntoken {} for {} devices in group {}, {} use(s), expires {}\n\

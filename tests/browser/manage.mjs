@@ -6,6 +6,7 @@
 //   LEAVER     an agent to remove from the deployment
 //   GATEWAY    the gateway's device id      REVISION  the update revision it has cached
 //   NEIGHBOUR  the secondary's name         KEY       a key to lease seats of
+//   ACCOUNT / PASSWORD  a console account to sign in with (LOGIN is not used here)
 // The test then checks on the agents and servers that what was done here happened.
 import { env, expect, shot, submit, url, withBrowser } from './lib.mjs';
 
@@ -17,8 +18,18 @@ const until = new Date(Date.now() + 30 * 86400e3).toISOString().slice(0, 10);
 const outcome = async (page) => (await page.textContent('#outcome')).trim();
 
 await withBrowser(async (page) => {
-  const r = await page.goto(`${url}${env('LOGIN')}`);
-  expect(r.status() === 200, 'signed in');
+  // Sign in with the account: a wrong password is refused, the right one opens the overview.
+  let r = await page.goto(`${url}/`);
+  expect(r.status() === 401 && await page.locator('#sign-in').count() === 1, 'not signed in: the sign-in form');
+  await page.fill('#sign-in input[name=name]', env('ACCOUNT'));
+  await page.fill('#sign-in input[name=password]', 'not the password');
+  r = (await Promise.all([page.waitForNavigation(), page.click('#sign-in button')]))[0];
+  expect(r.status() === 401 && (await page.textContent('#refused')).includes('Wrong name or password'), 'a wrong password is refused');
+  await page.fill('#sign-in input[name=name]', env('ACCOUNT'));
+  await page.fill('#sign-in input[name=password]', env('PASSWORD'));
+  await submit(page, '#sign-in');
+  expect(new URL(page.url()).pathname === '/' && (await page.textContent('header')).includes(env('ACCOUNT')),
+    'the right password signs in');
 
   // Groups: a bad path is refused with the reason; a good one is created.
   await page.goto(`${url}/groups`);

@@ -276,7 +276,7 @@ async fn o8_console_signs_in_lists_devices_revokes_with_csrf_and_audits_every_ac
     // The audit log holds every action, done or refused.
     let log = b.get("/audit").await.body;
     for needle in [
-        "sign-in</td><td></td><td>done",
+        "sign-in</td><td>link</td><td>done",
         "refused: link unknown, used or expired",
         "refused: missing or wrong CSRF token",
         &format!("revoke</td><td>{one}</td><td>done"),

@@ -11,7 +11,8 @@ use std::time::Duration;
 
 use base64::Engine;
 use outpost_proto::pb::admin::{
-    DeviceList, Empty, ServerAdd, UpdateImport, admin_request::Op, admin_response::Result as R,
+    ConsoleAccountSet, DeviceList, Empty, ServerAdd, UpdateImport, admin_request::Op,
+    admin_response::Result as R,
 };
 use outpost_tests::*;
 use rcgen::PublicKeyData;
@@ -324,6 +325,13 @@ async fn o8_console_in_headless_chromium_manages_groups_devices_pushes_leases_an
     })
     .await;
 
+    let r = hq
+        .admin(Op::ConsoleAccountSet(ConsoleAccountSet {
+            name: "alice".into(),
+            password: "correct horse battery staple".into(),
+        }))
+        .await;
+    assert!(matches!(r, R::Done(_)), "{r:?}");
     let said = browser
         .run(
             "manage.mjs",
@@ -335,6 +343,8 @@ async fn o8_console_in_headless_chromium_manages_groups_devices_pushes_leases_an
                 ("REVISION", rev.to_string()),
                 ("NEIGHBOUR", "office".to_owned()),
                 ("KEY", "K-HQ".to_owned()),
+                ("ACCOUNT", "alice".to_owned()),
+                ("PASSWORD", "correct horse battery staple".to_owned()),
             ],
         )
         .await;

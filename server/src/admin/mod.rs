@@ -8,6 +8,7 @@
 //! licence epoch inside the store; nothing here has to remember to.
 
 mod certs;
+mod console;
 mod devices;
 mod gateways;
 mod hierarchy;
@@ -182,6 +183,9 @@ pub async fn handle(node: &Arc<Node>, admin: &str, req: AdminRequest) -> AdminRe
             Op::UpdateShow(u) => updates::show(node, u).await,
             Op::UpdateRemove(u) => updates::remove(node, u).await,
             Op::HostsList(q) => updates::hosts(node, q).await,
+            Op::ConsoleAccountSet(a) => console::set(node, a).await,
+            Op::ConsoleAccountRemove(a) => console::remove(node, a).await,
+            Op::ConsoleAccountList(_) => console::list(node).await,
             Op::ConsoleLogin(_) => crate::console::login_link(node, admin).await.map(|url| {
                 done(format!(
                     "open within {}, once: {url}",

@@ -1,14 +1,16 @@
 //! The web console (O8): server-rendered HTML over HTTPS on its own TCP port
 //! (`console.listen`), everything in the binary (no script, font or style from elsewhere).
 //!
-//! Sign-in: `outpost-server admin console-login` (an admin certificate) prints a one-time
-//! link valid for `console.login_ttl`; opening it starts a session tied to that admin, kept by
+//! Sign-in: with a named account's password (`accounts`), or with a one-time link that
+//! `outpost-server admin console-login` (an admin certificate) prints, valid for
+//! `console.login_ttl`. Either starts a session tied to that account or admin, kept by
 //! the SHA-256 of an HttpOnly, Secure, SameSite=Strict cookie, ending after
 //! `console.session_idle` unused or `console.session_max` in all. Every form carries the
 //! session's CSRF token, checked on every POST. Actions go through the same code as the admin
 //! CLI (`admin::handle`), so the console can do nothing the CLI cannot, and refuse nothing
 //! differently; each one, done or refused, is written to the audit log shown in the console.
 
+pub(crate) mod accounts;
 mod act;
 mod fleet;
 mod manage;
@@ -50,7 +52,7 @@ fn sha(s: &str) -> String {
     hex::encode(ring::digest::digest(&ring::digest::SHA256, s.as_bytes()))
 }
 
-fn secret() -> String {
+pub(crate) fn secret() -> String {
     hex::encode(rand::random::<[u8; 32]>())
 }
 
@@ -98,7 +100,7 @@ pub async fn serve(node: Arc<Node>) -> std::io::Result<Option<SocketAddr>> {
     let listener = tls::Listener::new(tcp, tls, node.runtime().child_token())?;
     let bound = axum::serve::Listener::local_addr(&listener)?;
     let app = axum::Router::new()
-        .route("/login", get(sign_in))
+        .route("/login", get(sign_in).post(sign_in_password))
         .route("/logout", post(sign_out))
         .route("/", get(overview))
         .route("/devices", get(devices))
@@ -216,14 +218,16 @@ pub(super) async fn record(
     }
 }
 
-/// Sign-in with a one-time link.
+/// Sign-in with a one-time link (`?token=`); without one, the name and password form.
 async fn sign_in(
     State(node): State<Arc<Node>>,
     ConnectInfo(peer): ConnectInfo<Peer>,
     Query(q): Query<HashMap<String, String>>,
 ) -> Response {
     let now = outpost_net::unix_now();
-    let token = q.get("token").map(String::as_str).unwrap_or_default();
+    let Some(token) = q.get("token") else {
+        return pages::sign_in_form(StatusCode::OK, None);
+    };
     let admin = match node.store().take_console_login(&sha(token), now).await {
         Ok(Some(a)) => a,
         Ok(None) => {
@@ -232,7 +236,7 @@ async fn sign_in(
                 "-",
                 peer,
                 "sign-in",
-                "",
+                "link",
                 "refused: link unknown, used or expired",
             )
             .await;
@@ -244,10 +248,75 @@ async fn sign_in(
         }
         Err(e) => return pages::failed(&e),
     };
+    start_session(&node, peer, &admin, "").await
+}
+
+/// Sign-in with an account's name and password (`accounts`).
+async fn sign_in_password(
+    State(node): State<Arc<Node>>,
+    ConnectInfo(peer): ConnectInfo<Peer>,
+    Form(f): Form<HashMap<String, String>>,
+) -> Response {
+    let now = outpost_net::unix_now();
+    let name = f
+        .get("name")
+        .map(|n| n.trim())
+        .unwrap_or_default()
+        .to_owned();
+    let password = f.get("password").cloned().unwrap_or_default();
+    let account = match node.store().console_account(&name).await {
+        Ok(a) => a,
+        Err(e) => return pages::failed(&e),
+    };
+    let locked = account.as_ref().is_some_and(|a| a.locked_until > now);
+    let stored = account
+        .as_ref()
+        .map_or_else(|| accounts::decoy().to_owned(), |a| a.password_hash.clone());
+    // Checked even when locked or unknown, so neither answers faster.
+    let matches = tokio::task::spawn_blocking(move || accounts::verify(&stored, &password))
+        .await
+        .unwrap_or(false);
+    let why = match (&account, locked, matches) {
+        (None, ..) => "refused: no such account".to_owned(),
+        (Some(a), true, _) => format!("refused: locked until {}", pages::time(a.locked_until)),
+        (Some(_), false, false) => {
+            match node
+                .store()
+                .console_sign_in_failed(&name, now, accounts::LOCK_AFTER, accounts::LOCK_FOR)
+                .await
+            {
+                Ok(0) => "refused: wrong password".to_owned(),
+                Ok(t) => format!("refused: wrong password; locked until {}", pages::time(t)),
+                Err(e) => return pages::failed(&e),
+            }
+        }
+        (Some(_), false, true) => {
+            if let Err(e) = node.store().console_signed_in(&name, now).await {
+                return pages::failed(&e);
+            }
+            return start_session(&node, peer, &name, &name).await;
+        }
+    };
+    warn!(account = %name, %why, "console sign-in refused");
+    record(&node, &name, peer, "sign-in", "password", &why).await;
+    pages::sign_in_form(
+        StatusCode::UNAUTHORIZED,
+        Some(
+            "Wrong name or password — or, after 5 failures in a row, the account is locked for \
+             15 minutes. An administrator can set a new password with `outpost-server admin \
+             console-account set NAME`.",
+        ),
+    )
+}
+
+/// Opens a session for `admin` (`account`: the account signed in with, or empty).
+async fn start_session(node: &Node, peer: Peer, admin: &str, account: &str) -> Response {
+    let now = outpost_net::unix_now();
     let cookie = secret();
     let max = node.config().console.session_max.as_secs();
     let s = ConsoleSession {
-        admin: admin.clone(),
+        admin: admin.to_owned(),
+        account: account.to_owned(),
         csrf: secret(),
         expires_at: now + max as i64,
     };
@@ -258,7 +327,12 @@ async fn sign_in(
     {
         return pages::failed(&e);
     }
-    record(&node, &admin, peer, "sign-in", "", "done").await;
+    let how = if account.is_empty() {
+        "link"
+    } else {
+        "password"
+    };
+    record(node, admin, peer, "sign-in", how, "done").await;
     let set =
         format!("{COOKIE}={cookie}; Path=/; Secure; HttpOnly; SameSite=Strict; Max-Age={max}");
     let mut r = Redirect::to("/").into_response();
@@ -338,10 +412,9 @@ macro_rules! signed_in {
         match session(&$node, &$headers).await {
             Some((_, s)) => s,
             None => {
-                return pages::signed_out(
+                return pages::sign_in_form(
                     StatusCode::UNAUTHORIZED,
-                    "Not signed in, or the session expired. Run `outpost-server admin \
-                     console-login` and open the link it prints.",
+                    Some("Not signed in, or the session expired: sign in again."),
                 );
             }
         }

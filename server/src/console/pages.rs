@@ -107,6 +107,22 @@ pub fn signed_out(status: StatusCode, why: &str) -> Response {
         .into_response()
 }
 
+/// The sign-in form (name and password), with why the last try was refused.
+pub fn sign_in_form(status: StatusCode, refused: Option<&str>) -> Response {
+    let mut b = refused
+        .map(|r| format!("<p class=\"note\" id=\"refused\">{}</p>", esc(r)))
+        .unwrap_or_default();
+    b.push_str(
+        "<form method=\"post\" action=\"/login\" id=\"sign-in\">\
+         <p><label>Account <input name=\"name\" autocomplete=\"username\" required></label></p>\
+         <p><label>Password <input type=\"password\" name=\"password\" autocomplete=\"current-password\" required></label></p>\
+         <p><button>Sign in</button></p></form>\
+         <p>No account? An administrator makes one with <code>outpost-server admin console-account set NAME</code>, \
+         or prints a one-time sign-in link with <code>outpost-server admin console-login</code>.</p>",
+    );
+    (status, Html(page(None, "Sign in", &b))).into_response()
+}
+
 /// A POST refused: not signed in, or without the session's CSRF token.
 pub fn csrf_refused() -> Response {
     signed_out(

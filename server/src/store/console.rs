@@ -7,8 +7,10 @@ use super::{DeviceRow, Store, StoreError};
 /// A signed-in console session.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConsoleSession {
-    /// The admin device whose `console-login` made the link.
+    /// Who: the admin device whose `console-login` made the link, or the account's name.
     pub admin: String,
+    /// The account signed in with (empty for a one-time link).
+    pub account: String,
     /// The token every form of this session carries (CSRF).
     pub csrf: String,
     /// Unix seconds.
@@ -105,14 +107,16 @@ impl Store {
             .execute(&self.write)
             .await?;
         sqlx::query(
-            "INSERT INTO console_sessions (id_sha256, csrf, admin, created_at, expires_at, last_seen)
-             VALUES ($1, $2, $3, $4, $5, $4)",
+            "INSERT INTO console_sessions
+                    (id_sha256, csrf, admin, created_at, expires_at, last_seen, account)
+             VALUES ($1, $2, $3, $4, $5, $4, $6)",
         )
         .bind(id_sha256)
         .bind(&s.csrf)
         .bind(&s.admin)
         .bind(now)
         .bind(s.expires_at)
+        .bind(&s.account)
         .execute(&self.write)
         .await?;
         Ok(())
@@ -125,13 +129,14 @@ impl Store {
         now: i64,
         idle: i64,
     ) -> Result<Option<ConsoleSession>, StoreError> {
-        let row: Option<(String, String, i64, i64)> = sqlx::query_as(
-            "SELECT admin, csrf, expires_at, last_seen FROM console_sessions WHERE id_sha256 = $1",
+        let row: Option<(String, String, i64, i64, String)> = sqlx::query_as(
+            "SELECT admin, csrf, expires_at, last_seen, account FROM console_sessions
+              WHERE id_sha256 = $1",
         )
         .bind(id_sha256)
         .fetch_optional(&self.read)
         .await?;
-        let Some((admin, csrf, expires_at, last_seen)) = row else {
+        let Some((admin, csrf, expires_at, last_seen, account)) = row else {
             return Ok(None);
         };
         if expires_at <= now || last_seen + idle <= now {
@@ -145,6 +150,7 @@ impl Store {
             .await?;
         Ok(Some(ConsoleSession {
             admin,
+            account,
             csrf,
             expires_at,
         }))

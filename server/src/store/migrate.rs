@@ -41,6 +41,7 @@ const ORDER: &[&str] = &[
     "leases_received",
     "usage_reports",
     "console_audit",
+    "console_accounts",
 ];
 
 /// Tables of live state that are not copied: which instance holds which connection (the server

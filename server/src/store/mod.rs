@@ -11,6 +11,7 @@
 //! a device's licence (keys, assignments, seats freed, devices moved or revoked) moves after
 //! its commit. Live sessions watch it and re-check (L9). Callers never move it by hand.
 
+pub mod accounts;
 pub mod backend;
 mod check;
 pub mod console;
