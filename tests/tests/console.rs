@@ -155,6 +155,18 @@ async fn o8_console_signs_in_lists_devices_revokes_with_csrf_and_audits_every_ac
             .wait_for(|s| s.licence.state == "licensed" && s.licence.key == "K-TWO"),
     )
     .await;
+    // … and unassigned again with the × of that assignment: the keys page no longer lists it.
+    let page = b.get("/keys").await;
+    assert!(page.body.contains(&format!("value=\"device:{spare_id}\"")));
+    let r = b
+        .send(
+            "POST",
+            "/keys/K-TWO/unassign",
+            Some(&format!("csrf={token}&object=device%3A{spare_id}")),
+        )
+        .await;
+    assert!(r.body.contains("id=\"outcome\">done"), "{}", r.body);
+    assert!(!r.body.contains(&format!("value=\"device:{spare_id}\"")), "{}", r.body);
 
     // Tokens: created, shown once, usable; the audit log names its id, never the token.
     let page = b.get("/tokens").await;
@@ -281,6 +293,7 @@ async fn o8_console_signs_in_lists_devices_revokes_with_csrf_and_audits_every_ac
         "refused: missing or wrong CSRF token",
         &format!("revoke</td><td>{one}</td><td>done"),
         &format!("key-assign</td><td>K-TWO device:{spare_id}</td><td>done"),
+        &format!("key-unassign</td><td>K-TWO device:{spare_id}</td><td>done"),
         "token-create</td><td></td><td>done: token",
     ] {
         assert!(log.contains(needle), "{needle} in {log}");
