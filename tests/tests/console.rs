@@ -166,7 +166,11 @@ async fn o8_console_signs_in_lists_devices_revokes_with_csrf_and_audits_every_ac
         )
         .await;
     assert!(r.body.contains("id=\"outcome\">done"), "{}", r.body);
-    assert!(!r.body.contains(&format!("value=\"device:{spare_id}\"")), "{}", r.body);
+    assert!(
+        !r.body.contains(&format!("value=\"device:{spare_id}\"")),
+        "{}",
+        r.body
+    );
 
     // Tokens: created, shown once, usable; the audit log names its id, never the token.
     let page = b.get("/tokens").await;

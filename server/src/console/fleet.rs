@@ -8,18 +8,9 @@ use axum::response::{Html, IntoResponse, Response};
 use outpost_proto::pb::admin::{Empty, admin_request::Op, admin_response::Result as R};
 
 use super::manage::run;
-use super::pages::{enc, esc, failed, outcome_box, page, time};
+use super::pages::{enc, esc, failed, outcome_box, page, refused, time};
 use crate::node::Node;
 use crate::store::console::ConsoleSession;
-
-fn refused(s: &ConsoleSession, title: &str, e: &str) -> Response {
-    Html(page(
-        Some(s),
-        title,
-        &format!("<p class=\"note\">{}</p>", esc(e)),
-    ))
-    .into_response()
-}
 
 /// Mebibytes, one decimal.
 fn mib(bytes: u64) -> String {

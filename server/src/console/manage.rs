@@ -11,7 +11,7 @@ use outpost_proto::pb::admin::{
     admin_response::Result as R,
 };
 
-use super::pages::{enc, esc, outcome_box, page, time};
+use super::pages::{enc, esc, outcome_box, page, refused, time};
 use crate::node::Node;
 use crate::store::console::ConsoleSession;
 
@@ -34,14 +34,7 @@ pub async fn keys(
     let keys = match run(node, s, Op::KeyList(Empty {})).await {
         Ok(R::Keys(k)) => k.keys,
         Ok(_) => vec![],
-        Err(e) => {
-            return Html(page(
-                Some(s),
-                "Keys and seats",
-                &format!("<p class=\"note\">{}</p>", esc(&e)),
-            ))
-            .into_response();
-        }
+        Err(e) => return refused(s, "Keys and seats", &e),
     };
     let mut b = outcome_box(outcome);
     b.push_str("<table id=\"keys\"><tr><th>key</th><th>licensee</th><th>components</th><th>usage</th><th>used / total</th><th>free</th><th>leased out</th><th>expires</th><th>assigned to</th><th>assign</th></tr>");
@@ -112,14 +105,7 @@ pub async fn tokens(
     let tokens = match run(node, s, Op::TokenList(Empty {})).await {
         Ok(R::Tokens(t)) => t.tokens,
         Ok(_) => vec![],
-        Err(e) => {
-            return Html(page(
-                Some(s),
-                "Enrollment tokens",
-                &format!("<p class=\"note\">{}</p>", esc(&e)),
-            ))
-            .into_response();
-        }
+        Err(e) => return refused(s, "Enrollment tokens", &e),
     };
     let mut b = outcome_box(outcome);
     if let Some(t) = created {
@@ -187,14 +173,7 @@ pub async fn notifications(
     let list = match run(node, s, op).await {
         Ok(R::Notifications(n)) => n.notifications,
         Ok(_) => vec![],
-        Err(e) => {
-            return Html(page(
-                Some(s),
-                "Notifications",
-                &format!("<p class=\"note\">{}</p>", esc(&e)),
-            ))
-            .into_response();
-        }
+        Err(e) => return refused(s, "Notifications", &e),
     };
     let mut b = format!(
         "<form method=\"get\" action=\"/notifications\">kind <input name=\"kind\" value=\"{}\"> <button>Show</button></form>\
@@ -224,14 +203,7 @@ pub async fn hosts(node: &std::sync::Arc<Node>, s: &ConsoleSession, unmanaged: b
     let hosts = match run(node, s, op).await {
         Ok(R::Hosts(h)) => h.hosts,
         Ok(_) => vec![],
-        Err(e) => {
-            return Html(page(
-                Some(s),
-                "Discovered hosts",
-                &format!("<p class=\"note\">{}</p>", esc(&e)),
-            ))
-            .into_response();
-        }
+        Err(e) => return refused(s, "Discovered hosts", &e),
     };
     let mut b = format!(
         "<p><a href=\"/hosts\">all</a> · <a href=\"/hosts?unmanaged=1\">without an agent</a></p>\

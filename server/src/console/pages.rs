@@ -87,6 +87,16 @@ pub fn page(s: Option<&ConsoleSession>, title: &str, body: &str) -> String {
     )
 }
 
+/// A page that could not be shown: the refusal's sentence in it.
+pub fn refused(s: &ConsoleSession, title: &str, e: &str) -> Response {
+    Html(page(
+        Some(s),
+        title,
+        &format!("<p class=\"note\">{}</p>", esc(e)),
+    ))
+    .into_response()
+}
+
 /// The outcome of an action just taken, if any.
 pub fn outcome_box(outcome: Option<&str>) -> String {
     outcome
