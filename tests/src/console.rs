@@ -14,6 +14,8 @@ pub struct ConsoleClient {
     tls: tokio_rustls::TlsConnector,
     /// `outpost_console=…` once signed in.
     pub cookie: Option<String>,
+    /// Header lines sent with every request (each ending in `\r\n`).
+    pub extra_headers: String,
 }
 
 /// One answer.
@@ -36,6 +38,7 @@ impl ConsoleClient {
             addr: server.h().console_addr().expect("console served"),
             tls: tokio_rustls::TlsConnector::from(Arc::new(cfg)),
             cookie: None,
+            extra_headers: String::new(),
         }
     }
 
@@ -54,6 +57,7 @@ impl ConsoleClient {
         if let Some(c) = &self.cookie {
             req.push_str(&format!("Cookie: {c}\r\n"));
         }
+        req.push_str(&self.extra_headers);
         let body = form.unwrap_or("");
         if form.is_some() {
             req.push_str(&format!(

@@ -85,6 +85,19 @@ async fn o8_console_accounts_sign_in_with_a_password_lock_after_five_failures_an
     assert_eq!(wrong, unknown, "no hint whether the name exists");
     assert!(wrong.contains("Wrong name or password"), "{wrong}");
 
+    // A sign-in posted from another site (login CSRF) is refused, even with the right password.
+    let mut evil = ConsoleClient::new(&server);
+    evil.extra_headers = "Origin: https://evil.example\r\n".into();
+    let a = evil
+        .send(
+            "POST",
+            "/login",
+            Some(&format!("name=alice&password={}", GOOD.replace(' ', "+"))),
+        )
+        .await;
+    assert_eq!(a.status, 403, "{}", a.body);
+    assert!(evil.cookie.is_none());
+
     // The right password signs in.
     let (mut alice, status, body) = sign_in(&server, "alice", GOOD).await;
     assert_eq!(status, 303, "{body}");

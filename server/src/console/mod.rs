@@ -170,7 +170,9 @@ async fn security_headers(mut r: Response) -> Response {
     );
     set(h, header::X_FRAME_OPTIONS, "DENY");
     set(h, header::X_CONTENT_TYPE_OPTIONS, "nosniff");
-    set(h, header::REFERRER_POLICY, "no-referrer");
+    // `same-origin`: no address leaves for another site, and browsers send the real
+    // `Origin` with the console's own POSTs (`no-referrer` makes it `null`).
+    set(h, header::REFERRER_POLICY, "same-origin");
     set(h, header::CACHE_CONTROL, "no-store");
     r
 }
@@ -255,8 +257,23 @@ async fn sign_in(
 async fn sign_in_password(
     State(node): State<Arc<Node>>,
     ConnectInfo(peer): ConnectInfo<Peer>,
+    headers: HeaderMap,
     Form(f): Form<HashMap<String, String>>,
 ) -> Response {
+    // The form has no session to carry a CSRF token yet; a browser says where a POST came
+    // from, and a sign-in posted from another site (login CSRF) is refused.
+    if !same_origin(&headers) {
+        record(
+            &node,
+            "-",
+            peer,
+            "sign-in",
+            "password",
+            "refused: posted from another site",
+        )
+        .await;
+        return pages::csrf_refused();
+    }
     let now = outpost_net::unix_now();
     let name = f
         .get("name")
@@ -307,6 +324,22 @@ async fn sign_in_password(
              console-account set NAME`.",
         ),
     )
+}
+
+/// Whether a request's `Origin`, when it has one, is the console's own (the `Host` it asked).
+fn same_origin(headers: &HeaderMap) -> bool {
+    let Some(origin) = headers.get(header::ORIGIN).and_then(|o| o.to_str().ok()) else {
+        return true;
+    };
+    let host = headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or_default();
+    let same = origin.strip_prefix("https://") == Some(host);
+    if !same {
+        warn!(%origin, %host, "console request from another origin");
+    }
+    same
 }
 
 /// Opens a session for `admin` (`account`: the account signed in with, or empty).
