@@ -48,45 +48,6 @@ fn field<'a>(f: &'a Fields, k: &str) -> &'a str {
     f.get(k).map(|v| v.trim()).unwrap_or_default()
 }
 
-/// The audit name, target and return page of the action at `route`.
-fn describe(route: &str, id: &str, f: &Fields) -> (&'static str, String, Back) {
-    let dev = || Back::Device(id.to_owned());
-    match route {
-        "/devices/{id}/revoke" => ("revoke", id.to_owned(), dev()),
-        "/devices/{id}/remove" => ("remove", id.to_owned(), Back::Devices),
-        "/devices/{id}/move" => ("move", format!("{id} {}", field(f, "group")), dev()),
-        "/devices/{id}/push" => ("push", format!("{id} {}", field(f, "kind")), dev()),
-        "/keys/{id}/assign" => (
-            "key-assign",
-            format!("{id} {}", field(f, "object")),
-            Back::Keys,
-        ),
-        "/keys/{id}/unassign" => (
-            "key-unassign",
-            format!("{id} {}", field(f, "object")),
-            Back::Keys,
-        ),
-        "/groups" => ("group-create", field(f, "path").to_owned(), Back::Groups),
-        "/groups/push" => (
-            "push",
-            format!("group:{} {}", field(f, "group"), field(f, "kind")),
-            Back::Groups,
-        ),
-        "/leases" => (
-            "lease-give",
-            format!(
-                "{} {} seat(s) to {}",
-                field(f, "key"),
-                field(f, "seats"),
-                field(f, "server")
-            ),
-            Back::Servers,
-        ),
-        "/leases/{id}" => ("lease-change", id.to_owned(), Back::Servers),
-        _ => ("lease-revoke", id.to_owned(), Back::Servers),
-    }
-}
-
 /// A form date: `YYYY-MM-DD` (a browser's date field; the end of that day, UTC) or RFC 3339.
 pub fn end_date(s: &str) -> Result<i64, String> {
     let rfc = if s.len() == 10 {
@@ -108,8 +69,17 @@ fn seats(s: &str, blank_ok: bool) -> Result<u32, String> {
         .ok_or_else(|| format!("seats {s:?}: a whole number of seats, at least 1"))
 }
 
-/// The admin operation of the action at `route`, or why its form is wrong.
-fn operation(route: &str, id: &str, f: &Fields) -> Result<Op, String> {
+/// One action: its audit name and target, the page to go back to, and the admin operation
+/// (or why the form is wrong).
+struct Plan {
+    name: &'static str,
+    target: String,
+    back: Back,
+    op: Result<Op, String>,
+}
+
+/// The plan of the action at `route` on `id` with form `f`.
+fn plan(route: &str, id: &str, f: &Fields) -> Plan {
     let device = || DeviceRef {
         device_id: id.to_owned(),
         free_seat_now: field(f, "free_seat_now") == "on",
@@ -123,53 +93,123 @@ fn operation(route: &str, id: &str, f: &Fields) -> Result<Op, String> {
         wait_ms: 3_000,
         all: false,
     };
-    Ok(match route {
-        "/devices/{id}/revoke" => Op::DeviceRevoke(device()),
-        "/devices/{id}/remove" => Op::DeviceRemove(device()),
-        "/devices/{id}/move" => Op::DeviceMove(DeviceMove {
-            device_id: id.to_owned(),
-            group: field(f, "group").to_owned(),
-        }),
-        "/devices/{id}/push" => Op::Push(push(id, "")),
-        "/keys/{id}/assign" => manage::key_op(id, true, f),
-        "/keys/{id}/unassign" => manage::key_op(id, false, f),
-        "/groups" => Op::GroupCreate(GroupCreate {
-            path: field(f, "path").to_owned(),
-        }),
+    let on = |what: &str| format!("{id} {}", field(f, what));
+    let dev = || Back::Device(id.to_owned());
+    let (name, target, back, op) = match route {
+        "/devices/{id}/revoke" => (
+            "revoke",
+            id.to_owned(),
+            dev(),
+            Ok(Op::DeviceRevoke(device())),
+        ),
+        "/devices/{id}/remove" => (
+            "remove",
+            id.to_owned(),
+            Back::Devices,
+            Ok(Op::DeviceRemove(device())),
+        ),
+        "/devices/{id}/move" => (
+            "move",
+            on("group"),
+            dev(),
+            Ok(Op::DeviceMove(DeviceMove {
+                device_id: id.to_owned(),
+                group: field(f, "group").to_owned(),
+            })),
+        ),
+        "/devices/{id}/push" => ("push", on("kind"), dev(), Ok(Op::Push(push(id, "")))),
+        "/keys/{id}/assign" => (
+            "key-assign",
+            on("object"),
+            Back::Keys,
+            Ok(manage::key_op(id, true, f)),
+        ),
+        "/keys/{id}/unassign" => (
+            "key-unassign",
+            on("object"),
+            Back::Keys,
+            Ok(manage::key_op(id, false, f)),
+        ),
+        "/groups" => (
+            "group-create",
+            field(f, "path").to_owned(),
+            Back::Groups,
+            Ok(Op::GroupCreate(GroupCreate {
+                path: field(f, "path").to_owned(),
+            })),
+        ),
         "/groups/push" => {
             let group = field(f, "group");
-            if group.is_empty() {
-                return Err("pick a group to push to".into());
-            }
-            Op::Push(push("", group))
-        }
-        "/leases" => Op::LeaseGive(LeaseGive {
-            server: field(f, "server").to_owned(),
-            key_id: field(f, "key").to_owned(),
-            seats: seats(field(f, "seats"), false)?,
-            end_at: end_date(field(f, "until"))?,
-            period_secs: 0,
-        }),
-        "/leases/{id}" => {
-            let until = field(f, "until");
-            let change = LeaseChange {
-                lease_id: id.to_owned(),
-                seats: seats(field(f, "seats"), true)?,
-                end_at: if until.is_empty() {
-                    0
+            (
+                "push",
+                format!("group:{group} {}", field(f, "kind")),
+                Back::Groups,
+                if group.is_empty() {
+                    Err("pick a group to push to".into())
                 } else {
-                    end_date(until)?
+                    Ok(Op::Push(push("", group)))
                 },
-            };
-            if change.seats == 0 && change.end_at == 0 {
-                return Err("give new seats, a new end date, or both".into());
-            }
-            Op::LeaseChange(change)
+            )
         }
-        _ => Op::LeaseRevoke(LeaseRef {
-            lease_id: id.to_owned(),
-        }),
-    })
+        "/leases" => (
+            "lease-give",
+            format!(
+                "{} {} seat(s) to {}",
+                field(f, "key"),
+                field(f, "seats"),
+                field(f, "server")
+            ),
+            Back::Servers,
+            lease_give(f),
+        ),
+        "/leases/{id}" => (
+            "lease-change",
+            id.to_owned(),
+            Back::Servers,
+            lease_change(id, f),
+        ),
+        _ => (
+            "lease-revoke",
+            id.to_owned(),
+            Back::Servers,
+            Ok(Op::LeaseRevoke(LeaseRef {
+                lease_id: id.to_owned(),
+            })),
+        ),
+    };
+    Plan {
+        name,
+        target,
+        back,
+        op,
+    }
+}
+
+fn lease_give(f: &Fields) -> Result<Op, String> {
+    Ok(Op::LeaseGive(LeaseGive {
+        server: field(f, "server").to_owned(),
+        key_id: field(f, "key").to_owned(),
+        seats: seats(field(f, "seats"), false)?,
+        end_at: end_date(field(f, "until"))?,
+        period_secs: 0,
+    }))
+}
+
+fn lease_change(id: &str, f: &Fields) -> Result<Op, String> {
+    let until = field(f, "until");
+    let change = LeaseChange {
+        lease_id: id.to_owned(),
+        seats: seats(field(f, "seats"), true)?,
+        end_at: if until.is_empty() {
+            0
+        } else {
+            end_date(until)?
+        },
+    };
+    if change.seats == 0 && change.end_at == 0 {
+        return Err("give new seats, a new end date, or both".into());
+    }
+    Ok(Op::LeaseChange(change))
 }
 
 /// What the admin is told (and the audit log keeps) of an answer.
@@ -221,17 +261,17 @@ pub async fn act(
         .map(|(_, v)| v.to_owned())
         .unwrap_or_default();
     let route = route.as_str();
-    let (name, target, back) = describe(route, &id, &f);
-    let Some((_, s)) = checked(&node, &headers, &f, peer, name, &target).await else {
+    let p = plan(route, &id, &f);
+    let Some((_, s)) = checked(&node, &headers, &f, peer, p.name, &p.target).await else {
         return pages::csrf_refused();
     };
-    let answer = match operation(route, &id, &f) {
+    let answer = match p.op {
         Ok(op) => manage::run(&node, &s, op).await,
         Err(e) => Err(e),
     };
     let outcome = outcome(answer);
-    record(&node, &s.admin, peer, name, &target, &outcome).await;
-    back_to(&node, &s, back, &outcome).await
+    record(&node, &s.admin, peer, p.name, &p.target, &outcome).await;
+    back_to(&node, &s, p.back, &outcome).await
 }
 
 #[cfg(test)]
@@ -243,20 +283,17 @@ mod tests {
         let f = Fields::new();
         let names: std::collections::HashSet<_> = ROUTES
             .iter()
-            .map(|r| {
-                let (n, ..) = describe(r, "x", &f);
-                format!("{n} {r}")
-            })
+            .map(|r| format!("{} {r}", plan(r, "x", &f).name))
             .collect();
         assert_eq!(names.len(), ROUTES.len());
-        assert_eq!(describe("/leases/{id}/revoke", "l", &f).0, "lease-revoke");
+        assert_eq!(plan("/leases/{id}/revoke", "l", &f).name, "lease-revoke");
         let form = |kv: &[(&str, &str)]| {
             kv.iter()
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect::<Fields>()
         };
         let give = |seats: &str, until: &str| {
-            operation(
+            plan(
                 "/leases",
                 "",
                 &form(&[
@@ -266,6 +303,7 @@ mod tests {
                     ("until", until),
                 ]),
             )
+            .op
         };
         assert!(
             give("ten", "2027-06-30")
@@ -279,10 +317,11 @@ mod tests {
         };
         assert_eq!(l.end_at, end_date("2027-06-30T23:59:59Z").unwrap());
         assert!(
-            operation("/leases/{id}", "l", &form(&[("seats", ""), ("until", "")]))
+            plan("/leases/{id}", "l", &form(&[("seats", ""), ("until", "")]))
+                .op
                 .unwrap_err()
                 .contains("new seats")
         );
-        assert!(operation("/groups/push", "", &f).is_err());
+        assert!(plan("/groups/push", "", &f).op.is_err());
     }
 }
