@@ -165,6 +165,24 @@ async fn p2_sqlite_and_postgres_schemas_match() {
             "table {t}: SQLite (left) and PostgreSQL (right) differ"
         );
     }
+    // A database a newer release migrated further is refused by name, as on SQLite (P1).
+    let mut db = sqlx::PgConnection::connect(&url).await.unwrap();
+    sqlx::query(
+        "INSERT INTO _sqlx_migrations (version, description, success, checksum, execution_time)
+         VALUES (9999, 'from a newer release', true, '\\x00', 0)",
+    )
+    .execute(&mut db)
+    .await
+    .unwrap();
+    db.close().await.unwrap();
+    let e = Store::open_configured(&file, &url, Durability::Normal)
+        .await
+        .expect_err("a newer schema refused")
+        .to_string();
+    assert!(
+        e.contains("the PostgreSQL database has schema version 9999, newer than this"),
+        "{e}"
+    );
 }
 
 /// The admin's view of a server: (device id, licence state, licence key) per device, and

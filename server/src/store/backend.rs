@@ -97,7 +97,12 @@ pub async fn open_sqlite(path: &Path, durability: Durability) -> Result<Pools, S
         })
         .connect(&sqlite_url(path, "rwc"))
         .await?;
-    sqlx::migrate!("./migrations/sqlite").run(&write).await?;
+    migrate(
+        &sqlx::migrate!("./migrations/sqlite"),
+        &write,
+        "the embedded store",
+    )
+    .await?;
     let read = AnyPoolOptions::new()
         .max_connections(4)
         .acquire_timeout(Duration::from_secs(60))
@@ -115,6 +120,32 @@ pub async fn open_sqlite(path: &Path, durability: Durability) -> Result<Pools, S
         read,
         backend: Backend::Sqlite,
     })
+}
+
+/// Brings the schema up to this release's (P1: automatic, on every start). A database already
+/// migrated past what this release knows — a newer release ran on it, or, with several
+/// instances on one database (P2), another instance was upgraded first — is refused with a
+/// sentence saying so, before anything is written.
+async fn migrate(
+    migrator: &sqlx::migrate::Migrator,
+    pool: &Pool,
+    what: &str,
+) -> Result<(), StoreError> {
+    use sqlx::migrate::MigrateError;
+    let known = migrator.iter().map(|m| m.version).max().unwrap_or(0);
+    match migrator.run(pool).await {
+        Ok(()) => Ok(()),
+        Err(MigrateError::VersionMissing(v)) => Err(StoreError::Invalid(format!(
+            "{what} has schema version {v}, newer than this outpost-server knows (up to {known}): \
+             a newer release has run on it. Run that release (or newer) here too; going back \
+             needs the backup taken before the upgrade"
+        ))),
+        Err(MigrateError::VersionMismatch(v)) => Err(StoreError::Invalid(format!(
+            "{what} has schema version {v} applied with different content than this release's \
+             (edited by hand, or written by a development build): restore it from a backup"
+        ))),
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// Connections per pool on PostgreSQL.
@@ -149,7 +180,12 @@ pub async fn open_postgres(url: &str) -> Result<Pools, StoreError> {
         .await?;
     // Instances starting together on an empty database migrate one after the other (sqlx takes
     // an advisory lock for it).
-    sqlx::migrate!("./migrations/postgres").run(&write).await?;
+    migrate(
+        &sqlx::migrate!("./migrations/postgres"),
+        &write,
+        "the PostgreSQL database",
+    )
+    .await?;
     let read = AnyPoolOptions::new()
         .max_connections(PG_CONNECTIONS)
         .acquire_timeout(PG_ACQUIRE)
