@@ -88,6 +88,9 @@ pub struct Discovery {
     pub dropped: AtomicU64,
 }
 
+/// Scan reports the gateway keeps for the uplink while it is down.
+pub const REPORT_QUEUE: usize = 4;
+
 impl Discovery {
     /// Loads `discovery.json`.
     pub fn open(data: &std::path::Path) -> Discovery {
@@ -101,7 +104,7 @@ impl Discovery {
                 (discovery::key(&h), h)
             })
             .collect();
-        let (tx, rx) = mpsc::channel(4);
+        let (tx, rx) = mpsc::channel(REPORT_QUEUE);
         Discovery {
             known: std::sync::Mutex::new(known),
             tx,
@@ -124,6 +127,12 @@ impl Discovery {
                 .collect(),
             full: true,
         }
+    }
+
+    /// Reports waiting for the uplink (they pile up while it is down, at most
+    /// [`REPORT_QUEUE`]; a scan whose report finds the queue full is counted in `dropped`).
+    pub fn queued(&self) -> usize {
+        self.tx.max_capacity() - self.tx.capacity()
     }
 
     /// The queue of reports for the uplink (held by the uplink while it is up).

@@ -46,6 +46,8 @@ pub struct FanoutStats {
     /// Broadcasts dropped because too many fan-outs were running (the server then sends the
     /// push in each agent's session).
     pub dropped_busy: AtomicU64,
+    /// Broadcasts being fanned out now (at most `MAX_FANOUTS` of the uplink).
+    pub running: AtomicU64,
 }
 
 impl Agents {

@@ -122,6 +122,28 @@ fn sample(st: &crate::status::GatewayStatus) -> Sample {
         [
             (l(&[("reason", "block-bad-hash")]), st.cache_refused_blocks),
             (l(&[("reason", "cache-evicted")]), st.cache_evicted),
+            (
+                l(&[("reason", "broadcast-busy")]),
+                st.broadcasts_dropped_busy,
+            ),
+            (
+                l(&[("reason", "discovery-report-queue-full")]),
+                st.discovery_reports_dropped,
+            ),
+        ],
+    );
+    s.gauges(
+        "outpost_gateway_queue_depth",
+        "Work waiting or running in the gateway's bounded queues, by queue",
+        [
+            (
+                l(&[("queue", "broadcast-fanouts")]),
+                st.broadcasts_running as f64,
+            ),
+            (
+                l(&[("queue", "discovery-reports")]),
+                st.discovery_reports_queued as f64,
+            ),
         ],
     );
     s.counter(

@@ -220,6 +220,10 @@ impl Node {
             cache_error: self.cache.manifests.error(),
             discovery_scans: self.discovery.scans.load(Ordering::Relaxed),
             discovery_hosts: self.discovery.last_hosts.load(Ordering::Relaxed),
+            broadcasts_running: fan.running.load(Ordering::Relaxed),
+            broadcasts_dropped_busy: fan.dropped_busy.load(Ordering::Relaxed),
+            discovery_reports_queued: self.discovery.queued() as u64,
+            discovery_reports_dropped: self.discovery.dropped.load(Ordering::Relaxed),
         }
     }
 }

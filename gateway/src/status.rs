@@ -104,6 +104,20 @@ pub struct GatewayStatus {
     /// Hosts that answered the last scan.
     #[serde(default)]
     pub discovery_hosts: u64,
+    /// Queues (O4): broadcasts being fanned out now (at most 8), and those dropped because 8
+    /// were running (the server then sends them in each agent's session).
+    #[serde(default)]
+    pub broadcasts_running: u64,
+    /// See `broadcasts_running`.
+    #[serde(default)]
+    pub broadcasts_dropped_busy: u64,
+    /// Scan reports waiting for the uplink (at most 4), and those dropped because the queue
+    /// was full (the next report after a reconnect carries every host known).
+    #[serde(default)]
+    pub discovery_reports_queued: u64,
+    /// See `discovery_reports_queued`.
+    #[serde(default)]
+    pub discovery_reports_dropped: u64,
 }
 
 /// Writes the status file until shutdown.
@@ -156,6 +170,18 @@ fn cache_line(s: &GatewayStatus) -> String {
     l
 }
 
+fn queues_line(s: &GatewayStatus) -> String {
+    format!(
+        "broadcasts {} of {} fanning out, {} dropped (all busy); discovery reports {} of {} waiting for the uplink, {} dropped (queue full)",
+        s.broadcasts_running,
+        crate::uplink::MAX_FANOUTS,
+        s.broadcasts_dropped_busy,
+        s.discovery_reports_queued,
+        crate::discovery::REPORT_QUEUE,
+        s.discovery_reports_dropped,
+    )
+}
+
 /// Human form.
 pub fn human(s: &GatewayStatus, running: bool) -> String {
     let when = |t: i64| {
@@ -166,7 +192,7 @@ pub fn human(s: &GatewayStatus, running: bool) -> String {
         }
     };
     format!(
-        "gateway {}  ({})\nserver      {}\nuplink      {}{}\nlisten      {}\nagents      {} connected, {} sessions relayed now, {} since start\nrefused     {} (uplink down), {} (limits)\nbytes       {} up, {} down\nbroadcasts  {} fanned out: {} delivered, {} refused by agents, {} failed\nupdates     {}\ndiscovery   {} scan(s), {} host(s) answered the last\ncertificate {} (expiry; renewed by itself over the uplink)\nupdated     {}\n",
+        "gateway {}  ({})\nserver      {}\nuplink      {}{}\nlisten      {}\nagents      {} connected, {} sessions relayed now, {} since start\nrefused     {} (uplink down), {} (limits)\nbytes       {} up, {} down\nbroadcasts  {} fanned out: {} delivered, {} refused by agents, {} failed\nqueues      {}\nupdates     {}\ndiscovery   {} scan(s), {} host(s) answered the last\ncertificate {} (expiry; renewed by itself over the uplink)\nupdated     {}\n",
         s.device_id,
         if running {
             format!("running, pid {}", s.pid)
@@ -201,6 +227,7 @@ pub fn human(s: &GatewayStatus, running: bool) -> String {
         s.broadcast_acked,
         s.broadcast_declined,
         s.broadcast_failed,
+        queues_line(s),
         cache_line(s),
         s.discovery_scans,
         s.discovery_hosts,

@@ -174,6 +174,17 @@ pub async fn serve(
         _ = control_task => {}
         _ = streams => {}
     }
+    if node.runtime().is_shutting_down() {
+        // Said before the connection is dropped (a dropped connection closes with code 0 and
+        // no reason, which the gateway could only show as "refused (unspecified)").
+        outpost_net::refuse::close(
+            &conn,
+            &Refused::new(
+                RefusalCode::ShuttingDown,
+                "the server is shutting down; the gateway reconnects when it is back",
+            ),
+        );
+    }
     drop(control_guard);
     if node.gateways().down(&gateway.id, &conn) {
         node.store().released_here(&gateway.id);

@@ -257,3 +257,87 @@ async fn o7_a_metrics_address_in_use_is_refused_at_start_naming_the_setting() {
         "{e}"
     );
 }
+
+/// O4 and O7 on the gateway's bounded queue of scan reports (D3): while the uplink is down the
+/// reports wait, at most 4, and the next ones are dropped and counted — in `outpost-gateway
+/// status` (both forms) and in the metrics; with the uplink back the queue drains.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn o4_gateway_status_and_metrics_show_scan_reports_queued_and_dropped_while_the_uplink_is_down()
+ {
+    init_logs();
+    let auth = Authority::new();
+    let mut server = Server::start(&auth, |_| {}).await;
+    let gw = Gateway::start(&server, |_, c| {
+        c.metrics.listen = Some("127.0.0.1:0".parse().unwrap());
+        c.discovery.ranges = vec!["127.0.0.1/32".into()];
+        c.discovery.interval = Duration::from_secs(1);
+    })
+    .await;
+    let gaddr = gw.h().metrics_addr().expect("gateway metrics served");
+    let addr = server.addr();
+    server.stop().await;
+    until("4 reports waiting and one dropped", || async {
+        let s = gw.h().status();
+        s.uplink != "up" && s.discovery_reports_queued == 4 && s.discovery_reports_dropped >= 1
+    })
+    .await;
+    let g = scrape(gaddr, "outpost_gateway_").await;
+    assert_eq!(
+        g[r#"outpost_gateway_queue_depth{queue="discovery-reports"}"#],
+        4.0
+    );
+    assert!(
+        g[r#"outpost_gateway_dropped_total{reason="discovery-report-queue-full"}"#] >= 1.0,
+        "{g:#?}"
+    );
+    assert_eq!(
+        g[r#"outpost_gateway_queue_depth{queue="broadcast-fanouts"}"#],
+        0.0
+    );
+    assert_eq!(
+        g[r#"outpost_gateway_dropped_total{reason="broadcast-busy"}"#],
+        0.0
+    );
+    let s = gw.h().status();
+    assert!(
+        s.uplink_last_error.contains("shutting down")
+            || s.uplink_last_error.contains("cannot reach"),
+        "the gateway says why its uplink is down: {}",
+        s.uplink_last_error
+    );
+    // The status command shows the same (from the status file the gateway keeps, rewritten
+    // within a moment of each change).
+    let d = gw.data.to_str().unwrap();
+    let v = within("the status file shows the full queue", async {
+        loop {
+            let (ok, out, err) =
+                run_bin("outpost-gateway", &["status", "--json", "--data-dir", d]).unwrap();
+            assert!(ok, "{err}");
+            let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+            if v["discovery_reports_queued"] == 4
+                && v["discovery_reports_dropped"].as_u64() >= Some(1)
+            {
+                return v;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await;
+    assert_eq!(v["broadcasts_running"], 0);
+    let (ok, human, err) = run_bin("outpost-gateway", &["status", "--data-dir", d]).unwrap();
+    assert!(ok, "{err}");
+    assert!(
+        human.contains("queues      broadcasts 0 of 8 fanning out, 0 dropped (all busy); discovery reports 4 of 4 waiting for the uplink, "),
+        "{human}"
+    );
+    assert!(!human.contains(", 0 dropped (queue full)"), "{human}");
+
+    // The server back on its address: the uplink takes the queue.
+    server.pin_listen(addr);
+    server.boot().await;
+    until("the queue drained over the uplink", || async {
+        let s = gw.h().status();
+        s.uplink == "up" && s.discovery_reports_queued == 0
+    })
+    .await;
+}

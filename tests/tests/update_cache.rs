@@ -278,11 +278,19 @@ async fn d2_a_gateway_killed_mid_download_resumes_from_its_last_good_block() {
     assert_eq!(import(&server, src.path()).await, 1);
     // The gateway prefetches the revision at once; kill it a quarter of the way in.
     let blocks_dir = gw.data.join("cache/blocks");
+    // Stored blocks only: a block being written is a hidden temporary file until it is renamed
+    // (a kill mid-write leaves one behind, which is not a block kept).
     let count = || {
         std::fs::read_dir(&blocks_dir)
             .map(|d| {
                 d.flatten()
-                    .map(|s| std::fs::read_dir(s.path()).map_or(0, |f| f.count()))
+                    .map(|s| {
+                        std::fs::read_dir(s.path()).map_or(0, |f| {
+                            f.flatten()
+                                .filter(|b| !b.file_name().to_string_lossy().starts_with('.'))
+                                .count()
+                        })
+                    })
                     .sum::<usize>()
             })
             .unwrap_or(0) as u64

@@ -149,7 +149,7 @@ fn lost(e: &quinn::ConnectionError) -> Ended {
 
 /// Broadcasts fanned out at once; more are dropped (counted) and reach their agents in their
 /// own sessions (the server's fallback).
-const MAX_FANOUTS: usize = 8;
+pub const MAX_FANOUTS: usize = 8;
 
 /// Runs until shutdown.
 pub async fn run(node: std::sync::Arc<Node>) {
@@ -299,10 +299,16 @@ async fn serve(node: &Node, conn: quinn::Connection, backoff: &mut Backoff) -> O
     // D4: broadcasts being fanned out; their acknowledgements go up in batches.
     let mut fanouts = futures_util::stream::FuturesUnordered::new();
     let (acks_tx, mut acks_rx) = tokio::sync::mpsc::channel(16);
-    loop {
+    let running = |n: usize| {
+        node.office()
+            .fanout()
+            .running
+            .store(n as u64, Ordering::Relaxed)
+    };
+    let ended = loop {
         tokio::select! {
             e = conn.closed() => break Some(lost(&e)),
-            Some(()) = fanouts.next(), if !fanouts.is_empty() => {}
+            Some(()) = fanouts.next(), if !fanouts.is_empty() => running(fanouts.len()),
             Some(r) = discovered.recv() => {
                 let _ = sm.send(Msg::DiscoveryReport(r));
                 let _ = stream::send_queued(&mut ctl, &mut sm).await;
@@ -335,6 +341,7 @@ async fn serve(node: &Node, conn: quinn::Connection, backoff: &mut Backoff) -> O
                             Msg::SignedBroadcast(b) => {
                                 if fanouts.len() < MAX_FANOUTS {
                                     fanouts.push(crate::fanout::deliver(node, b, acks_tx.clone()));
+                                    running(fanouts.len());
                                 } else {
                                     node.office().fanout().dropped_busy.fetch_add(1, Ordering::Relaxed);
                                 }
@@ -366,7 +373,11 @@ async fn serve(node: &Node, conn: quinn::Connection, backoff: &mut Backoff) -> O
                 break None;
             }
         }
-    }
+    };
+    // Fan-outs not finished end with the uplink (the server sends those pushes in the agents'
+    // own sessions).
+    running(0);
+    ended
 }
 
 /// Runs the opening exchange: hello out, the server's answer within the hello timeout.
