@@ -568,3 +568,32 @@ pub fn run_bin(name: &str, args: &[&str]) -> anyhow::Result<(bool, String, Strin
         String::from_utf8_lossy(&out.stderr).into_owned(),
     ))
 }
+
+/// `<bin> status --json` and `<bin> status` on `data`: (JSON, human text).
+pub fn status(bin: &str, data: &Path) -> (serde_json::Value, String) {
+    let d = data.to_str().expect("utf-8 path");
+    let (ok, json, err) = run_bin(bin, &["status", "--json", "--data-dir", d]).unwrap();
+    assert!(ok, "{bin} status --json: {err}");
+    let (ok, human, err) = run_bin(bin, &["status", "--data-dir", d]).unwrap();
+    assert!(ok, "{bin} status: {err}");
+    (serde_json::from_str(&json).expect("status JSON"), human)
+}
+
+/// Waits until `<bin> status --json` satisfies `f`; returns both forms.
+pub async fn status_until(
+    what: &str,
+    bin: &str,
+    data: &Path,
+    f: impl Fn(&serde_json::Value) -> bool,
+) -> (serde_json::Value, String) {
+    within(what, async {
+        loop {
+            let s = status(bin, data);
+            if f(&s.0) {
+                return s;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await
+}

@@ -307,25 +307,16 @@ async fn o4_gateway_status_and_metrics_show_scan_reports_queued_and_dropped_whil
     );
     // The status command shows the same (from the status file the gateway keeps, rewritten
     // within a moment of each change).
-    let d = gw.data.to_str().unwrap();
-    let v = within("the status file shows the full queue", async {
-        loop {
-            let (ok, out, err) =
-                run_bin("outpost-gateway", &["status", "--json", "--data-dir", d]).unwrap();
-            assert!(ok, "{err}");
-            let v: serde_json::Value = serde_json::from_str(&out).unwrap();
-            if v["discovery_reports_queued"] == 4
-                && v["discovery_reports_dropped"].as_u64() >= Some(1)
-            {
-                return v;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    })
+    let (v, human) = status_until(
+        "the status file shows the full queue",
+        "outpost-gateway",
+        &gw.data,
+        |v| {
+            v["discovery_reports_queued"] == 4 && v["discovery_reports_dropped"].as_u64() >= Some(1)
+        },
+    )
     .await;
     assert_eq!(v["broadcasts_running"], 0);
-    let (ok, human, err) = run_bin("outpost-gateway", &["status", "--data-dir", d]).unwrap();
-    assert!(ok, "{err}");
     assert!(
         human.contains("queues      broadcasts 0 of 8 fanning out, 0 dropped (all busy); discovery reports 4 of 4 waiting for the uplink, "),
         "{human}"

@@ -10,35 +10,6 @@ use sqlx::Connection as _;
 
 const DAY: Duration = Duration::from_secs(86_400);
 
-/// `<bin> status --json` and `<bin> status` on `data`: (JSON, human text).
-fn status(bin: &str, data: &Path) -> (serde_json::Value, String) {
-    let d = data.to_str().expect("utf-8 path");
-    let (ok, json, err) = run_bin(bin, &["status", "--json", "--data-dir", d]).unwrap();
-    assert!(ok, "{bin} status --json: {err}");
-    let (ok, human, err) = run_bin(bin, &["status", "--data-dir", d]).unwrap();
-    assert!(ok, "{bin} status: {err}");
-    (serde_json::from_str(&json).expect("status JSON"), human)
-}
-
-/// Waits until `<bin> status --json` satisfies `f`; returns both forms.
-async fn status_until(
-    what: &str,
-    bin: &str,
-    data: &Path,
-    f: impl Fn(&serde_json::Value) -> bool,
-) -> (serde_json::Value, String) {
-    within(what, async {
-        loop {
-            let s = status(bin, data);
-            if f(&s.0) {
-                return s;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    })
-    .await
-}
-
 /// Waits until `child` exits; its exit status.
 async fn exited(what: &str, child: &mut std::process::Child) -> std::process::ExitStatus {
     within(what, async {
